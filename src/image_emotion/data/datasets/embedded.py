@@ -1,0 +1,36 @@
+"""The embedded default dataset (``data/synthetic.py``): ``images/<id>.png`` + ``annotations.csv``.
+
+``annotations.csv`` columns: ``path, label, votes, boxes`` (votes: JSON list of 8 counts in Mikels-8
+order; boxes: JSON list of ``[x1, y1, x2, y2]``). Split scheme: random stratified 80/5/15.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from image_emotion.data.datasets.base import Collector, LoaderOptions, LoadResult, require_dir, require_file
+from image_emotion.data.emotions import distribution_from_votes
+from image_emotion.data.synthetic import ANNOTATIONS
+from image_emotion.errors import DatasetError
+
+
+def load(root: Path, options: LoaderOptions) -> LoadResult:
+    """Manifest of every embedded image listed in ``annotations.csv``."""
+    ann = require_file(require_dir(root, "the embedded dataset") / ANNOTATIONS, "the embedded annotations.csv")
+    collector = Collector(root, options)
+    with ann.open(newline="", encoding="utf-8") as fh:
+        for n, row in enumerate(csv.DictReader(fh), start=2):
+            try:
+                votes, boxes = json.loads(row["votes"]), json.loads(row["boxes"])
+                collector.add(
+                    root / row["path"],
+                    row["label"],
+                    "mikels8",
+                    distribution=distribution_from_votes(votes).tolist(),
+                    boxes=boxes,
+                )
+            except (KeyError, TypeError, json.JSONDecodeError) as exc:
+                raise DatasetError(f"{ann} line {n}: expected path, label, votes, boxes columns ({exc})") from None
+    return collector.result("random", "embedded")

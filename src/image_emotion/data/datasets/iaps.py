@@ -1,0 +1,26 @@
+"""IAPSsubset (Mikels et al. 2005): ``[IAPSsubset/]<emotion>/<image>``, 8 Mikels classes, 395 images.
+
+IAPS pictures are licensed, so copies are arranged by their holders; we read the folder-per-emotion
+layout. Split scheme: 5 stratified folds (the paper's transfer protocol).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from image_emotion.data.datasets.base import (
+    Collector,
+    LoaderOptions,
+    LoadResult,
+    collect_label_dirs,
+    first_existing_dir,
+    require_dir,
+)
+
+
+def load(root: Path, options: LoaderOptions) -> LoadResult:
+    """Manifest of every IAPSsubset image under ``root``."""
+    base = first_existing_dir(require_dir(root, "the IAPSsubset dataset"), "IAPSsubset")
+    collector = Collector(root, options)
+    collect_label_dirs(collector, base, "mikels8")
+    return collector.result("folds", "IAPSsubset")

@@ -1,0 +1,99 @@
+"""Stage ``prepare``: a dataset's published layout -> validated manifest with seeded splits and folds.
+
+Outputs (all written atomically): ``manifest.csv`` (see ``data/manifest.py``), ``dataset.json`` (name,
+image root, label set, split scheme), ``skipped.csv`` (every file left out and why) and the summary
+metrics JSON. Split schemes: ``random`` (stratified ``prepare.split`` fractions, FI-style 80/5/15),
+``folds`` (small datasets: split ``cv``), ``official`` (EmotionROI's files). Every row also gets a
+stratified fold 0..k-1, so any dataset can serve 5-fold transfer.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from image_emotion.config import get
+from image_emotion.data.datasets import LoaderOptions, LoadResult, load_dataset
+from image_emotion.data.images import DEFAULT_MAX_PIXELS
+from image_emotion.data.manifest import write_manifest
+from image_emotion.data.splits import stratified_folds, stratified_split
+from image_emotion.io import write_json_atomic, write_text_atomic
+
+
+@dataclass(frozen=True)
+class PreparePaths:
+    """Where ``prepare`` writes."""
+
+    out_dir: Path = Path("data/prepared")
+    metrics: Path = Path("metrics/prepare.json")
+
+
+def loader_options(params: dict[str, Any]) -> LoaderOptions:
+    """``LoaderOptions`` from params ``data`` (+ ``images.max_pixels``)."""
+    name = get(params, "data.dataset")
+    return LoaderOptions(
+        on_error=get(params, "data.on_error", "raise"),
+        check_images=bool(get(params, "data.check_images", True)),
+        max_pixels=int(get(params, "images.max_pixels", DEFAULT_MAX_PIXELS)),
+        extra=dict(get(params, f"data.{name}", {}) or {}),
+    )
+
+
+def assign_splits(result: LoadResult, params: dict[str, Any]) -> None:
+    """Fill ``split`` and ``fold`` in place according to the dataset's split scheme."""
+    df = result.manifest
+    seed = int(get(params, "prepare.seed"))
+    labels = df["label"].tolist()
+    df["fold"] = stratified_folds(labels, int(get(params, "prepare.folds")), seed)
+    if result.split_scheme == "random":
+        df["split"] = stratified_split(labels, get(params, "prepare.split"), seed)
+    elif result.split_scheme == "folds":
+        df["split"] = "cv"
+    # "official": the loader already set the split
+
+
+def summarise(result: LoadResult, name: str) -> dict[str, Any]:
+    """Counts per split and per class, and how many files were skipped: the stage's DVC metrics."""
+    df = result.manifest
+    return {
+        "dataset": name,
+        "label_set": str(df["label_set"].iloc[0]),
+        "split_scheme": result.split_scheme,
+        "num_images": len(df),
+        "num_skipped": len(result.skipped),
+        "num_bad": sum(s.bad for s in result.skipped),
+        "num_with_boxes": int((df["boxes"].map(len) > 0).sum()),
+        "per_split": {k: int(v) for k, v in df["split"].value_counts().sort_index().items()},
+        "per_class": {k: int(v) for k, v in df["label"].value_counts().sort_index().items()},
+    }
+
+
+def run(params: dict[str, Any], paths: PreparePaths) -> dict[str, Any]:
+    """Load, validate, split and write; nothing is written unless the whole dataset loaded."""
+    name = str(get(params, "data.dataset"))
+    root = Path(str(get(params, "data.root")))
+    result = load_dataset(name, root, loader_options(params))
+    assign_splits(result, params)
+    summary = summarise(result, name)
+
+    skipped = io.StringIO()
+    writer = csv.writer(skipped, lineterminator="\n")
+    writer.writerow(["path", "reason", "bad"])
+    writer.writerows([s.path, s.reason, int(s.bad)] for s in result.skipped)
+
+    write_manifest(result.manifest, paths.out_dir / "manifest.csv")
+    write_text_atomic(paths.out_dir / "skipped.csv", skipped.getvalue())
+    write_json_atomic(
+        paths.out_dir / "dataset.json",
+        {
+            "dataset": name,
+            "root": root.as_posix(),
+            "label_set": summary["label_set"],
+            "split_scheme": result.split_scheme,
+        },
+    )
+    write_json_atomic(paths.metrics, summary)
+    return summary

@@ -1,0 +1,129 @@
+"""Tiny copies of each public dataset's published on-disk layout (DESIGN.md §3), for loader tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+MIKELS = ("amusement", "anger", "awe", "contentment", "disgust", "excitement", "fear", "sadness")
+EKMAN = ("anger", "disgust", "fear", "joy", "sadness", "surprise")
+
+
+def save_image(path: Path, seed: int, size: tuple[int, int] = (40, 32), fmt: str | None = None) -> Path:
+    """A small random RGB image at ``path`` (format from the suffix unless ``fmt``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path, format=fmt)
+    return path
+
+
+def make_fi(root: Path, per_class: int = 3) -> Path:
+    """``emotion_dataset/<emotion>/<emotion>_<id>.jpg`` with mixed .jpg/.JPG/.png."""
+    for c, emo in enumerate(MIKELS):
+        for i in range(per_class):
+            ext = (".jpg", ".JPG", ".png")[i % 3]
+            save_image(root / "emotion_dataset" / emo / f"{emo}_{i}{ext}", c * 100 + i, fmt="PNG" if ext == ".png" else "JPEG")
+    return root
+
+
+def make_iaps(root: Path, per_class: int = 5) -> Path:
+    """``IAPSsubset/<emotion>/<id>.jpg``."""
+    for c, emo in enumerate(MIKELS):
+        for i in range(per_class):
+            save_image(root / "IAPSsubset" / emo / f"{1000 + c * 10 + i}.jpg", c * 100 + i)
+    return root
+
+
+def make_artphoto(root: Path, per_class: int = 5) -> Path:
+    """Flat ``testImages_artphoto/<prefix>_<n>.jpg`` with ``sad`` prefix and stray files."""
+    base = root / "testImages_artphoto"
+    for c, emo in enumerate(MIKELS):
+        prefix = "sad" if emo == "sadness" else emo
+        for i in range(per_class):
+            save_image(base / f"{prefix}_{i + 1}.jpg", c * 100 + i)
+    (base / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (base / "readme.rtf").write_text("{\\rtf1 ArtPhoto}")
+    return root
+
+
+ABSTRACT_HEADER = "'ImageName','Amusement','Anger','Awe','Content','Disgust','Excitement','Fear','Sad'"
+
+
+def make_abstract(root: Path, per_class: int = 5) -> Path:
+    """``testImages_abstract/`` + quoted ``ABSTRACT_groundTruth.csv``; one tied and one vote-less image."""
+    base = root / "testImages_abstract"
+    lines = [ABSTRACT_HEADER]
+    n = 0
+    for c in range(8):
+        for _ in range(per_class):
+            n += 1
+            votes = [0] * 8
+            votes[c] = 5
+            votes[(c + 1) % 8] = 2
+            name = f"abstract_{n:04d}.jpg"
+            save_image(base / name, n)
+            lines.append(",".join([f"'{name}'", *map(str, votes)]))
+    for name, votes in (("abstract_tie.jpg", [3, 3, 0, 0, 0, 0, 0, 1]), ("abstract_none.jpg", [0] * 8)):
+        save_image(base / name, 999)
+        lines.append(",".join([f"'{name}'", *map(str, votes)]))
+    (base / "ABSTRACT_groundTruth.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def make_emotionroi(root: Path, per_class: int = 4) -> Path:
+    """``images/<emo>/<n>.jpg``, ``ground_truth/<emo>/<n>.jpg`` heat maps, official split files."""
+    train, test = [], []
+    for c, emo in enumerate(EKMAN):
+        for i in range(per_class):
+            save_image(root / "images" / emo / f"{i + 1}.jpg", c * 100 + i, size=(64, 48))
+            heat = np.zeros((48, 64), dtype=np.uint8)
+            heat[10:30, 20 + i : 44 + i] = 255  # one blob: box [20+i, 10, 44+i, 30]
+            (root / "ground_truth" / emo).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(heat).save(root / "ground_truth" / emo / f"{i + 1}.jpg", quality=100)
+            (train if i < per_class - 1 else test).append(f"{emo}/{i + 1}.jpg")
+    split = root / "training_testing_split"
+    split.mkdir(parents=True)
+    (split / "training.txt").write_text("\n".join(train) + "\n")
+    (split / "testing.txt").write_text("\n".join(test) + "\n")
+    return root
+
+
+EMOTION6_CLASSES = ("anger", "disgust", "fear", "joy", "sadness", "surprise", "neutral")
+
+
+def make_emotion6(root: Path, per_class: int = 4) -> Path:
+    """``images/<emo>/<n>.jpg`` + tab-separated ``ground_truth.txt`` with a header."""
+    lines = ["[image_filename]\t[valence]\t[arousal]\t[prob. anger]\t[prob. disgust]\t[prob. fear]\t"
+             "[prob. joy]\t[prob. sadness]\t[prob. surprise]\t[prob. neutral]"]
+    for c, emo in enumerate(EKMAN):
+        for i in range(per_class):
+            save_image(root / "images" / emo / f"{i + 1}.jpg", c * 100 + i)
+            probs = [0.05] * 7
+            probs[c] = 0.7
+            lines.append("\t".join([f"{emo}/{i + 1}.jpg", "5.1", "4.2", *(f"{p:.2f}" for p in probs)]))
+    (root / "ground_truth.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def make_twitter(root: Path, n: int = 20) -> Path:
+    """``images/<n>.jpg`` + ``{five,four,three}_agree.txt`` (``name label`` lines)."""
+    rows = []
+    for i in range(n):
+        save_image(root / "images" / f"{i + 1}.jpg", i)
+        rows.append(f"{i + 1}.jpg {i % 2}")
+    for level, k in (("five", n // 2), ("four", 3 * n // 4), ("three", n)):
+        (root / f"{level}_agree.txt").write_text("\n".join(rows[:k]) + "\n")
+    return root
+
+
+LAYOUTS = {
+    "fi": make_fi,
+    "iaps": make_iaps,
+    "artphoto": make_artphoto,
+    "abstract": make_abstract,
+    "emotionroi": make_emotionroi,
+    "emotion6": make_emotion6,
+    "twitter": make_twitter,
+}
