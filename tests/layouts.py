@@ -24,7 +24,9 @@ def make_fi(root: Path, per_class: int = 3) -> Path:
     for c, emo in enumerate(MIKELS):
         for i in range(per_class):
             ext = (".jpg", ".JPG", ".png")[i % 3]
-            save_image(root / "emotion_dataset" / emo / f"{emo}_{i}{ext}", c * 100 + i, fmt="PNG" if ext == ".png" else "JPEG")
+            save_image(
+                root / "emotion_dataset" / emo / f"{emo}_{i}{ext}", c * 100 + i, fmt="PNG" if ext == ".png" else "JPEG"
+            )
     return root
 
 
@@ -95,8 +97,10 @@ EMOTION6_CLASSES = ("anger", "disgust", "fear", "joy", "sadness", "surprise", "n
 
 def make_emotion6(root: Path, per_class: int = 4) -> Path:
     """``images/<emo>/<n>.jpg`` + tab-separated ``ground_truth.txt`` with a header."""
-    lines = ["[image_filename]\t[valence]\t[arousal]\t[prob. anger]\t[prob. disgust]\t[prob. fear]\t"
-             "[prob. joy]\t[prob. sadness]\t[prob. surprise]\t[prob. neutral]"]
+    lines = [
+        "[image_filename]\t[valence]\t[arousal]\t[prob. anger]\t[prob. disgust]\t[prob. fear]\t"
+        "[prob. joy]\t[prob. sadness]\t[prob. surprise]\t[prob. neutral]"
+    ]
     for c, emo in enumerate(EKMAN):
         for i in range(per_class):
             save_image(root / "images" / emo / f"{i + 1}.jpg", c * 100 + i)

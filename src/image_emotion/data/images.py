@@ -38,7 +38,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
             arr = (arr - lo) / max(hi - lo, 1e-12) * 255.0
         else:
             arr = arr / hi * 255.0
-        img = Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), mode="L")
+        img = Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8))
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):

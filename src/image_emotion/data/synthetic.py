@@ -103,7 +103,7 @@ def _background(rng: np.random.Generator, size: int) -> Image.Image:
     c0, c1 = rng.integers(30, 226, size=(2, 3))
     t = np.linspace(0.0, 1.0, size)[:, None, None]
     grad = (1 - t) * c0 + t * c1
-    img = Image.fromarray(np.broadcast_to(grad, (size, size, 3)).astype(np.uint8), "RGB")
+    img = Image.fromarray(np.broadcast_to(grad, (size, size, 3)).astype(np.uint8))
     draw = ImageDraw.Draw(img)
     for _ in range(int(rng.integers(8, 20))):
         x1, y1, x2, y2 = rng.integers(0, size, 4)
@@ -118,7 +118,7 @@ def _striped(colour: tuple[int, int, int], size: int, phase: int) -> Image.Image
     stripes = ((xx + yy + phase) // 5) % 2 == 0
     dark = np.array(colour) * 0.55
     arr = np.where(stripes[..., None], np.array(colour), dark)
-    return Image.fromarray(arr.astype(np.uint8), "RGB")
+    return Image.fromarray(arr.astype(np.uint8))
 
 
 def _votes(rng: np.random.Generator, label_idx: int, n: int) -> list[int]:
@@ -151,7 +151,7 @@ def render_image(rng: np.random.Generator, label: str, size: int) -> tuple[Image
         boxes.append([box[0], box[1], min(box[2] + 1, size), min(box[3] + 1, size)])
     noise = rng.normal(0.0, 8.0, (size, size, 3))
     arr = np.clip(np.asarray(img, dtype=np.float64) + noise, 0, 255).astype(np.uint8)
-    return Image.fromarray(arr, "RGB"), boxes
+    return Image.fromarray(arr), boxes
 
 
 def generate(out_dir: str | Path, config: SyntheticConfig) -> Path:

@@ -160,6 +160,13 @@ def collect_label_dirs(collector: Collector, base: Path, label_set: str) -> None
     subdirs = sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not subdirs:
         raise DatasetError(f"{base}: no label directories; expected {base}/<{'|'.join(labels)}>/<image>")
+    absent = sorted(set(labels) - {normalise_label(p.name) for p in subdirs})
+    if absent:
+        raise DatasetError(
+            f"{base}: label directory {absent[0]!r} missing"
+            + (f" (and {len(absent) - 1} more)" if len(absent) > 1 else "")
+            + "; the copy is incomplete: restore it from the published archive"
+        )
     for sub in subdirs:
         label = normalise_label(sub.name)
         files = sorted(p for p in sub.rglob("*") if p.is_file())

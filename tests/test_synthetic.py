@@ -1,0 +1,65 @@
+import hashlib
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from image_emotion.data.emotions import MIKELS8
+from image_emotion.data.synthetic import SyntheticConfig, class_motif, generate, render_image
+from image_emotion.errors import ConfigError
+
+
+def _digest(root):
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h.update(p.relative_to(root).as_posix().encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
+    cfg = SyntheticConfig(num_images=16, image_size=64, seed=3)
+    a, b = generate(tmp_path / "a", cfg), generate(tmp_path / "b", cfg)
+    c = generate(tmp_path / "c", SyntheticConfig(num_images=16, image_size=64, seed=4))
+    assert _digest(a) == _digest(b) != _digest(c)
+
+
+def test_annotations_are_balanced_with_votes_and_boxes_inside(tmp_path):
+    cfg = SyntheticConfig(num_images=32, image_size=96, seed=0, votes_per_image=20)
+    root = generate(tmp_path / "emb", cfg)
+    ann = pd.read_csv(root / "annotations.csv")
+    assert ann["label"].value_counts().to_dict() == dict.fromkeys(MIKELS8.labels, 4)
+    for votes, boxes in zip(ann["votes"].map(json.loads), ann["boxes"].map(json.loads), strict=True):
+        assert sum(votes) == 20 and len(votes) == 8
+        assert 1 <= len(boxes) <= 2
+        for x1, y1, x2, y2 in boxes:
+            assert 0 <= x1 < x2 <= 96 and 0 <= y1 < y2 <= 96
+            area = (x2 - x1) * (y2 - y1) / 96**2
+            assert 0.04 <= area <= 0.25
+    # the true class has the most votes for most images (agreement >= 0.45)
+    top = [MIKELS8.labels[int(np.argmax(json.loads(v)))] for v in ann["votes"]]
+    assert np.mean(np.array(top) == ann["label"].to_numpy()) > 0.8
+
+
+def test_motif_colour_sits_inside_the_boxes():
+    rng = np.random.default_rng(0)
+    img, boxes = render_image(rng, "anger", 128)
+    _, colour = class_motif("anger")
+    arr = np.asarray(img).astype(int)
+    close = np.abs(arr - np.array(colour)).sum(axis=2) < 40
+    inside = np.zeros_like(close)
+    for x1, y1, x2, y2 in boxes:
+        inside[int(y1) : int(y2), int(x1) : int(x2)] = True
+    assert close[inside].mean() > 0.1  # the striped motif is the class colour in its box
+
+
+def test_motifs_differ_per_class():
+    motifs = {class_motif(label) for label in MIKELS8.labels}
+    assert len(motifs) == 8
+
+
+@pytest.mark.parametrize("kw", [{"num_images": 4}, {"image_size": 16}, {"votes_per_image": 0}])
+def test_bad_config(kw):
+    with pytest.raises(ConfigError):
+        SyntheticConfig(**kw)
