@@ -46,7 +46,7 @@ def _bn(channels: int) -> nn.BatchNorm2d:
 
 
 class MBConv(nn.Module):
-    """Mobile inverted bottleneck without squeeze-excite, ReLU6 (the Lite variant). ``(B, Cin, H, W) -> (B, Cout, H/s, W/s)``."""
+    """Inverted bottleneck, no squeeze-excite, ReLU6 (Lite). ``(B, Cin, H, W) -> (B, Cout, H/s, W/s)``."""
 
     def __init__(self, cin: int, cout: int, expand: int, kernel: int, stride: int) -> None:
         super().__init__()

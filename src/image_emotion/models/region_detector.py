@@ -1,0 +1,282 @@
+"""The emotional-region detector of seed 000 §4.1: torchvision Faster R-CNN on an FPN (P2-P5).
+
+- RPN anchors 32², 64², 128², 256² (one size a level), aspect 1:1; anchors with IoU > 0.7 to an
+  emotional-region box are positive, < 0.3 negative.
+- The RoI head keeps an *object* classifier (frozen: loaded from a COCO Faster R-CNN checkpoint when given)
+  and adds an *emotional-region* classifier (2-way + box regression) trained with ``L_det* = L_emo + L_reg``.
+- Emotion score ``S_emo = sqrt(p_emo² + p_obj²)`` (eq. 3); the top-K regions by ``S_emo`` are the
+  emotional regions. ``p_obj`` is ``1 - p(background)`` of the object classifier; without COCO weights
+  it is the RPN's objectness of the proposal (the object-vs-background score S_obj that eq. 3 follows).
+
+``detect`` returns the FPN features together with the regions, so the multi-level classifier reuses
+them: one backbone pass per image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead, concat_box_prediction_layers
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import MultiScaleRoIAlign, box_iou
+from torchvision.ops import boxes as box_ops
+
+from image_emotion.errors import ConfigError
+from image_emotion.models.backbones import LEVELS, build_fpn_backbone, load_state_dict_file
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """params.yaml ``detector``. CPU-friendly defaults; the paper's GPU setting is ResNet-101, 800 px."""
+
+    backbone: str = "efficientnet_lite0"
+    backbone_weights: str | None = "imagenet"
+    object_weights: str | None = None  # local COCO Faster R-CNN checkpoint (torchvision key names)
+    fpn_channels: int = 128
+    trainable_layers: int = 3
+    min_size: int = 320
+    max_size: int = 320
+    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256)
+    rpn_pre_nms_top_n: int = 300
+    rpn_post_nms_top_n: int = 100
+    rpn_train_pre_nms_top_n: int = 1000
+    rpn_train_post_nms_top_n: int = 300
+    representation_size: int = 256
+    num_object_classes: int = 91
+    box_batch_size_per_image: int = 128
+    region_nms: float = 0.5
+    top_k: int = 10
+
+    @classmethod
+    def from_params(cls, section: dict[str, Any] | None) -> DetectorConfig:
+        """Build from a params mapping, rejecting unknown keys by name."""
+        section = dict(section or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(section) - known)
+        if unknown:
+            raise ConfigError(f"detector: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        if "anchor_sizes" in section:
+            section["anchor_sizes"] = tuple(int(s) for s in section["anchor_sizes"])
+        return cls(**section)
+
+    def __post_init__(self) -> None:
+        if len(self.anchor_sizes) != len(LEVELS):
+            raise ConfigError(f"detector.anchor_sizes needs one size per level {LEVELS}, got {self.anchor_sizes}")
+        if self.top_k < 1:
+            raise ConfigError(f"detector.top_k must be >= 1, got {self.top_k}")
+
+
+@dataclass
+class Regions:
+    """The detector's output for a batch, in the coordinates of the resized input (``image_sizes``).
+
+    ``features``: FPN maps ``{"p2": (B, C, H/4, W/4), ...}``; ``emotional_boxes``/``object_boxes``: ``(B, K, 4)``
+    (padded with the whole-image box where fewer than K regions exist, score 0); ``*_scores``: ``(B, K)``.
+    """
+
+    features: dict[str, Tensor]
+    image_sizes: list[tuple[int, int]]
+    original_sizes: list[tuple[int, int]]
+    emotional_boxes: Tensor
+    emotional_scores: Tensor
+    object_boxes: Tensor
+    object_scores: Tensor
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+    def to_original(self, boxes: Tensor) -> Tensor:
+        """Map ``(B, K, 4)`` boxes from resized-input to original image coordinates."""
+        out = boxes.clone()
+        for i, ((h, w), (oh, ow)) in enumerate(zip(self.image_sizes, self.original_sizes, strict=True)):
+            out[i, :, 0::2] *= ow / w
+            out[i, :, 1::2] *= oh / h
+        return out
+
+
+class ScoredRPN(RegionProposalNetwork):
+    """torchvision's RPN, also returning each proposal's objectness probability ``(N,)`` per image."""
+
+    def propose(
+        self, images: ImageList, features: dict[str, Tensor], targets: list[dict[str, Tensor]] | None = None
+    ) -> tuple[list[Tensor], list[Tensor], dict[str, Tensor]]:
+        """Proposals, their objectness probabilities, and (training) the RPN losses."""
+        feats = list(features.values())
+        objectness, deltas = self.head(feats)
+        anchors = self.anchor_generator(images, feats)
+        per_level = [o[0].shape[0] * o[0].shape[1] * o[0].shape[2] for o in objectness]
+        objectness, deltas = concat_box_prediction_layers(objectness, deltas)
+        proposals = self.box_coder.decode(deltas.detach(), anchors).view(len(anchors), -1, 4)
+        boxes, scores = self.filter_proposals(proposals, objectness, images.image_sizes, per_level)
+        losses: dict[str, Tensor] = {}
+        if self.training:
+            if targets is None:
+                raise ValueError("targets are needed in training mode")
+            labels, matched = self.assign_targets_to_anchors(anchors, targets)
+            loss_obj, loss_reg = self.compute_loss(objectness, deltas, labels, self.box_coder.encode(matched, anchors))
+            losses = {"loss_objectness": loss_obj, "loss_rpn_box_reg": loss_reg}
+        return boxes, scores, losses
+
+    def forward(self, images, features, targets=None):  # type: ignore[override]
+        boxes, _, losses = self.propose(images, features, targets)
+        return boxes, losses
+
+
+class RegionDetector(nn.Module):
+    """Faster R-CNN (FPN) with a frozen object classifier and a trained emotional-region classifier."""
+
+    def __init__(self, config: DetectorConfig | None = None) -> None:
+        super().__init__()
+        cfg = self.config = config or DetectorConfig()
+        self.backbone = build_fpn_backbone(cfg.backbone, cfg.backbone_weights, cfg.fpn_channels, cfg.trainable_layers)
+        self.transform = GeneralizedRCNNTransform(
+            cfg.min_size, cfg.max_size, self.backbone.image_mean, self.backbone.image_std
+        )
+        anchors = AnchorGenerator(tuple((s,) for s in cfg.anchor_sizes), ((1.0,),) * len(cfg.anchor_sizes))
+        self.rpn = ScoredRPN(
+            anchors,
+            RPNHead(cfg.fpn_channels, 1),
+            fg_iou_thresh=0.7,
+            bg_iou_thresh=0.3,
+            batch_size_per_image=256,
+            positive_fraction=0.5,
+            pre_nms_top_n={"training": cfg.rpn_train_pre_nms_top_n, "testing": cfg.rpn_pre_nms_top_n},
+            post_nms_top_n={"training": cfg.rpn_train_post_nms_top_n, "testing": cfg.rpn_post_nms_top_n},
+            nms_thresh=0.7,
+        )
+        self.roi_pool = MultiScaleRoIAlign(list(LEVELS), output_size=7, sampling_ratio=2)
+        box_head = TwoMLPHead(cfg.fpn_channels * 7 * 7, cfg.representation_size)
+        self.roi_heads = RoIHeads(
+            self.roi_pool,
+            box_head,
+            FastRCNNPredictor(cfg.representation_size, 2),  # background | emotional region
+            fg_iou_thresh=0.5,
+            bg_iou_thresh=0.5,
+            batch_size_per_image=cfg.box_batch_size_per_image,
+            positive_fraction=0.25,
+            bbox_reg_weights=None,
+            score_thresh=0.0,
+            nms_thresh=cfg.region_nms,
+            detections_per_img=cfg.top_k,
+        )
+        self.object_classifier = nn.Linear(cfg.representation_size, cfg.num_object_classes)
+        self.object_classifier.requires_grad_(False)
+        self.register_buffer("has_object_classifier", torch.tensor(False))
+        if cfg.object_weights:
+            self.load_coco(cfg.object_weights)
+
+    def load_coco(self, path: str | Path) -> int:
+        """Load a torchvision COCO Faster R-CNN checkpoint: every tensor whose name and shape match, and its
+        class scores as the (frozen) object classifier. Returns how many tensors were loaded."""
+        state = load_state_dict_file(path)
+        renamed = {
+            k.replace("roi_heads.box_predictor.cls_score", "object_classifier"): v
+            for k, v in state.items()
+            if not k.startswith("roi_heads.box_predictor.bbox_pred")
+        }
+        own = self.state_dict()
+        loadable = {k: v for k, v in renamed.items() if k in own and own[k].shape == v.shape}
+        if "object_classifier.weight" not in loadable:
+            raise ConfigError(
+                f"{path}: no object classifier of shape {tuple(own['object_classifier.weight'].shape)} "
+                "(roi_heads.box_predictor.cls_score); set detector.representation_size/num_object_classes to match"
+            )
+        self.load_state_dict(loadable, strict=False)
+        self.has_object_classifier.fill_(True)
+        return len(loadable)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
+        """Training: ``images`` (list of ``(3, H, W)`` in [0, 1]) and ``targets`` (``boxes (N, 4)``) -> losses.
+
+        Evaluation: per image ``{"boxes": (K, 4), "scores": (K,)}`` - top-K emotional regions, original coords.
+        """
+        if self.training:
+            if targets is None:
+                raise ValueError("targets are needed in training mode")
+            targets = [{"boxes": t["boxes"], "labels": torch.ones_like(t["boxes"][:, 0], dtype=torch.int64)}
+                       for t in targets]  # fmt: skip
+            image_list, targets = self.transform(images, targets)
+            features = self.backbone(image_list.tensors)
+            proposals, _, rpn_losses = self.rpn.propose(image_list, features, targets)
+            _, roi_losses = self.roi_heads(features, proposals, image_list.image_sizes, targets)
+            return {**rpn_losses, **roi_losses}
+        regions = self.detect(images)
+        boxes = regions.to_original(regions.emotional_boxes)
+        return [{"boxes": b, "scores": s} for b, s in zip(boxes, regions.emotional_scores, strict=True)]
+
+    def detect(self, images: list[Tensor]) -> Regions:
+        """Top-K emotional and object regions with the FPN features they were found on. ``images``: list of
+        ``(3, H, W)`` in [0, 1]."""
+        original_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+        image_list, _ = self.transform(images)
+        features = self.backbone(image_list.tensors)
+        proposals, rpn_scores, _ = self.rpn.propose(image_list, features)
+        box_features = self.roi_heads.box_head(self.roi_pool(features, proposals, image_list.image_sizes))
+        logits, deltas = self.roi_heads.box_predictor(box_features)
+        p_emo = logits.softmax(-1)[:, 1]
+        if bool(self.has_object_classifier):
+            p_obj = 1.0 - self.object_classifier(box_features).softmax(-1)[:, 0]
+        else:
+            p_obj = torch.cat(rpn_scores)
+        regressed = self.roi_heads.box_coder.decode(deltas, proposals)[:, 1]
+        counts = [len(p) for p in proposals]
+        k = self.config.top_k
+        e_boxes, e_scores, o_boxes, o_scores = [], [], [], []
+        for props, boxes, pe, po, size in zip(
+            proposals,
+            regressed.split(counts),
+            p_emo.split(counts),
+            p_obj.split(counts),
+            image_list.image_sizes,
+            strict=True,
+        ):
+            boxes = box_ops.clip_boxes_to_image(boxes, size)
+            s_emo = torch.sqrt(pe**2 + po**2)
+            b, s = self._top_k(boxes, s_emo, size, k)
+            e_boxes.append(b)
+            e_scores.append(s)
+            b, s = self._top_k(box_ops.clip_boxes_to_image(props, size), po, size, k)
+            o_boxes.append(b)
+            o_scores.append(s)
+        return Regions(
+            features=features,
+            image_sizes=[(int(h), int(w)) for h, w in image_list.image_sizes],
+            original_sizes=original_sizes,
+            emotional_boxes=torch.stack(e_boxes),
+            emotional_scores=torch.stack(e_scores),
+            object_boxes=torch.stack(o_boxes),
+            object_scores=torch.stack(o_scores),
+        )
+
+    def _top_k(self, boxes: Tensor, scores: Tensor, size: tuple[int, int], k: int) -> tuple[Tensor, Tensor]:
+        """NMS (``region_nms``), then the ``k`` best, padded with the whole-image box at score 0: ``(k, 4), (k,)``."""
+        boxes = boxes.reshape(-1, 4)
+        keep = box_ops.remove_small_boxes(boxes, min_size=2.0)
+        boxes, scores = boxes[keep], scores[keep]
+        keep = box_ops.nms(boxes, scores, self.config.region_nms)[:k]
+        boxes, scores = boxes[keep], scores[keep]
+        if len(boxes) < k:
+            h, w = size
+            pad = torch.tensor([[0.0, 0.0, float(w), float(h)]], device=boxes.device).expand(k - len(boxes), 4)
+            boxes = torch.cat([boxes, pad])
+            scores = torch.cat([scores, scores.new_zeros(k - len(scores))])
+        return boxes, scores
+
+
+def region_recall(pred: Tensor, gt: Tensor, iou: float = 0.5) -> float:
+    """Share of ground-truth boxes ``(G, 4)`` hit by any predicted box ``(K, 4)`` at IoU >= ``iou``."""
+    if len(gt) == 0:
+        return 1.0
+    if len(pred) == 0:
+        return 0.0
+    return float((box_iou(gt, pred).max(dim=1).values >= iou).float().mean())
