@@ -148,9 +148,26 @@ def freeze_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
+def _load_weights(net: nn.Module, path: str | Path, what: str, optional: tuple[str, ...]) -> None:
+    """Load a state dict file into ``net``; keys starting with ``optional`` may be absent or differ in shape."""
+    state = {k: v for k, v in load_state_dict_file(path).items() if not k.startswith(optional)}
+    try:
+        missing, _ = net.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        detail = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+        raise ConfigError(f"{path}: not {what} weights ({detail})") from None
+    missing = [m for m in missing if not m.startswith(optional)]
+    if missing:
+        raise ConfigError(f"{path}: not {what} weights (missing {missing[0]} and {len(missing) - 1} more)")
+
+
 class _Lite0Body(nn.Module):
+    """The Lite0 trunk up to C5 (the classifier head is dropped: the FPN never reads it)."""
+
     def __init__(self, net: EfficientNetLite0) -> None:
         super().__init__()
+        for unused in ("_conv_head", "_bn1", "_fc"):
+            delattr(net, unused)
         self.net = net
 
     def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
@@ -197,9 +214,7 @@ def build_fpn_backbone(
         net = EfficientNetLite0()
         if weights is not None:
             path = lite0_weights_path() if weights == "imagenet" else Path(weights)
-            missing, _ = net.load_state_dict(load_state_dict_file(path), strict=False)
-            if missing:
-                raise ConfigError(f"{path}: not EfficientNet-Lite0 weights (missing {missing[0]} and others)")
+            _load_weights(net, path, "EfficientNet-Lite0", optional=())
         first_trainable = LITE0_TRAINABLE_FROM[trainable_layers]
         frozen = tuple(f"_blocks.{i}." for i in range(first_trainable))
         _freeze_prefixes(net, frozen + (("_conv_stem", "_bn0") if trainable_layers < 5 else ()))
@@ -212,9 +227,7 @@ def build_fpn_backbone(
                 raise ConfigError(
                     f"no ImageNet {name} weights ship offline; give a local .pth path (torchvision's file) or null"
                 )
-            missing, _ = net.load_state_dict(load_state_dict_file(weights), strict=False)
-            if [m for m in missing if not m.startswith("fc.")]:
-                raise ConfigError(f"{weights}: not {name} weights (missing {missing[0]} and others)")
+            _load_weights(net, weights, name, optional=("fc.",))
         layers = ("layer4", "layer3", "layer2", "layer1", "conv1")[:trainable_layers]
         for pname, param in net.named_parameters():
             if not pname.startswith(layers) or pname.startswith("bn1"):

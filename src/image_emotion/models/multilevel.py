@@ -1,0 +1,147 @@
+"""The multi-level classifier of seed 000 §4.3: ``X = [X_global, X_local × K] -> FC -> FC -> softmax``.
+
+Global and local features come from the *same* FPN maps the detector used (one backbone pass): the global
+feature is the mean- and max-pooled P2-P5 maps, each local feature the mean- and max-pooled 7×7 RoIAlign
+crop of a region at the FPN level its size maps to (small regions read fine levels, large ones coarse:
+the "multi-level" of the paper).
+
+Ablations (Table 1 rows), by ``mode``: ``global`` | ``object`` | ``emotional`` | ``global+object`` |
+``global+emotional``. Features are extracted once (``RegionFeatures``) and every mode reads them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from image_emotion.errors import ConfigError
+from image_emotion.models.backbones import LEVELS
+from image_emotion.models.region_detector import RegionDetector, Regions
+
+MODES = ("global", "object", "emotional", "global+object", "global+emotional")
+
+
+def parse_mode(mode: str) -> tuple[bool, str | None]:
+    """``mode`` -> (use the global feature, which regions: ``"object"``, ``"emotional"`` or None)."""
+    if mode not in MODES:
+        raise ConfigError(f"unknown classifier mode {mode!r}; expected one of {', '.join(MODES)}")
+    parts = mode.split("+")
+    regions = next((p for p in parts if p != "global"), None)
+    return "global" in parts, regions
+
+
+@dataclass
+class RegionFeatures:
+    """Everything a classifier head needs, for a batch of B images and K regions.
+
+    ``global_``: ``(B, Dg)``; ``emotional``/``object``: ``(B, K, Dl)``; ``*_boxes``: ``(B, K, 4)`` in
+    original image pixels; ``*_scores``: ``(B, K)``.
+    """
+
+    global_: Tensor
+    emotional: Tensor
+    object: Tensor
+    emotional_boxes: Tensor
+    emotional_scores: Tensor
+    object_boxes: Tensor
+    object_scores: Tensor
+
+    def as_dict(self) -> dict[str, Tensor]:
+        return {
+            "global": self.global_,
+            "emotional": self.emotional,
+            "object": self.object,
+            "emotional_boxes": self.emotional_boxes,
+            "emotional_scores": self.emotional_scores,
+            "object_boxes": self.object_boxes,
+            "object_scores": self.object_scores,
+        }
+
+
+def global_features(features: dict[str, Tensor]) -> Tensor:
+    """Mean and max of every FPN level, concatenated: ``{"p2": (B, C, h, w), ...}`` -> ``(B, 2 · 4 · C)``."""
+    maps = [features[k] for k in LEVELS]
+    return torch.cat([torch.cat([m.mean(dim=(2, 3)), m.amax(dim=(2, 3))], dim=1) for m in maps], dim=1)
+
+
+def local_features(detector: RegionDetector, regions: Regions, boxes: Tensor) -> Tensor:
+    """Mean+max of the 7×7 RoIAlign crop of each box (resized-input coords ``(B, K, 4)``) -> ``(B, K, 2C)``."""
+    b, k, _ = boxes.shape
+    crops = detector.roi_pool(regions.features, list(boxes), regions.image_sizes)  # (B*K, C, 7, 7)
+    pooled = torch.cat([crops.mean(dim=(2, 3)), crops.amax(dim=(2, 3))], dim=1)
+    return pooled.view(b, k, -1)
+
+
+def extract_features(detector: RegionDetector, images: list[Tensor]) -> RegionFeatures:
+    """One backbone pass: top-K emotional and object regions and their features. ``images``: ``(3, H, W)`` in [0, 1]."""
+    regions = detector.detect(images)
+    return RegionFeatures(
+        global_=global_features(regions.features),
+        emotional=local_features(detector, regions, regions.emotional_boxes),
+        object=local_features(detector, regions, regions.object_boxes),
+        emotional_boxes=regions.to_original(regions.emotional_boxes),
+        emotional_scores=regions.emotional_scores,
+        object_boxes=regions.to_original(regions.object_boxes),
+        object_scores=regions.object_scores,
+    )
+
+
+def feature_dims(detector: RegionDetector) -> tuple[int, int]:
+    """(global dim ``Dg``, local dim ``Dl``) of ``extract_features`` for this detector."""
+    c = detector.config.fpn_channels
+    return 2 * len(LEVELS) * c, 2 * c
+
+
+class MultiLevelHead(nn.Module):
+    """``X = [X_global, X_local × K]`` -> LayerNorm -> FC(hidden) -> ReLU -> Dropout -> FC(classes): logits."""
+
+    def __init__(
+        self,
+        global_dim: int,
+        local_dim: int,
+        top_k: int,
+        num_classes: int,
+        mode: str = "global+emotional",
+        hidden: int = 512,
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.mode = mode
+        self.use_global, self.regions = parse_mode(mode)
+        self.top_k = top_k
+        in_dim = (global_dim if self.use_global else 0) + (local_dim * top_k if self.regions else 0)
+        self.norm = nn.LayerNorm(in_dim)
+        self.fc1 = nn.Linear(in_dim, hidden)
+        self.drop = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(hidden, num_classes)
+
+    def assemble(self, features: dict[str, Tensor]) -> Tensor:
+        """``X`` for this mode: ``(B, Dg + K · Dl)`` (or either part alone)."""
+        parts = []
+        if self.use_global:
+            parts.append(features["global"])
+        if self.regions:
+            local = features[self.regions][:, : self.top_k]
+            parts.append(local.flatten(1))
+        return torch.cat(parts, dim=1)
+
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
+        """Features (``RegionFeatures.as_dict()`` or cached tensors) -> logits ``(B, num_classes)``."""
+        x = self.norm(self.assemble(features))
+        return self.fc2(self.drop(torch.relu(self.fc1(x))))
+
+
+class MultiLevelClassifier(nn.Module):
+    """Detector + head for end-to-end inference: images -> logits, with the regions that explain them."""
+
+    def __init__(self, detector: RegionDetector, head: MultiLevelHead) -> None:
+        super().__init__()
+        self.detector = detector
+        self.head = head
+
+    def forward(self, images: list[Tensor]) -> tuple[Tensor, RegionFeatures]:
+        """``images``: list of ``(3, H, W)`` in [0, 1] -> logits ``(B, classes)`` and the region features."""
+        feats = extract_features(self.detector, images)
+        return self.head(feats.as_dict()), feats
