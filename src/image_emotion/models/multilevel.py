@@ -74,13 +74,26 @@ def local_features(detector: RegionDetector, regions: Regions, boxes: Tensor) ->
     return pooled.view(b, k, -1)
 
 
-def extract_features(detector: RegionDetector, images: list[Tensor]) -> RegionFeatures:
-    """One backbone pass: top-K emotional and object regions and their features. ``images``: ``(3, H, W)`` in [0, 1]."""
+def extract_features(
+    detector: RegionDetector, images: list[Tensor], kinds: tuple[str, ...] = ("emotional", "object")
+) -> RegionFeatures:
+    """One backbone pass: global features and, for each of ``kinds``, the top-K regions' features.
+
+    ``images``: list of ``(3, H, W)`` in [0, 1]. Region kinds not asked for get empty ``(B, 0, Dl)``
+    features (inference reads only the kind its head uses).
+    """
     regions = detector.detect(images)
+    b = len(images)
+
+    def pooled(kind: str) -> Tensor:
+        if kind in kinds:
+            return local_features(detector, regions, getattr(regions, f"{kind}_boxes"))
+        return regions.features["p2"].new_zeros(b, 0, feature_dims(detector)[1])
+
     return RegionFeatures(
         global_=global_features(regions.features),
-        emotional=local_features(detector, regions, regions.emotional_boxes),
-        object=local_features(detector, regions, regions.object_boxes),
+        emotional=pooled("emotional"),
+        object=pooled("object"),
         emotional_boxes=regions.to_original(regions.emotional_boxes),
         emotional_scores=regions.emotional_scores,
         object_boxes=regions.to_original(regions.object_boxes),
@@ -143,5 +156,5 @@ class MultiLevelClassifier(nn.Module):
 
     def forward(self, images: list[Tensor]) -> tuple[Tensor, RegionFeatures]:
         """``images``: list of ``(3, H, W)`` in [0, 1] -> logits ``(B, classes)`` and the region features."""
-        feats = extract_features(self.detector, images)
+        feats = extract_features(self.detector, images, kinds=(self.head.regions,) if self.head.regions else ())
         return self.head(feats.as_dict()), feats
