@@ -36,8 +36,13 @@ def test_every_ablation_row_has_the_right_input_width_and_output(detector, embed
     images, _, _ = embedded_small
     dg, dl = feature_dims(detector)
     head = MultiLevelHead(dg, dl, CFG.top_k, 8, mode=mode, hidden=16)
-    expected = {"global": dg, "object": 3 * dl, "emotional": 3 * dl, "global+object": dg + 3 * dl,
-                "global+emotional": dg + 3 * dl}[mode]  # fmt: skip
+    expected = {
+        "global": dg,
+        "object": 3 * dl,
+        "emotional": 3 * dl,
+        "global+object": dg + 3 * dl,
+        "global+emotional": dg + 3 * dl,
+    }[mode]
     assert head.fc1.in_features == expected
     with torch.no_grad():
         logits, feats = MultiLevelClassifier(detector, head).eval()(images[:2])

@@ -36,7 +36,7 @@ def test_annotations_are_balanced_with_votes_and_boxes_inside(tmp_path):
         for x1, y1, x2, y2 in boxes:
             assert 0 <= x1 < x2 <= 96 and 0 <= y1 < y2 <= 96
             area = (x2 - x1) * (y2 - y1) / 96**2
-            assert 0.04 <= area <= 0.25
+            assert 0.04 <= area <= 0.18
     # the true class has the most votes for most images (agreement >= 0.45)
     top = [MIKELS8.labels[int(np.argmax(json.loads(v)))] for v in ann["votes"]]
     assert np.mean(np.array(top) == ann["label"].to_numpy()) > 0.8

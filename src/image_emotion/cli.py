@@ -1,8 +1,14 @@
-"""``image-emotion``: one sub-command a pipeline stage. Errors print one line and exit with status 2."""
+"""``image-emotion``: one sub-command a pipeline stage. Errors print one line and exit with status 2.
+
+Every stage sub-command takes ``--params`` / ``--set key=value`` and one option per path of the stage's
+``*Paths`` dataclass (``--out-dir``, ``--metrics``, ...), defaulting to the paths ``dvc.yaml`` uses.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
 import json
 import sys
 from collections.abc import Sequence
@@ -11,48 +17,67 @@ from pathlib import Path
 from image_emotion.config import DEFAULT_PARAMS, load_params
 from image_emotion.errors import ImageEmotionError
 
+# sub-command -> (stage module, its paths dataclass, help)
+STAGES = {
+    "make-embedded": ("make_embedded", "MakeEmbeddedPaths", "draw the embedded default dataset (params: embedded)"),
+    "prepare": ("prepare", "PreparePaths", "dataset layout -> validated manifest, splits, folds (params: data)"),
+    "finetune-detector": ("finetune_detector", "FinetunePaths", "train the emotional-region detector (resumes)"),
+    "extract-regions": ("extract_regions", "ExtractPaths", "cache global + top-K region features of every image"),
+    "train-classifier": ("train_classifier", "ClassifierPaths", "λ sweep, loss variants, ablations, 8/2 classes"),
+    "transfer-cv": ("transfer_cv", "TransferPaths", "5-fold one-against-all transfer to a small dataset"),
+    "evaluate": (
+        "evaluate",
+        "EvaluatePaths",
+        "test metrics, confusion matrix, λ curve, ablation table, region overlays",
+    ),
+    "register": ("register", "RegisterPaths", "log + register the model in MLflow; promote to champion if better"),
+}
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: params.yaml)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a param, e.g. --set data.dataset=fi --set data.root=/data/FI (repeatable)",
-    )
+
+def _add_path_options(parser: argparse.ArgumentParser, paths_cls) -> None:
+    for f in dataclasses.fields(paths_cls):
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, tuple):
+            parser.add_argument(
+                flag,
+                type=Path,
+                action="append",
+                default=None,
+                help=f"repeatable (default: {' '.join(map(str, f.default))})",
+            )
+        else:
+            parser.add_argument(flag, type=Path, default=f.default, help=f"(default: {f.default})")
 
 
-def _make_embedded(args: argparse.Namespace) -> dict:
-    from image_emotion.stages import make_embedded
-
+def _run_stage(args: argparse.Namespace) -> dict:
+    module = importlib.import_module(f"image_emotion.stages.{args.stage_module}")
+    paths_cls = getattr(module, args.paths_class)
+    values = {}
+    for f in dataclasses.fields(paths_cls):
+        value = getattr(args, f.name)
+        values[f.name] = (tuple(value) if value else f.default) if isinstance(f.default, tuple) else value
     params = load_params(args.params, args.overrides)
-    return make_embedded.run(params, make_embedded.MakeEmbeddedPaths(out_dir=args.out_dir))
-
-
-def _prepare(args: argparse.Namespace) -> dict:
-    from image_emotion.stages import prepare
-
-    params = load_params(args.params, args.overrides)
-    return prepare.run(params, prepare.PreparePaths(out_dir=args.out_dir, metrics=args.metrics))
+    return module.run(params, paths_cls(**values))
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command."""
     parser = argparse.ArgumentParser(prog="image-emotion", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("make-embedded", help="draw the embedded default dataset (params: embedded)")
-    _common(p)
-    p.add_argument("--out-dir", type=Path, default=Path("data/embedded"))
-    p.set_defaults(func=_make_embedded)
-
-    p = sub.add_parser("prepare", help="dataset layout -> validated manifest, splits, folds (params: data, prepare)")
-    _common(p)
-    p.add_argument("--out-dir", type=Path, default=Path("data/prepared"))
-    p.add_argument("--metrics", type=Path, default=Path("metrics/prepare.json"))
-    p.set_defaults(func=_prepare)
+    for name, (module_name, paths_class, help_text) in STAGES.items():
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: params.yaml)")
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a param, e.g. --set data.dataset=fi --set data.root=/data/FI (repeatable)",
+        )
+        paths_cls = getattr(importlib.import_module(f"image_emotion.stages.{module_name}"), paths_class)
+        _add_path_options(p, paths_cls)
+        p.set_defaults(func=_run_stage, stage_module=module_name, paths_class=paths_class)
     return parser
 
 
@@ -67,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; outputs written so far are complete (writes are atomic)", file=sys.stderr)
         return 130
-    print(json.dumps(result, indent=2, sort_keys=True))
+    print(json.dumps(result, indent=2, sort_keys=True, default=str))
     return 0
 
 

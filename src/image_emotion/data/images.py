@@ -7,6 +7,7 @@ whose one-line message names the file and the fix.
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -59,16 +60,27 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
         raise ImageDecodeError(path, f"cannot read ({exc.strerror}); check its permissions") from None
     if size == 0:
         raise ImageDecodeError(path, "empty file (0 bytes); re-copy or delete it")
+    return _decode(path, path, max_pixels)
+
+
+def load_image_bytes(data: bytes, name: str = "<image bytes>", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """``load_image`` for encoded bytes (an upload, a base64 request); ``name`` appears in errors."""
+    if not data:
+        raise ImageDecodeError(name, "empty image (0 bytes)")
+    return _decode(io.BytesIO(data), name, max_pixels)
+
+
+def _decode(source, name: str | Path, max_pixels: int) -> Image.Image:
     if ImageFile.LOAD_TRUNCATED_IMAGES:
-        raise ImageDecodeError(path, "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set; unset it so truncation is caught")
+        raise ImageDecodeError(name, "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set; unset it so truncation is caught")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 w, h = img.size
                 if w * h > max_pixels:
                     raise ImageDecodeError(
-                        path,
+                        name,
                         f"{w}x{h} = {w * h} pixels is over the limit of {max_pixels} "
                         "(images.max_pixels in params.yaml); downscale it or raise the limit",
                     )
@@ -79,12 +91,12 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageDecodeError(
-            path, f"decompression bomb refused ({exc}); downscale it or raise images.max_pixels"
+            name, f"decompression bomb refused ({exc}); downscale it or raise images.max_pixels"
         ) from None
     except UnidentifiedImageError:
         raise ImageDecodeError(
-            path, "not an image PIL can decode (JPEG, PNG, BMP, GIF, TIFF, WebP); replace or remove it"
+            name, "not an image PIL can decode (JPEG, PNG, BMP, GIF, TIFF, WebP); replace or remove it"
         ) from None
     except (OSError, SyntaxError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ImageDecodeError(path, f"corrupt or truncated image ({reason}); re-copy or remove it") from None
+        raise ImageDecodeError(name, f"corrupt or truncated image ({reason}); re-copy or remove it") from None

@@ -4,10 +4,11 @@ Why it is a fair test of seed 000's claim (regions beat global features):
 
 - Each Mikels-8 class has a motif: a shape and a hue (hue = 45 degrees x the class's place on Mikels'
   wheel, so neighbouring emotions look alike, as they are confused alike). One or two motif objects
-  (5-20% of the image each) sit at random places, drawn striped with a dark outline - the "emotional
+  (5-14% of the image each) sit at random places, drawn striped *and* outlined - the "emotional
   region"; their boxes are the ground truth for the region detector.
-- Backgrounds (gradients, clutter, noise) and 2-4 distractor objects (the same shapes and hues, plain,
-  no outline) are drawn independently of the class, so global colour/shape statistics are weak evidence.
+- Backgrounds (gradients, clutter, noise) and 3-5 distractor objects are drawn independently of the class:
+  any shape, any class hue, plain, striped or outlined (never both), so every single cue of a motif also
+  appears away from it, and global colour/shape statistics are weak evidence of the class.
 - 20 simulated viewers vote per image: the true class with a per-image agreement in [0.45, 0.9], else a
   class drawn in proportion to ``1/dis^2`` on Mikels' wheel. Votes give the distribution; some images
   are ambiguous, as in real data.
@@ -132,22 +133,36 @@ def _votes(rng: np.random.Generator, label_idx: int, n: int) -> list[int]:
 
 
 def render_image(rng: np.random.Generator, label: str, size: int) -> tuple[Image.Image, list[list[float]]]:
-    """Draw one image of class ``label``; returns it and its motif boxes ``[[x1, y1, x2, y2], ...]``."""
+    """Draw one image of class ``label``; returns it and its motif boxes ``[[x1, y1, x2, y2], ...]``.
+
+    Distractors carry every single cue of a motif - any shape, any class hue, stripes *or* an outline - but
+    never both: only the striped-and-outlined object is the emotional region, and only its shape and hue
+    tell the class.
+    """
     img = _background(rng, size)
     draw = ImageDraw.Draw(img)
-    for _ in range(int(rng.integers(2, 5))):
+    outline_width = max(2, size // 64)
+    for _ in range(int(rng.integers(3, 6))):
         shape = SHAPES[int(rng.integers(len(SHAPES)))]
         _, colour = class_motif(WHEEL_ORDER[int(rng.integers(len(WHEEL_ORDER)))])
-        _draw_shape(draw, shape, _random_box(rng, size, 0.03, 0.10), fill=colour)
+        box = _random_box(rng, size, 0.03, 0.10)
+        style = rng.integers(3)  # 0 plain, 1 striped, 2 outlined
+        if style == 1:
+            mask = Image.new("L", (size, size), 0)
+            _draw_shape(ImageDraw.Draw(mask), shape, box, fill=255)
+            img.paste(_striped(colour, size, int(rng.integers(0, 10))), (0, 0), mask)
+        else:
+            outline = (20, 20, 20) if style == 2 else None
+            _draw_shape(draw, shape, box, fill=colour, outline=outline, width=outline_width if style == 2 else 0)
     shape, colour = class_motif(label)
     pattern = _striped(colour, size, int(rng.integers(0, 10)))
     boxes: list[list[float]] = []
     for _ in range(1 if rng.random() < 0.6 else 2):
-        box = _random_box(rng, size, 0.05, 0.20)
+        box = _random_box(rng, size, 0.05, 0.14)
         mask = Image.new("L", (size, size), 0)
         _draw_shape(ImageDraw.Draw(mask), shape, box, fill=255)
         img.paste(pattern, (0, 0), mask)
-        _draw_shape(draw, shape, box, fill=None, outline=(20, 20, 20), width=max(2, size // 64))
+        _draw_shape(draw, shape, box, fill=None, outline=(20, 20, 20), width=outline_width)
         boxes.append([box[0], box[1], min(box[2] + 1, size), min(box[3] + 1, size)])
     noise = rng.normal(0.0, 8.0, (size, size, 3))
     arr = np.clip(np.asarray(img, dtype=np.float64) + noise, 0, 255).astype(np.uint8)

@@ -33,8 +33,15 @@ LITE_MEAN = (127.0 / 255, 127.0 / 255, 127.0 / 255)
 LITE_STD = (128.0 / 255, 128.0 / 255, 128.0 / 255)
 
 # EfficientNet-B0/Lite0 stages: (expand ratio, kernel, stride, out channels, repeats)
-LITE0_STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
-                (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))  # fmt: skip
+LITE0_STAGES = (
+    (1, 3, 1, 16, 1),
+    (6, 3, 2, 24, 2),
+    (6, 5, 2, 40, 2),
+    (6, 3, 2, 80, 3),
+    (6, 5, 1, 112, 3),
+    (6, 5, 2, 192, 4),
+    (6, 3, 1, 320, 1),
+)
 LITE0_TAPS = {2: "c2", 4: "c3", 10: "c4", 15: "c5"}  # last block index of strides 4, 8, 16, 32
 LITE0_CHANNELS = (24, 40, 112, 320)
 # trainable_layers -> first trainable block: the five "layers" start at blocks 0 (+stem), 1, 3, 5 and 11

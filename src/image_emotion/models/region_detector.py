@@ -203,8 +203,9 @@ class RegionDetector(nn.Module):
         if self.training:
             if targets is None:
                 raise ValueError("targets are needed in training mode")
-            targets = [{"boxes": t["boxes"], "labels": torch.ones_like(t["boxes"][:, 0], dtype=torch.int64)}
-                       for t in targets]  # fmt: skip
+            targets = [
+                {"boxes": t["boxes"], "labels": torch.ones_like(t["boxes"][:, 0], dtype=torch.int64)} for t in targets
+            ]
             image_list, targets = self.transform(images, targets)
             features = self.backbone(image_list.tensors)
             proposals, _, rpn_losses = self.rpn.propose(image_list, features, targets)
@@ -280,3 +281,27 @@ def region_recall(pred: Tensor, gt: Tensor, iou: float = 0.5) -> float:
     if len(pred) == 0:
         return 0.0
     return float((box_iou(gt, pred).max(dim=1).values >= iou).float().mean())
+
+
+def save_detector(detector: RegionDetector, path: str | Path, extra: dict[str, Any] | None = None) -> None:
+    """Write the detector's config and weights atomically (``load_detector`` reads them back)."""
+    from dataclasses import asdict
+
+    from image_emotion.checkpoint import save_checkpoint
+
+    state = {k: v.detach().cpu() for k, v in detector.state_dict().items()}
+    save_checkpoint(path, {"config": asdict(detector.config), "state_dict": state, **(extra or {})})
+
+
+def load_detector(path: str | Path, device: str | torch.device = "cpu") -> RegionDetector:
+    """A detector saved by ``save_detector``, in eval mode on ``device``."""
+    from image_emotion.checkpoint import load_checkpoint
+
+    state = load_checkpoint(path)
+    if state is None:
+        raise ConfigError(f"{path}: detector not found; run `image-emotion finetune-detector` first")
+    config = dict(state["config"], backbone_weights=None, object_weights=None)  # the weights are in the state dict
+    config["anchor_sizes"] = tuple(config["anchor_sizes"])
+    detector = RegionDetector(DetectorConfig(**config))
+    detector.load_state_dict(state["state_dict"])
+    return detector.to(device).eval()

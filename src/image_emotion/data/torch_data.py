@@ -1,0 +1,115 @@
+"""From a prepared dataset to tensors: images ``(3, H, W)`` in [0, 1], boxes, labels, distributions."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+from torchvision.transforms.functional import to_tensor
+
+from image_emotion.data.emotions import emotion_distribution, get_label_set
+from image_emotion.data.images import DEFAULT_MAX_PIXELS, load_image
+from image_emotion.data.manifest import read_manifest
+from image_emotion.errors import DatasetError
+
+
+@dataclass
+class PreparedDataset:
+    """A ``prepare`` output: the manifest, the image root and the dataset's name and label set."""
+
+    manifest: pd.DataFrame
+    root: Path
+    name: str
+    label_set: str
+
+    @classmethod
+    def load(cls, prepared_dir: str | Path) -> PreparedDataset:
+        """Read ``manifest.csv`` and ``dataset.json`` written by ``image-emotion prepare``."""
+        prepared_dir = Path(prepared_dir)
+        info_path = prepared_dir / "dataset.json"
+        if not info_path.is_file():
+            raise DatasetError(f"{info_path}: not found; run `image-emotion prepare` (or `dvc repro prepare`) first")
+        info = json.loads(info_path.read_text())
+        return cls(read_manifest(prepared_dir / "manifest.csv"), Path(info["root"]), info["dataset"], info["label_set"])
+
+    def subset(self, mask: np.ndarray | pd.Series) -> PreparedDataset:
+        """The rows where ``mask`` is true."""
+        return PreparedDataset(
+            self.manifest[np.asarray(mask)].reset_index(drop=True), self.root, self.name, self.label_set
+        )
+
+    def split(self, name: str) -> PreparedDataset:
+        """The rows of one split (``train`` / ``val`` / ``test`` / ``cv``)."""
+        return self.subset(self.manifest["split"] == name)
+
+    def labels(self) -> Tensor:
+        """Class ids ``(N,)`` in this dataset's label set."""
+        labels = get_label_set(self.label_set)
+        return torch.tensor([labels.index(x) for x in self.manifest["label"]], dtype=torch.long)
+
+    def distributions(self, p_star: float) -> Tensor:
+        """Emotion distributions ``(N, C)``: the votes where there are any, else eq. 4 (Mikels-8) or one-hot."""
+        labels = get_label_set(self.label_set)
+        rows = []
+        for label, dist in zip(self.manifest["label"], self.manifest["distribution"], strict=True):
+            if dist is not None:
+                rows.append(np.asarray(dist, dtype=np.float64))
+            elif self.label_set == "mikels8":
+                rows.append(emotion_distribution(label, p_star))
+            else:
+                rows.append(np.eye(len(labels))[labels.index(label)])
+        return torch.tensor(np.stack(rows), dtype=torch.float32)
+
+    def label_probabilities(self, p_star: float) -> Tensor:
+        """``p*`` of each image ``(N,)``: its label's share of the votes, else the params default."""
+        labels = get_label_set(self.label_set)
+        return torch.tensor(
+            [
+                p_star if d is None else float(d[labels.index(x)])
+                for x, d in zip(self.manifest["label"], self.manifest["distribution"], strict=True)
+            ],
+            dtype=torch.float32,
+        )
+
+
+def load_tensor_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tensor:
+    """Safe decode -> ``(3, H, W)`` float in [0, 1]."""
+    return to_tensor(load_image(path, max_pixels))
+
+
+class DetectionDataset(Dataset):
+    """Images with their emotional-region boxes, for detector training; optional horizontal flips."""
+
+    def __init__(self, data: PreparedDataset, hflip: bool = False, seed: int = 0) -> None:
+        rows = data.manifest[data.manifest["boxes"].map(len) > 0]
+        if rows.empty:
+            raise DatasetError(
+                f"{data.name}: no image has emotional-region boxes; the detector trains on a dataset with boxes "
+                "(EmotionROI or the embedded dataset)"
+            )
+        self.paths = [data.root / p for p in rows["path"]]
+        self.boxes = [torch.tensor(b, dtype=torch.float32) for b in rows["boxes"]]
+        self.hflip = hflip
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, dict[str, Tensor]]:
+        image, boxes = load_tensor_image(self.paths[i]), self.boxes[i].clone()
+        if self.hflip and torch.rand(1, generator=self.generator).item() < 0.5:
+            width = image.shape[-1]
+            image = image.flip(-1)
+            boxes[:, [0, 2]] = width - boxes[:, [2, 0]]
+        return image, {"boxes": boxes}
+
+
+def collate_lists(batch):
+    """Detection batches stay lists (images differ in size)."""
+    return tuple(list(x) for x in zip(*batch, strict=True))

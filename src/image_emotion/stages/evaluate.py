@@ -1,0 +1,175 @@
+"""Stage ``evaluate``: test metrics (DVC metrics) and plots (DVC plots, also MLflow artifacts).
+
+Writes ``metrics/evaluate.json`` (test accuracy, per-class accuracy, 8 -> 2 polarity accuracy, the 2-class
+model, Table 1 rows, the transfer result) and under ``plots/``: ``confusion.csv`` (actual, predicted - for
+``dvc plots``' confusion template) and ``confusion.png``, ``lambda_curve.csv`` / ``.png`` (accuracy vs λ,
+the paper's Fig. 8), ``ablation.csv`` (Table 1), and ``regions.png``: test images with their top emotional
+regions (red, the best first, thicker) and the ground-truth boxes (green dashed), titled true / predicted.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from image_emotion import tracking
+from image_emotion.config import get
+from image_emotion.data.emotions import get_label_set
+from image_emotion.data.images import load_image
+from image_emotion.head_training import predict
+from image_emotion.io import atomic_path, write_json_atomic, write_text_atomic
+from image_emotion.metrics import classification_report
+from image_emotion.stages.train_classifier import load_head, load_head_data, split_index, to_binary
+
+
+@dataclass(frozen=True)
+class EvaluatePaths:
+    prepared: Path = Path("data/prepared")
+    features: Path = Path("data/features/main")
+    head: Path = Path("models/classifier/head.pt")
+    head_binary: Path = Path("models/classifier/head_binary.pt")
+    sweep: Path = Path("metrics/lambda_sweep.json")
+    ablation: Path = Path("metrics/ablation.json")
+    transfer: Path = Path("metrics/transfer.json")
+    metrics: Path = Path("metrics/evaluate.json")
+    plots: Path = Path("plots")
+
+
+def _csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _save_figure(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+
+
+def plot_lambda_curve(sweep: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    lam = [r["lambda"] for r in sweep]
+    for key, style in (("val_accuracy", "o--"), ("test_accuracy", "s-")):
+        ax.plot(lam, [r[key] for r in sweep], style, label=key.replace("_", " "))
+    ax.set_xlabel("λ in (1-λ)·L_cls + λ·L_ed")
+    ax.set_ylabel("accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save_figure(fig, path)
+    plt.close(fig)
+
+
+def plot_confusion(cm: np.ndarray, labels: tuple[str, ...], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    for (i, j), v in np.ndenumerate(cm):
+        ax.text(j, i, str(v), ha="center", va="center", color="white" if v > cm.max() / 2 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    _save_figure(fig, path)
+    plt.close(fig)
+
+
+def region_overlays(root: Path, rows, boxes: torch.Tensor, true: list[str], pred: list[str], out: Path) -> None:
+    """A grid of images with their top-3 emotional regions and ground-truth boxes."""
+    tiles = []
+    for (path, gt), b, t, p in zip(rows, boxes, true, pred, strict=True):
+        img = load_image(root / path).convert("RGB").resize((192, 192))
+        sx, sy = 192 / Image.open(root / path).width, 192 / Image.open(root / path).height
+        draw = ImageDraw.Draw(img)
+        for x1, y1, x2, y2 in gt:
+            draw.rectangle((x1 * sx, y1 * sy, x2 * sx, y2 * sy), outline=(0, 220, 0), width=2)
+        for rank, (x1, y1, x2, y2) in enumerate(b[:3].tolist()):
+            draw.rectangle((x1 * sx, y1 * sy, x2 * sx, y2 * sy), outline=(230, 0, 0), width=3 - rank)
+        canvas = Image.new("RGB", (192, 212), "white")
+        canvas.paste(img, (0, 20))
+        ImageDraw.Draw(canvas).text((4, 4), f"{t} / {p}", fill=(0, 0, 0) if t == p else (200, 0, 0))
+        tiles.append(canvas)
+    cols = 4
+    grid = Image.new("RGB", (192 * cols, 212 * ((len(tiles) + cols - 1) // cols)), "white")
+    for i, tile in enumerate(tiles):
+        grid.paste(tile, ((i % cols) * 192, (i // cols) * 212))
+    with atomic_path(out) as tmp:
+        grid.save(tmp, format="PNG")
+
+
+def run(params: dict[str, Any], paths: EvaluatePaths) -> dict[str, Any]:
+    p_default = float(get(params, "emotions.dominant_probability", 0.7))
+    data, head_data, _ = load_head_data(paths.prepared, paths.features, p_default)
+    labels = get_label_set(data.label_set)
+    test = split_index(data, "test")
+    head, head_state = load_head(paths.head)
+    sub = head_data.select(test)
+    pred = predict(head, sub.features).argmax(1)
+    report = classification_report(sub.labels.tolist(), pred.tolist(), data.label_set)
+
+    binary_head, _ = load_head(paths.head_binary)
+    binary = to_binary(data, head_data).select(test) if data.label_set != "binary" else sub
+    binary_report = classification_report(
+        binary.labels.tolist(), predict(binary_head, binary.features).argmax(1).tolist(), "binary"
+    )
+    sweep = json.loads(paths.sweep.read_text())
+    ablation = json.loads(paths.ablation.read_text())
+    transfer = json.loads(paths.transfer.read_text()) if paths.transfer.is_file() else None
+    table1 = {r["mode"]: r["test_accuracy"] for r in ablation}
+    metrics = {
+        "dataset": data.name,
+        "label_set": data.label_set,
+        "lambda": head_state.get("lambda"),
+        "test_accuracy": report["accuracy"],
+        "test_polarity_accuracy": report.get("polarity_accuracy"),
+        "binary_test_accuracy": binary_report["accuracy"],
+        "per_class_accuracy": report["per_class_accuracy"],
+        "num_test_images": report["num_samples"],
+        "table1": table1,
+        "emotional_over_global": table1.get("emotional", 0.0) - table1.get("global", 0.0),
+        "transfer_accuracy_mean": transfer["accuracy_mean"] if transfer else None,
+        "transfer_accuracy_std": transfer["accuracy_std"] if transfer else None,
+        "chance_accuracy": 1.0 / len(labels),
+    }
+
+    plots = paths.plots
+    plots.mkdir(parents=True, exist_ok=True)
+    true_names = [labels.labels[i] for i in sub.labels.tolist()]
+    pred_names = [labels.labels[i] for i in pred.tolist()]
+    confusion_rows = [{"actual": t, "predicted": p} for t, p in zip(true_names, pred_names, strict=True)]
+    write_text_atomic(plots / "confusion.csv", _csv(confusion_rows, ["actual", "predicted"]))
+    write_text_atomic(plots / "lambda_curve.csv", _csv(sweep, ["lambda", "val_accuracy", "test_accuracy"]))
+    write_text_atomic(plots / "ablation.csv", _csv(ablation, ["mode", "val_accuracy", "test_accuracy"]))
+    plot_lambda_curve(sweep, plots / "lambda_curve.png")
+    plot_confusion(np.array(report["confusion_matrix"]), labels.labels, plots / "confusion.png")
+    sample = test[: int(get(params, "evaluate.num_overlays", 8))]
+    from image_emotion.feature_cache import load_cache
+
+    boxes = load_cache(paths.features)["emotional_boxes"][sample]
+    rows = list(zip(data.manifest["path"].iloc[sample], data.manifest["boxes"].iloc[sample], strict=True))
+    region_overlays(data.root, rows, boxes, true_names[: len(sample)], pred_names[: len(sample)], plots / "regions.png")
+
+    with tracking.stage_run(params, "evaluate") as mlflow:
+        tracking.log_metrics({k: v for k, v in metrics.items() if isinstance(v, float)})
+        for name in ("confusion.png", "lambda_curve.png", "regions.png", "ablation.csv", "lambda_curve.csv"):
+            mlflow.log_artifact(str(plots / name), artifact_path="plots")
+    write_json_atomic(paths.metrics, metrics)
+    return metrics

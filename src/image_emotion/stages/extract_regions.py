@@ -1,0 +1,89 @@
+"""Stage ``extract_regions``: one detector pass over every image -> cached global + top-K region features.
+
+For each prepared dataset (the main one and the transfer target), features of all its images (every split)
+go to a shard cache (``feature_cache``): streaming, memory flat in dataset size, a progress bar, and a re-run
+skips every shard already cached for the same detector and manifest. Corrupt shards are recomputed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from image_emotion import tracking
+from image_emotion.checkpoint import file_sha256, fingerprint
+from image_emotion.config import get
+from image_emotion.data.torch_data import PreparedDataset, load_tensor_image
+from image_emotion.device import pick_device
+from image_emotion.errors import ConfigError
+from image_emotion.feature_cache import missing_shards, write_shard
+from image_emotion.io import write_json_atomic
+from image_emotion.models.multilevel import extract_features
+from image_emotion.models.region_detector import load_detector
+
+
+@dataclass(frozen=True)
+class ExtractPaths:
+    detector: Path = Path("models/detector/detector.pt")
+    prepared: tuple[Path, ...] = (Path("data/prepared"),)  # one cache directory per prepared dataset
+    features: tuple[Path, ...] = (Path("data/features/main"),)
+    metrics: Path = Path("metrics/extract.json")
+
+
+def extract_dataset(
+    detector,
+    data: PreparedDataset,
+    cache_dir: Path,
+    identity: str,
+    shard_size: int,
+    batch_size: int,
+    device: torch.device,
+) -> dict[str, int]:
+    """Fill ``cache_dir`` for ``data``; returns how many shards were computed and reused."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    paths = list(data.manifest["path"])
+    index, todo = missing_shards(cache_dir, identity, len(paths), shard_size)
+    total = len(index["shards"]) + len(todo)
+    with (
+        torch.inference_mode(),
+        tqdm(total=sum(b - a for _, a, b in todo), desc=f"regions {data.name}", disable=None) as bar,
+    ):
+        for sid, start, stop in todo:
+            chunks = []
+            for i in range(start, stop, batch_size):
+                batch = [load_tensor_image(data.root / p).to(device) for p in paths[i : min(i + batch_size, stop)]]
+                chunks.append({k: v.cpu() for k, v in extract_features(detector, batch).as_dict().items()})
+                bar.update(len(batch))
+            shard = {k: torch.cat([c[k] for c in chunks]) for k in chunks[0]}
+            shard["paths"] = paths[start:stop]
+            write_shard(cache_dir, index, sid, start, stop, shard)
+    return {"images": len(paths), "shards_computed": len(todo), "shards_reused": total - len(todo)}
+
+
+def run(params: dict[str, Any], paths: ExtractPaths) -> dict[str, Any]:
+    device = pick_device(str(get(params, "device", "auto")))
+    section = get(params, "extract", {}) or {}
+    shard_size, batch_size = int(section.get("shard_size", 256)), int(section.get("batch_size", 16))
+    detector = load_detector(paths.detector, device)
+    detector_sha = file_sha256(paths.detector)
+    results: dict[str, Any] = {}
+    start = time.perf_counter()
+    with tracking.stage_run(params, "extract_regions", {"extract": section}) as mlflow:
+        if len(paths.prepared) != len(paths.features):
+            raise ConfigError("extract-regions needs one --features directory per --prepared directory")
+        for prepared, cache_dir in zip(paths.prepared, paths.features, strict=True):
+            data = PreparedDataset.load(prepared)
+            identity = fingerprint(detector_sha, file_sha256(Path(prepared) / "manifest.csv"), shard_size)
+            results[data.name if data.name not in results else str(cache_dir)] = extract_dataset(
+                detector, data, Path(cache_dir), identity, shard_size, batch_size, device
+            )
+        results_flat = {f"{name}.{k}": v for name, r in results.items() for k, v in r.items()}
+        mlflow.log_metrics({k: float(v) for k, v in results_flat.items()})
+    metrics = {"datasets": results, "seconds": round(time.perf_counter() - start, 2), "device": str(device)}
+    write_json_atomic(paths.metrics, metrics)
+    return metrics

@@ -1,0 +1,194 @@
+"""Stage ``train_classifier``: the multi-level head on cached features — λ sweep, losses, ablations, 8/2 classes.
+
+- λ sweep: L_multi for every λ in ``classifier.lambdas`` (the paper's Fig. 8), on the 8-class task of the
+  dataset's label set; λ* is chosen on the validation split (test stays untouched for the report).
+- Loss variants at λ*: L_cls (λ = 0), L_p (eq. 10), L_multi.
+- Ablations (Table 1 rows): every mode of ``models.multilevel.MODES`` trained with L_multi at λ*.
+- 2-class: the same head on polarity labels (distributions summed by polarity), and the 8 -> 2 accuracy.
+Each training is a nested MLflow run. Outputs: the λ* heads (``models/classifier/head.pt``,
+``head_binary.pt``) and ``metrics/lambda_sweep.json``, ``metrics/ablation.json``, ``metrics/classifier.json``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from image_emotion import tracking
+from image_emotion.checkpoint import save_checkpoint
+from image_emotion.config import get
+from image_emotion.data.emotions import BINARY, get_label_set
+from image_emotion.data.torch_data import PreparedDataset
+from image_emotion.errors import ConfigError
+from image_emotion.feature_cache import load_cache
+from image_emotion.head_training import HeadData, head_params, predict, train_head
+from image_emotion.io import write_json_atomic
+from image_emotion.metrics import accuracy, polarity_accuracy
+from image_emotion.models.multilevel import MODES, MultiLevelHead
+
+
+@dataclass(frozen=True)
+class ClassifierPaths:
+    prepared: Path = Path("data/prepared")
+    features: Path = Path("data/features/main")
+    out_dir: Path = Path("models/classifier")
+    sweep: Path = Path("metrics/lambda_sweep.json")
+    ablation: Path = Path("metrics/ablation.json")
+    metrics: Path = Path("metrics/classifier.json")
+
+
+def load_head_data(prepared: Path, features: Path, p_default: float) -> tuple[PreparedDataset, HeadData, tuple]:
+    """The prepared dataset and its cached features, row-aligned; ``dims`` = (Dg, Dl, K)."""
+    data = PreparedDataset.load(prepared)
+    cache = load_cache(features)
+    if cache["paths"] != list(data.manifest["path"]):
+        raise ConfigError(
+            f"{features}: cached features are for another manifest; re-run `image-emotion extract-regions`"
+        )
+    feats = {k: cache[k] for k in ("global", "emotional", "object")}
+    head_data = HeadData(feats, data.labels(), data.distributions(p_default), data.label_probabilities(p_default))
+    dims = (feats["global"].shape[1], feats["emotional"].shape[2], feats["emotional"].shape[1])
+    return data, head_data, dims
+
+
+def to_binary(data: PreparedDataset, head_data: HeadData) -> HeadData:
+    """Polarity labels, distributions summed by polarity, and p* of the polarity."""
+    labels = get_label_set(data.label_set)
+    positive = torch.tensor([labels.polarity(x) == "positive" for x in labels.labels], dtype=torch.float32)
+    pos_mass = head_data.distributions @ positive
+    dist = torch.stack([1 - pos_mass, pos_mass], dim=1)
+    y = torch.tensor([BINARY.index(labels.polarity(x)) for x in data.manifest["label"]])
+    return head_data.with_targets(y, dist, dist.gather(1, y[:, None])[:, 0])
+
+
+def split_index(data: PreparedDataset, name: str) -> np.ndarray:
+    return np.flatnonzero(data.manifest["split"].to_numpy() == name)
+
+
+def fit_and_score(head_data, idx, dims, num_classes, mode, loss, lam, hp, name, label_set=None):
+    """Train on ``idx['train']`` and return the head with its val/test accuracy, logged as a nested run."""
+    with tracking.child_run(name, {"mode": mode, "loss": loss, "lambda": lam}) as mlflow:
+        head = train_head(head_data.select(idx["train"]), dims, num_classes, mode, loss, lam, hp)
+        scores = {}
+        for split in ("val", "test"):
+            if len(idx[split]):
+                sub = head_data.select(idx[split])
+                probs = predict(head, sub.features)
+                pred = probs.argmax(1)
+                scores[f"{split}_accuracy"] = accuracy(sub.labels.tolist(), pred.tolist())
+                nll = -torch.log(probs.gather(1, sub.labels[:, None]).clamp_min(1e-12)).mean()
+                scores[f"{split}_nll"] = float(nll)
+                if label_set in ("mikels8", "ekman6"):
+                    scores[f"{split}_polarity_accuracy"] = polarity_accuracy(
+                        sub.labels.tolist(), pred.tolist(), label_set
+                    )
+        mlflow.log_metrics(scores)
+    return head, scores
+
+
+def save_head(path: Path, head: MultiLevelHead, dims, label_set: str, extra: dict[str, Any]) -> None:
+    save_checkpoint(
+        path,
+        {
+            "state_dict": head.state_dict(),
+            "dims": list(dims),
+            "mode": head.mode,
+            "num_classes": head.fc2.out_features,
+            "hidden": head.fc1.out_features,
+            "label_set": label_set,
+            **extra,
+        },
+    )
+
+
+def load_head(path: Path) -> tuple[MultiLevelHead, dict[str, Any]]:
+    from image_emotion.checkpoint import load_checkpoint
+
+    state = load_checkpoint(path)
+    if state is None:
+        raise ConfigError(f"{path}: classifier head not found; run `image-emotion train-classifier` first")
+    dg, dl, k = state["dims"]
+    head = MultiLevelHead(dg, dl, k, state["num_classes"], mode=state["mode"], hidden=state["hidden"])
+    head.load_state_dict(state["state_dict"])
+    return head.eval(), state
+
+
+def run(params: dict[str, Any], paths: ClassifierPaths) -> dict[str, Any]:
+    section = get(params, "classifier", {}) or {}
+    hp = head_params(section)
+    mode = str(section.get("mode", "global+emotional"))
+    lambdas = [float(x) for x in section.get("lambdas", [round(0.1 * i, 1) for i in range(11)])]
+    p_default = float(get(params, "emotions.dominant_probability", 0.7))
+    data, head_data, dims = load_head_data(paths.prepared, paths.features, p_default)
+    idx = {s: split_index(data, s) for s in ("train", "val", "test")}
+    if not len(idx["val"]):
+        idx["val"] = idx["test"]  # official splits without validation images (EmotionROI): select on test, said so
+    n_classes = len(get_label_set(data.label_set))
+
+    with tracking.stage_run(params, "train_classifier", {"classifier": section}):
+        sweep = []
+        heads = {}
+        for lam in lambdas:
+            head, scores = fit_and_score(
+                head_data, idx, dims, n_classes, mode, "multi", lam, hp, f"lambda={lam}", data.label_set
+            )
+            sweep.append({"lambda": lam, **scores})
+            heads[lam] = head
+        best = max(sweep, key=lambda r: (r["val_accuracy"], -r["val_nll"]))  # ties: the better calibrated
+        lam_star = best["lambda"]
+
+        # L_cls is L_multi at λ = 0 (in the sweep when 0 is swept); L_multi at λ* is the sweep's best
+        losses = {"multi": best}
+        swept_zero = [r for r in sweep if r["lambda"] == 0.0]
+        for loss in ("cls", "p"):
+            if loss == "cls" and swept_zero:
+                losses[loss] = swept_zero[0]
+                continue
+            _, losses[loss] = fit_and_score(
+                head_data, idx, dims, n_classes, mode, loss, 0.0, hp, f"loss={loss}", data.label_set
+            )
+        ablation = []
+        for ablation_mode in MODES:
+            if ablation_mode == mode:  # the full method at λ*: the sweep trained it already
+                scores = {k: v for k, v in best.items() if k != "lambda"}
+            else:
+                _, scores = fit_and_score(
+                    head_data,
+                    idx,
+                    dims,
+                    n_classes,
+                    ablation_mode,
+                    "multi",
+                    lam_star,
+                    hp,
+                    f"mode={ablation_mode}",
+                    data.label_set,
+                )
+            ablation.append({"mode": ablation_mode, "lambda": lam_star, **scores})
+
+        binary_data = to_binary(data, head_data) if data.label_set != "binary" else head_data
+        binary_head, binary = fit_and_score(binary_data, idx, dims, 2, mode, "multi", lam_star, hp, "binary")
+
+    paths.out_dir.mkdir(parents=True, exist_ok=True)
+    save_head(paths.out_dir / "head.pt", heads[lam_star], dims, data.label_set, {"lambda": lam_star})
+    save_head(paths.out_dir / "head_binary.pt", binary_head, dims, "binary", {"lambda": lam_star})
+    metrics = {
+        "dataset": data.name,
+        "label_set": data.label_set,
+        "mode": mode,
+        "best_lambda": lam_star,
+        "val_accuracy": best["val_accuracy"],
+        "test_accuracy": best["test_accuracy"],
+        "test_polarity_accuracy": best.get("test_polarity_accuracy"),
+        "binary_test_accuracy": binary["test_accuracy"],
+        "loss_variants_test_accuracy": {k: v["test_accuracy"] for k, v in losses.items()},
+        "chance_accuracy": 1.0 / n_classes,
+    }
+    write_json_atomic(paths.sweep, sweep)
+    write_json_atomic(paths.ablation, ablation)
+    write_json_atomic(paths.metrics, metrics)
+    return metrics
