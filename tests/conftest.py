@@ -38,3 +38,85 @@ def embedded_small(tmp_path_factory):
     boxes = [torch.tensor(b, dtype=torch.float32) for b in df["boxes"]]
     labels = torch.tensor([MIKELS8.index(x) for x in df["label"]])
     return images, boxes, labels
+
+
+@pytest.fixture(scope="session")
+def mlflow_uri(tmp_path_factory):
+    """A throwaway MLflow sqlite store for the whole session (set as $MLFLOW_TRACKING_URI)."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    return uri
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, mlflow_uri):
+    """The pipeline's stages run in-process on the tiny config, up to evaluate; returns (workdir, params)."""
+    from tiny import tiny_params
+
+    from image_emotion.stages import (
+        evaluate,
+        extract_regions,
+        finetune_detector,
+        make_embedded,
+        prepare,
+        train_classifier,
+        transfer_cv,
+    )
+
+    work = tmp_path_factory.mktemp("tiny")
+    params = tiny_params(**{"data.root": work / "embedded"})
+    make_embedded.run(params, make_embedded.MakeEmbeddedPaths(work / "embedded"))
+    transfer_params = tiny_params(**{"embedded.num_images": 40, "embedded.seed": 1, "data.root": work / "transfer"})
+    make_embedded.run(transfer_params, make_embedded.MakeEmbeddedPaths(work / "transfer"))
+    prepare.run(params, prepare.PreparePaths(work / "prepared", work / "metrics/prepare.json"))
+    prepare.run(transfer_params, prepare.PreparePaths(work / "prepared_transfer", work / "metrics/pt.json"))
+    finetune_detector.run(
+        params,
+        finetune_detector.FinetunePaths(
+            work / "prepared", work / "ckpt/last.pt", work / "models/detector.pt", work / "metrics/detector.json"
+        ),
+    )
+    extract_regions.run(
+        params,
+        extract_regions.ExtractPaths(
+            work / "models/detector.pt",
+            (work / "prepared", work / "prepared_transfer"),
+            (work / "features/main", work / "features/transfer"),
+            work / "metrics/extract.json",
+        ),
+    )
+    train_classifier.run(
+        params,
+        train_classifier.ClassifierPaths(
+            work / "prepared",
+            work / "features/main",
+            work / "models/classifier",
+            work / "metrics/sweep.json",
+            work / "metrics/ablation.json",
+            work / "metrics/classifier.json",
+        ),
+    )
+    transfer_cv.run(
+        params,
+        transfer_cv.TransferPaths(
+            work / "prepared_transfer",
+            work / "features/transfer",
+            work / "models/classifier/head.pt",
+            work / "metrics/transfer.json",
+        ),
+    )
+    evaluate.run(
+        params,
+        evaluate.EvaluatePaths(
+            work / "prepared",
+            work / "features/main",
+            work / "models/classifier/head.pt",
+            work / "models/classifier/head_binary.pt",
+            work / "metrics/sweep.json",
+            work / "metrics/ablation.json",
+            work / "metrics/transfer.json",
+            work / "metrics/evaluate.json",
+            work / "plots",
+        ),
+    )
+    return work, params

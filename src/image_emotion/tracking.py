@@ -128,7 +128,9 @@ def stage_run(params: dict[str, Any], stage: str, log_params: dict[str, Any] | N
 def child_run(name: str, log_params: dict[str, Any] | None = None) -> Iterator[Any]:
     """A run nested under the active stage run (one per λ, per fold...)."""
     mlflow = _mlflow()
-    with mlflow.start_run(run_name=name, nested=True):
+    active = mlflow.active_run()
+    experiment_id = active.info.experiment_id if active else None
+    with mlflow.start_run(run_name=name, nested=True, experiment_id=experiment_id):
         if log_params:
             mlflow.log_params({k: str(v) for k, v in flatten(log_params).items()})
         yield mlflow

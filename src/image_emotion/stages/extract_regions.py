@@ -79,7 +79,7 @@ def run(params: dict[str, Any], paths: ExtractPaths) -> dict[str, Any]:
         for prepared, cache_dir in zip(paths.prepared, paths.features, strict=True):
             data = PreparedDataset.load(prepared)
             identity = fingerprint(detector_sha, file_sha256(Path(prepared) / "manifest.csv"), shard_size)
-            results[data.name if data.name not in results else str(cache_dir)] = extract_dataset(
+            results[Path(cache_dir).name] = extract_dataset(
                 detector, data, Path(cache_dir), identity, shard_size, batch_size, device
             )
         results_flat = {f"{name}.{k}": v for name, r in results.items() for k, v in r.items()}
