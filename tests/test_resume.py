@@ -1,0 +1,93 @@
+"""Interrupted detector training resumes from its last checkpoint (a real SIGKILL of the CLI)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from tiny import write_tiny_params
+
+from image_emotion.checkpoint import CheckpointError, load_checkpoint
+from image_emotion.stages import finetune_detector, make_embedded, prepare
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def project(tmp_path, mlflow_uri):
+    params = write_tiny_params(tmp_path / "params.yaml")
+    from image_emotion.config import load_params
+
+    p = load_params(params, [f"data.root={tmp_path / 'embedded'}"])
+    make_embedded.run(p, make_embedded.MakeEmbeddedPaths(tmp_path / "embedded"))
+    prepare.run(p, prepare.PreparePaths(tmp_path / "prepared", tmp_path / "prepare.json"))
+    return tmp_path
+
+
+def _cmd(project, *extra):
+    return [
+        sys.executable,
+        "-m",
+        "image_emotion.cli",
+        "finetune-detector",
+        "--params",
+        str(project / "params.yaml"),
+        "--prepared",
+        str(project / "prepared"),
+        "--checkpoint",
+        str(project / "ckpt/last.pt"),
+        "--model",
+        str(project / "model/detector.pt"),
+        "--metrics",
+        str(project / "detector.json"),
+        "--set",
+        "finetune.epochs=4",
+        *extra,
+    ]
+
+
+def test_killed_training_resumes_from_the_last_checkpoint(project):
+    proc = subprocess.Popen(_cmd(project), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy())
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        state = load_checkpoint(project / "ckpt/last.pt") if (project / "ckpt/last.pt").exists() else None
+        if state and state["epoch"] >= 1:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "training finished before it could be interrupted"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = load_checkpoint(project / "ckpt/last.pt")["epoch"]
+    assert 1 <= killed_at < 4
+    assert not (project / "model/detector.pt").exists()  # no half-finished model left as if complete
+
+    done = subprocess.run(_cmd(project), capture_output=True, text=True, env=os.environ.copy())
+    assert done.returncode == 0, done.stderr
+    assert f"resuming from {project / 'ckpt/last.pt'} after epoch {killed_at}" in done.stderr
+    metrics = json.loads((project / "detector.json").read_text())
+    assert metrics["resumed_from_epoch"] == killed_at and len(metrics["loss_per_epoch"]) == 4
+    assert load_checkpoint(project / "ckpt/last.pt")["epoch"] == 4
+
+
+def test_checkpoint_of_other_params_is_not_resumed_and_corrupt_one_is_a_clear_error(project, capsys):
+    from image_emotion.config import load_params
+
+    params = load_params(project / "params.yaml", [f"data.root={project / 'embedded'}", "finetune.epochs=1"])
+    paths = finetune_detector.FinetunePaths(
+        project / "prepared", project / "ckpt/last.pt", project / "model/detector.pt", project / "detector.json"
+    )
+    finetune_detector.run(params, paths)
+    other = load_params(
+        project / "params.yaml", [f"data.root={project / 'embedded'}", "finetune.epochs=1", "finetune.lr=0.005"]
+    )
+    assert finetune_detector.run(other, paths)["resumed_from_epoch"] is None
+    assert "made with other params or data; starting afresh" in capsys.readouterr().err
+
+    (project / "ckpt/last.pt").write_bytes(b"\x00garbage")
+    with pytest.raises(CheckpointError, match="delete it to start this stage afresh"):
+        finetune_detector.run(params, paths)
+    assert torch.load(project / "model/detector.pt", weights_only=True)["config"]  # the earlier model is intact
