@@ -78,7 +78,32 @@ def build_parser() -> argparse.ArgumentParser:
         paths_cls = getattr(importlib.import_module(f"image_emotion.stages.{module_name}"), paths_class)
         _add_path_options(p, paths_cls)
         p.set_defaults(func=_run_stage, stage_module=module_name, paths_class=paths_class)
+    p = sub.add_parser("compile-pipeline", help="compile the kfp v2 pipeline to YAML (pipelines/image_emotion.yaml)")
+    p.add_argument("--out", type=Path, default=Path("pipelines/image_emotion.yaml"))
+    p.set_defaults(func=_compile_pipeline)
+
+    p = sub.add_parser("run-pipeline", help="run the whole kfp pipeline (--local: kfp.local, no cluster)")
+    p.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: params.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--local", action="store_true", required=True, help="run with kfp.local.SubprocessRunner")
+    p.add_argument("--pipeline-root", type=Path, default=Path("local_outputs"))
+    p.add_argument("--mlflow-tracking-uri", default="", help="default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
+    p.set_defaults(func=_run_pipeline)
     return parser
+
+
+def _compile_pipeline(args: argparse.Namespace) -> dict:
+    from image_emotion.kubeflow.pipeline import compile_pipeline
+
+    return {"compiled": str(compile_pipeline(args.out))}
+
+
+def _run_pipeline(args: argparse.Namespace) -> dict:
+    from image_emotion.kubeflow.pipeline import run_local
+    from image_emotion.tracking import tracking_uri
+
+    params = load_params(args.params, args.overrides)
+    return run_local(params, args.pipeline_root.resolve(), args.mlflow_tracking_uri or tracking_uri(params))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -36,7 +36,9 @@ class PreparedDataset:
         if not info_path.is_file():
             raise DatasetError(f"{info_path}: not found; run `image-emotion prepare` (or `dvc repro prepare`) first")
         info = json.loads(info_path.read_text())
-        return cls(read_manifest(prepared_dir / "manifest.csv"), Path(info["root"]), info["dataset"], info["label_set"])
+        root = Path(info["root"])  # relative roots are relative to the prepared directory
+        root = root if root.is_absolute() else prepared_dir / root
+        return cls(read_manifest(prepared_dir / "manifest.csv"), root, info["dataset"], info["label_set"])
 
     def subset(self, mask: np.ndarray | pd.Series) -> PreparedDataset:
         """The rows where ``mask`` is true."""

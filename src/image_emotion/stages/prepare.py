@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,11 +87,14 @@ def run(params: dict[str, Any], paths: PreparePaths) -> dict[str, Any]:
 
     write_manifest(result.manifest, paths.out_dir / "manifest.csv")
     write_text_atomic(paths.out_dir / "skipped.csv", skipped.getvalue())
+    # a relative root is stored relative to the manifest's directory, so the pair can move together
+    # (a kfp artifact, a DVC checkout elsewhere); an absolute root stays absolute
+    stored_root = root if root.is_absolute() else Path(os.path.relpath(root.resolve(), paths.out_dir.resolve()))
     write_json_atomic(
         paths.out_dir / "dataset.json",
         {
             "dataset": name,
-            "root": root.as_posix(),
+            "root": stored_root.as_posix(),
             "label_set": summary["label_set"],
             "split_scheme": result.split_scheme,
         },

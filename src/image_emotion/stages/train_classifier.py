@@ -11,6 +11,7 @@ Each training is a nested MLflow run. Outputs: the λ* heads (``models/classifie
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,78 +118,130 @@ def load_head(path: Path) -> tuple[MultiLevelHead, dict[str, Any]]:
     return head.eval(), state
 
 
-def run(params: dict[str, Any], paths: ClassifierPaths) -> dict[str, Any]:
+@dataclass
+class ClassifierInputs:
+    """What every training of the stage reads: the data, its cached features, the splits, the settings."""
+
+    data: PreparedDataset
+    head_data: HeadData
+    dims: tuple[int, int, int]
+    idx: dict[str, np.ndarray]
+    num_classes: int
+    mode: str
+    hp: dict[str, Any]
+
+
+def load_inputs(params: dict[str, Any], prepared: Path, features: Path) -> ClassifierInputs:
     section = get(params, "classifier", {}) or {}
-    hp = head_params(section)
-    mode = str(section.get("mode", "global+emotional"))
-    lambdas = [float(x) for x in section.get("lambdas", [round(0.1 * i, 1) for i in range(11)])]
     p_default = float(get(params, "emotions.dominant_probability", 0.7))
-    data, head_data, dims = load_head_data(paths.prepared, paths.features, p_default)
+    data, head_data, dims = load_head_data(prepared, features, p_default)
     idx = {s: split_index(data, s) for s in ("train", "val", "test")}
     if not len(idx["val"]):
-        idx["val"] = idx["test"]  # official splits without validation images (EmotionROI): select on test, said so
+        idx["val"] = idx["test"]  # official splits without validation images (EmotionROI): select on test
     n_classes = len(get_label_set(data.label_set))
+    return ClassifierInputs(
+        data, head_data, dims, idx, n_classes, str(section.get("mode", "global+emotional")), head_params(section)
+    )
 
-    with tracking.stage_run(params, "train_classifier", {"classifier": section}):
-        sweep = []
-        heads = {}
-        for lam in lambdas:
-            head, scores = fit_and_score(
-                head_data, idx, dims, n_classes, mode, "multi", lam, hp, f"lambda={lam}", data.label_set
-            )
-            sweep.append({"lambda": lam, **scores})
-            heads[lam] = head
-        best = max(sweep, key=lambda r: (r["val_accuracy"], -r["val_nll"]))  # ties: the better calibrated
-        lam_star = best["lambda"]
 
-        # L_cls is L_multi at λ = 0 (in the sweep when 0 is swept); L_multi at λ* is the sweep's best
-        losses = {"multi": best}
-        swept_zero = [r for r in sweep if r["lambda"] == 0.0]
-        for loss in ("cls", "p"):
-            if loss == "cls" and swept_zero:
-                losses[loss] = swept_zero[0]
-                continue
-            _, losses[loss] = fit_and_score(
-                head_data, idx, dims, n_classes, mode, loss, 0.0, hp, f"loss={loss}", data.label_set
-            )
-        ablation = []
-        for ablation_mode in MODES:
-            if ablation_mode == mode:  # the full method at λ*: the sweep trained it already
-                scores = {k: v for k, v in best.items() if k != "lambda"}
-            else:
-                _, scores = fit_and_score(
-                    head_data,
-                    idx,
-                    dims,
-                    n_classes,
-                    ablation_mode,
-                    "multi",
-                    lam_star,
-                    hp,
-                    f"mode={ablation_mode}",
-                    data.label_set,
-                )
-            ablation.append({"mode": ablation_mode, "lambda": lam_star, **scores})
+def lambdas(params: dict[str, Any]) -> list[float]:
+    """The λ sweep of params ``classifier.lambdas`` (default 0.0, 0.1, ..., 1.0)."""
+    section = get(params, "classifier", {}) or {}
+    return [float(x) for x in section.get("lambdas", [round(0.1 * i, 1) for i in range(11)])]
 
-        binary_data = to_binary(data, head_data) if data.label_set != "binary" else head_data
-        binary_head, binary = fit_and_score(binary_data, idx, dims, 2, mode, "multi", lam_star, hp, "binary")
 
+def sweep_point(inputs: ClassifierInputs, lam: float) -> tuple[MultiLevelHead, dict[str, Any]]:
+    """One point of the λ sweep: L_multi at ``lam``, the method's mode; the head and its scores row."""
+    head, scores = fit_and_score(
+        inputs.head_data,
+        inputs.idx,
+        inputs.dims,
+        inputs.num_classes,
+        inputs.mode,
+        "multi",
+        lam,
+        inputs.hp,
+        f"lambda={lam}",
+        inputs.data.label_set,
+    )
+    return head, {"lambda": lam, **scores}
+
+
+def select_lambda(sweep: list[dict[str, Any]]) -> dict[str, Any]:
+    """The sweep row with the best validation accuracy; ties go to the lower validation NLL."""
+    return max(sweep, key=lambda r: (r["val_accuracy"], -r["val_nll"]))
+
+
+def variants(inputs: ClassifierInputs, sweep: list[dict[str, Any]], best: dict[str, Any]):
+    """At λ*: the loss variants, the Table 1 ablation rows and the 2-class head."""
+    lam_star, mode, label_set = best["lambda"], inputs.mode, inputs.data.label_set
+    train = functools.partial(fit_and_score, inputs.head_data, inputs.idx, inputs.dims)
+    # L_cls is L_multi at λ = 0 (in the sweep when 0 is swept); L_multi at λ* is the sweep's best
+    losses = {"multi": best}
+    swept_zero = [r for r in sweep if r["lambda"] == 0.0]
+    losses["cls"] = (
+        swept_zero[0]
+        if swept_zero
+        else train(inputs.num_classes, mode, "cls", 0.0, inputs.hp, "loss=cls", label_set)[1]
+    )
+    losses["p"] = train(inputs.num_classes, mode, "p", 0.0, inputs.hp, "loss=p", label_set)[1]
+    ablation = []
+    for ablation_mode in MODES:
+        if ablation_mode == mode:  # the full method at λ*: the sweep trained it already
+            scores = {k: v for k, v in best.items() if k != "lambda"}
+        else:
+            scores = train(
+                inputs.num_classes, ablation_mode, "multi", lam_star, inputs.hp, f"mode={ablation_mode}", label_set
+            )[1]
+        ablation.append({"mode": ablation_mode, "lambda": lam_star, **scores})
+    binary_data = to_binary(inputs.data, inputs.head_data) if label_set != "binary" else inputs.head_data
+    binary_head, binary = fit_and_score(
+        binary_data, inputs.idx, inputs.dims, 2, mode, "multi", lam_star, inputs.hp, "binary"
+    )
+    return losses, ablation, binary_head, binary
+
+
+def write_outputs(
+    paths: ClassifierPaths,
+    inputs: ClassifierInputs,
+    best_head: MultiLevelHead,
+    sweep: list[dict[str, Any]],
+    best: dict[str, Any],
+    losses,
+    ablation,
+    binary_head,
+    binary,
+) -> dict:
+    """Save the λ* heads and the stage's metrics files; returns the summary metrics."""
     paths.out_dir.mkdir(parents=True, exist_ok=True)
-    save_head(paths.out_dir / "head.pt", heads[lam_star], dims, data.label_set, {"lambda": lam_star})
-    save_head(paths.out_dir / "head_binary.pt", binary_head, dims, "binary", {"lambda": lam_star})
+    save_head(paths.out_dir / "head.pt", best_head, inputs.dims, inputs.data.label_set, {"lambda": best["lambda"]})
+    save_head(paths.out_dir / "head_binary.pt", binary_head, inputs.dims, "binary", {"lambda": best["lambda"]})
     metrics = {
-        "dataset": data.name,
-        "label_set": data.label_set,
-        "mode": mode,
-        "best_lambda": lam_star,
+        "dataset": inputs.data.name,
+        "label_set": inputs.data.label_set,
+        "mode": inputs.mode,
+        "best_lambda": best["lambda"],
         "val_accuracy": best["val_accuracy"],
         "test_accuracy": best["test_accuracy"],
         "test_polarity_accuracy": best.get("test_polarity_accuracy"),
         "binary_test_accuracy": binary["test_accuracy"],
         "loss_variants_test_accuracy": {k: v["test_accuracy"] for k, v in losses.items()},
-        "chance_accuracy": 1.0 / n_classes,
+        "chance_accuracy": 1.0 / inputs.num_classes,
     }
     write_json_atomic(paths.sweep, sweep)
     write_json_atomic(paths.ablation, ablation)
     write_json_atomic(paths.metrics, metrics)
     return metrics
+
+
+def run(params: dict[str, Any], paths: ClassifierPaths) -> dict[str, Any]:
+    """The whole stage: sweep, select λ*, variants at λ*, outputs."""
+    inputs = load_inputs(params, paths.prepared, paths.features)
+    with tracking.stage_run(params, "train_classifier", {"classifier": get(params, "classifier", {}) or {}}):
+        heads, sweep = {}, []
+        for lam in lambdas(params):
+            heads[lam], row = sweep_point(inputs, lam)
+            sweep.append(row)
+        best = select_lambda(sweep)
+        losses, ablation, binary_head, binary = variants(inputs, sweep, best)
+    return write_outputs(paths, inputs, heads[best["lambda"]], sweep, best, losses, ablation, binary_head, binary)

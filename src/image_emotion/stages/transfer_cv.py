@@ -10,6 +10,7 @@ accuracy over the folds (the paper's protocol) and the per-class true-positive r
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,41 +64,71 @@ def train_one_vs_all(data: HeadData, init: MultiLevelHead, dims, num_classes: in
     return head.eval()
 
 
-def run(params: dict[str, Any], paths: TransferPaths) -> dict[str, Any]:
+@dataclass
+class TransferInputs:
+    data: Any
+    head_data: HeadData
+    dims: tuple[int, int, int]
+    init: MultiLevelHead
+    hp: dict[str, Any]
+
+    @property
+    def folds(self) -> list[int]:
+        return sorted(set(self.data.manifest["fold"].tolist()) - {-1})
+
+
+def load_inputs(params: dict[str, Any], prepared: Path, features: Path, head: Path) -> TransferInputs:
     section = get(params, "transfer", {}) or {}
     hp = head_params({**(get(params, "classifier", {}) or {}), **(section.get("head", {}) or {})})
     p_default = float(get(params, "emotions.dominant_probability", 0.7))
-    data, head_data, dims = load_head_data(paths.prepared, paths.features, p_default)
-    init, _ = load_head(paths.head)
-    labels = get_label_set(data.label_set)
-    folds = data.manifest["fold"].to_numpy()
-    fold_ids = sorted(set(folds.tolist()) - {-1})
-    per_fold, per_class = [], []
-    with tracking.stage_run(params, "transfer_cv", {"transfer": section, "head": hp}):
-        for k in fold_ids:
-            with tracking.child_run(f"fold={k}") as mlflow:
-                train, test = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
-                head = train_one_vs_all(head_data.select(train), init, dims, len(labels), hp)
-                sub = head_data.select(test)
-                with torch.inference_mode():
-                    pred = head(sub.features).argmax(1)
-                acc = accuracy(sub.labels.tolist(), pred.tolist())
-                per_fold.append(acc)
-                per_class.append(per_class_accuracy(sub.labels.tolist(), pred.tolist(), len(labels)))
-                mlflow.log_metric("accuracy", acc)
-        metrics = {
-            "dataset": data.name,
-            "label_set": data.label_set,
-            "folds": len(fold_ids),
-            "accuracy_per_fold": per_fold,
-            "accuracy_mean": float(np.mean(per_fold)),
-            "accuracy_std": float(np.std(per_fold)),
-            "true_positive_rate_per_class": {
-                label: (None if np.isnan(v) else float(v))
-                for label, v in zip(labels.labels, np.nanmean(np.stack(per_class), axis=0), strict=True)
-            },
-            "chance_accuracy": 1.0 / len(labels),
-        }
+    data, head_data, dims = load_head_data(prepared, features, p_default)
+    return TransferInputs(data, head_data, dims, load_head(head)[0], hp)
+
+
+def run_fold(inputs: TransferInputs, k: int) -> dict[str, Any]:
+    """Train on every fold but ``k``, test on ``k``: accuracy and per-class true-positive rate (a nested run)."""
+    num_classes = len(get_label_set(inputs.data.label_set))
+    folds = inputs.data.manifest["fold"].to_numpy()
+    with tracking.child_run(f"fold={k}") as mlflow:
+        train, test = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
+        head = train_one_vs_all(inputs.head_data.select(train), inputs.init, inputs.dims, num_classes, inputs.hp)
+        sub = inputs.head_data.select(test)
+        with torch.inference_mode():
+            pred = head(sub.features).argmax(1)
+        acc = accuracy(sub.labels.tolist(), pred.tolist())
+        mlflow.log_metric("accuracy", acc)
+    tpr = per_class_accuracy(sub.labels.tolist(), pred.tolist(), num_classes)
+    return {"fold": k, "accuracy": acc, "true_positive_rate": [None if np.isnan(v) else float(v) for v in tpr]}
+
+
+def summarize(data_name: str, label_set: str, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean ± std accuracy over folds and the mean per-class true-positive rate."""
+    labels = get_label_set(label_set)
+    results = sorted(results, key=lambda r: r["fold"])
+    accs = [r["accuracy"] for r in results]
+    tpr = np.array([[np.nan if v is None else v for v in r["true_positive_rate"]] for r in results], dtype=float)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean_tpr = np.nanmean(tpr, axis=0)
+    return {
+        "dataset": data_name,
+        "label_set": label_set,
+        "folds": len(results),
+        "accuracy_per_fold": accs,
+        "accuracy_mean": float(np.mean(accs)),
+        "accuracy_std": float(np.std(accs)),
+        "true_positive_rate_per_class": {
+            label: (None if np.isnan(v) else float(v)) for label, v in zip(labels.labels, mean_tpr, strict=True)
+        },
+        "chance_accuracy": 1.0 / len(labels),
+    }
+
+
+def run(params: dict[str, Any], paths: TransferPaths) -> dict[str, Any]:
+    inputs = load_inputs(params, paths.prepared, paths.features, paths.head)
+    with tracking.stage_run(params, "transfer_cv", {"transfer": get(params, "transfer", {}) or {}, "head": inputs.hp}):
+        results = [run_fold(inputs, k) for k in inputs.folds]
+        metrics = summarize(inputs.data.name, inputs.data.label_set, results)
         tracking.log_metrics({"accuracy_mean": metrics["accuracy_mean"], "accuracy_std": metrics["accuracy_std"]})
     write_json_atomic(paths.metrics, metrics)
     return metrics

@@ -1,0 +1,285 @@
+"""One kfp v2 component per pipeline stage; each is a thin function that calls the package's stage code.
+
+Data flows through kfp artifacts (``Dataset`` directories, ``Model`` directories, ``Metrics``, ``HTML``),
+never through shared paths. Every component takes the pipeline's resolved ``params_yaml`` and its MLflow
+settings, so a stage behaves as under ``dvc repro``. The λ sweep and the transfer folds are split into one
+component call per λ / per fold (the pipeline fans them out with ``dsl.ParallelFor``); the stage modules
+expose those steps (``sweep_point``, ``run_fold``) so nothing is written twice.
+"""
+
+from typing import List, NamedTuple  # noqa: UP035 - kfp reads typing.List for collected artifacts
+
+from kfp import dsl
+from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
+
+from image_emotion.kubeflow import IMAGE_CPU, IMAGE_CUDA
+
+
+@dsl.component(base_image=IMAGE_CPU)
+def prepare_op(
+    params_yaml: str,
+    target: str,
+    mlflow_tracking_uri: str,
+    mlflow_experiment: str,
+    pipeline_run_id: str,
+    dataset: Output[Dataset],
+    metrics: Output[Metrics],
+):
+    """``make_embedded`` (for the embedded dataset) + ``prepare`` of the main or the transfer dataset."""
+    from pathlib import Path
+
+    from image_emotion.kubeflow import runtime
+    from image_emotion.stages import make_embedded, prepare
+
+    params = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
+    if target == "transfer":
+        params = runtime.transfer_params(params)
+    out = Path(dataset.path)
+    if params["data"]["dataset"] == "embedded":  # drawn inside the artifact, so it travels with the manifest
+        params["data"]["root"] = str(out / "images")
+        make_embedded.run(params, make_embedded.MakeEmbeddedPaths(out / "images"))
+    summary = prepare.run(params, prepare.PreparePaths(out / "prepared", out / "prepare.json"))
+    runtime.log_to_kfp(metrics, summary)
+
+
+@dsl.component(base_image=IMAGE_CUDA)
+def finetune_detector_op(
+    params_yaml: str,
+    mlflow_tracking_uri: str,
+    mlflow_experiment: str,
+    pipeline_run_id: str,
+    dataset: Input[Dataset],
+    detector: Output[Model],
+    metrics: Output[Metrics],
+):
+    """Train the emotional-region detector (checkpoints every epoch beside the model)."""
+    from pathlib import Path
+
+    from image_emotion.kubeflow import runtime
+    from image_emotion.stages import finetune_detector
+
+    params = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
+    out = Path(detector.path)
+    paths = finetune_detector.FinetunePaths(
+        Path(dataset.path) / "prepared", out / "checkpoint" / "last.pt", out / "detector.pt", out / "detector.json"
+    )
+    runtime.log_to_kfp(metrics, finetune_detector.run(params, paths))
+
+
+@dsl.component(base_image=IMAGE_CUDA)
+def extract_regions_op(
+    params_yaml: str,
+    mlflow_tracking_uri: str,
+    mlflow_experiment: str,
+    pipeline_run_id: str,
+    detector: Input[Model],
+    main: Input[Dataset],
+    transfer: Input[Dataset],
+    features: Output[Dataset],
+    metrics: Output[Metrics],
+):
+    """Global + top-K region features of every image of both datasets, as a shard cache."""
+    from pathlib import Path
+
+    from image_emotion.kubeflow import runtime
+    from image_emotion.stages import extract_regions
+
+    params = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
+    out = Path(features.path)
+    paths = extract_regions.ExtractPaths(
+        Path(detector.path) / "detector.pt",
+        (Path(main.path) / "prepared", Path(transfer.path) / "prepared"),
+        (out / "main", out / "transfer"),
+        out / "extract.json",
+    )
+    runtime.log_to_kfp(metrics, extract_regions.run(params, paths))
+
+
+@dsl.component(base_image=IMAGE_CPU)
+def train_lambda_op(
+    params_yaml: str,
+    lam: float,
+    mlflow_tracking_uri: str,
+    mlflow_experiment: str,
+    pipeline_run_id: str,
+    main: Input[Dataset],
+    features: Input[Dataset],
+    head: Output[Model],
+):
+    """One point of the λ sweep: the head trained with L_multi at ``lam`` and its validation/test scores."""
+    from pathlib import Path
+
+    from image_emotion import tracking
+    from image_emotion.kubeflow import runtime
+    from image_emotion.stages import train_classifier
+
+    params = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
+    inputs = train_classifier.load_inputs(params, Path(main.path) / "prepared", Path(features.path) / "main")
+    with tracking.stage_run(params, f"train_classifier lambda={lam}"):
+        model, row = train_classifier.sweep_point(inputs, lam)
+    out = Path(head.path)
+    train_classifier.save_head(out / "head.pt", model, inputs.dims, inputs.data.label_set, {"lambda": lam})
+    runtime.write_json(out / "row.json", row)
+    head.metadata.update({k: v for k, v in row.items() if isinstance(v, float)})
+
+
+@dsl.component(base_image=IMAGE_CPU)
+def select_classifier_op(
+    params_yaml: str,
+    mlflow_tracking_uri: str,
+    mlflow_experiment: str,
+    pipeline_run_id: str,
+    main: Input[Dataset],
+    features: Input[Dataset],
+    heads: Input[List[Model]],  # noqa: UP006
+    classifier: Output[Model],
+    metrics: Output[Metrics],
+):
+    """λ* from the collected sweep (validation), then the loss variants, Table 1 ablations and 2-class head."""
+    from pathlib import Path
+
+    from image_emotion import tracking
+    from image_emotion.kubeflow import runtime
+    from image_emotion.stages import train_classifier
+
+    params = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
+    inputs = train_classifier.load_inputs(params, Path(main.path) / "prepared", Path(features.path) / "main")
+    sweep = sorted((runtime.read_json(Path(h.path) / "row.json") for h in heads), key=lambda r: r["lambda"])
+    best = train_classifier.select_lambda(sweep)
+    best_head, _ = train_classifier.load_head(
+        next(Path(h.path) / "head.pt" for h in heads if runtime.read_json(Path(h.path) / "row.json") == best)
+    )
+    with tracking.stage_run(params, "train_classifier"):
+        losses, ablation, binary_head, binary = train_classifier.variants(inputs, sweep, best)
+    out = Path(classifier.path)
+    paths = train_classifier.ClassifierPaths(
+        Path(main.path) / "prepared", Path(features.path) / "main", out, out / "lambda_sweep.json",
+        out / "ablation.json", out / "classifier.json",
+    )  # fmt: skip
+    result = train_classifier.write_outputs(
+        paths, inputs, best_head, sweep, best, losses, ablation, binary_head, binary
+    )
+    runtime.log_to_kfp(metrics, result)
+
+
+@dsl.component(base_image=IMAGE_CPU)
+def transfer_fold_op(
+    params_yaml: str,
+    fold: int,
+    mlflow_tracking_uri: str,
+    mlflow_experiment: str,
+    pipeline_run_id: str,
+    transfer: Input[Dataset],
+    features: Input[Dataset],
+    classifier: Input[Model],
+    result: Output[Metrics],
+):
+    """One fold of the one-against-all transfer: train on the other folds, test on ``fold``."""
+    from pathlib import Path
+
+    from image_emotion import tracking
+    from image_emotion.kubeflow import runtime
+    from image_emotion.stages import transfer_cv
+
+    params = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
+    inputs = transfer_cv.load_inputs(
+        params, Path(transfer.path) / "prepared", Path(features.path) / "transfer", Path(classifier.path) / "head.pt"
+    )
+    with tracking.stage_run(params, f"transfer_cv fold={fold}"):
+        row = transfer_cv.run_fold(inputs, fold)
+    runtime.write_json(result.path + ".json", row)
+    result.log_metric("accuracy", row["accuracy"])
+    result.metadata["row"] = row
+
+
+@dsl.component(base_image=IMAGE_CPU)
+def transfer_summary_op(
+    transfer: Input[Dataset],
+    results: Input[List[Metrics]],  # noqa: UP006
+    summary: Output[Metrics],
+):
+    """Mean ± std accuracy over the collected folds."""
+    from pathlib import Path
+
+    from image_emotion.data.torch_data import PreparedDataset
+    from image_emotion.kubeflow import runtime
+    from image_emotion.stages import transfer_cv
+
+    data = PreparedDataset.load(Path(transfer.path) / "prepared")
+    rows = [runtime.read_json(r.path + ".json") for r in results]
+    metrics = transfer_cv.summarize(data.name, data.label_set, rows)
+    runtime.write_json(summary.path + ".json", metrics)
+    runtime.log_to_kfp(summary, metrics)
+
+
+@dsl.component(base_image=IMAGE_CPU)
+def evaluate_op(
+    params_yaml: str,
+    mlflow_tracking_uri: str,
+    mlflow_experiment: str,
+    pipeline_run_id: str,
+    main: Input[Dataset],
+    features: Input[Dataset],
+    classifier: Input[Model],
+    transfer_summary: Input[Metrics],
+    metrics: Output[Metrics],
+    report: Output[HTML],
+) -> float:
+    """Test metrics and plots; an HTML report with the λ curve, the confusion matrix and region overlays.
+
+    Returns the test accuracy (the pipeline's register condition reads it).
+    """
+    import base64
+    from pathlib import Path
+
+    from image_emotion.kubeflow import runtime
+    from image_emotion.stages import evaluate
+
+    params = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
+    cls_dir = Path(classifier.path)
+    plots = Path(report.path + "_plots")
+    paths = evaluate.EvaluatePaths(
+        Path(main.path) / "prepared", Path(features.path) / "main", cls_dir / "head.pt", cls_dir / "head_binary.pt",
+        cls_dir / "lambda_sweep.json", cls_dir / "ablation.json", Path(transfer_summary.path + ".json"),
+        Path(metrics.path + ".json"), plots,
+    )  # fmt: skip
+    result = evaluate.run(params, paths)
+    runtime.log_to_kfp(metrics, result)
+    images = "".join(
+        f'<h3>{name}</h3><img src="data:image/png;base64,{base64.b64encode((plots / name).read_bytes()).decode()}"/>'
+        for name in ("lambda_curve.png", "confusion.png", "regions.png")
+    )
+    table = "".join(f"<tr><td>{m}</td><td>{a:.3f}</td></tr>" for m, a in result["table1"].items())
+    Path(report.path).write_text(
+        f"<html><body><h2>image-emotion: test accuracy {result['test_accuracy']:.3f}</h2>"
+        f"<table><tr><th>features</th><th>test accuracy</th></tr>{table}</table>{images}</body></html>"
+    )
+    return float(result["test_accuracy"])
+
+
+@dsl.component(base_image=IMAGE_CPU)
+def register_op(
+    params_yaml: str,
+    mlflow_tracking_uri: str,
+    mlflow_experiment: str,
+    pipeline_run_id: str,
+    main: Input[Dataset],
+    detector: Input[Model],
+    classifier: Input[Model],
+    evaluation: Input[Metrics],
+) -> NamedTuple("RegisterOutputs", [("version", int), ("promoted", bool)]):
+    """Log and register the model; ``challenger`` always, ``champion`` only when it beats the current one."""
+    from pathlib import Path
+
+    from image_emotion.kubeflow import runtime
+    from image_emotion.stages import register
+
+    params = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
+    paths = register.RegisterPaths(
+        Path(main.path) / "prepared", Path(detector.path) / "detector.pt", Path(classifier.path) / "head.pt",
+        Path(evaluation.path + ".json"), Path(evaluation.path + "_register.json"),
+    )  # fmt: skip
+    result = register.run(params, paths)
+    from collections import namedtuple
+
+    return namedtuple("RegisterOutputs", ["version", "promoted"])(int(result["version"]), bool(result["promoted"]))

@@ -1,0 +1,139 @@
+"""The kfp v2 pipeline of the whole graph, its compilation and its local run (``kfp.local``).
+
+prepare (main, transfer) -> finetune_detector [GPU] -> extract_regions [GPU] -> ParallelFor λ: train_lambda
+-> Collected -> select_classifier -> ParallelFor fold: transfer_fold -> Collected -> transfer_summary ->
+evaluate -> If test accuracy >= min_accuracy: register.
+"""
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kfp import compiler, dsl
+
+from image_emotion.kubeflow import components as c
+
+PIPELINE_NAME = "image-emotion"
+DEFAULT_PIPELINE_YAML = Path("pipelines/image_emotion.yaml")
+GPU_TYPE = "nvidia.com/gpu"
+
+
+def _gpu(task: dsl.PipelineTask, cpu: str, memory: str) -> dsl.PipelineTask:
+    """One GPU, CPU/memory requests and retries for a training or extraction step."""
+    return (
+        task.set_accelerator_type(GPU_TYPE)
+        .set_accelerator_limit(1)
+        .set_cpu_request(cpu)
+        .set_memory_request(memory)
+        .set_memory_limit(memory)
+        .set_retry(num_retries=2, backoff_duration="60s", backoff_factor=2.0)
+    )
+
+
+def _cpu(task: dsl.PipelineTask, cpu: str = "2", memory: str = "8G") -> dsl.PipelineTask:
+    return task.set_cpu_request(cpu).set_memory_request(memory).set_retry(num_retries=2, backoff_duration="30s")
+
+
+@dsl.pipeline(name=PIPELINE_NAME, description="Multi-level region-based emotion classification (seed 000), end to end")
+def image_emotion_pipeline(
+    params_yaml: str,
+    lambdas: list = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],  # noqa: B006 - kfp default
+    folds: list = [0, 1, 2, 3, 4],  # noqa: B006 - kfp default
+    min_accuracy: float = 0.0,
+    mlflow_tracking_uri: str = "",
+    mlflow_experiment: str = "image-emotion",
+):
+    common = {
+        "params_yaml": params_yaml,
+        "mlflow_tracking_uri": mlflow_tracking_uri,
+        "mlflow_experiment": mlflow_experiment,
+        "pipeline_run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+    }
+    main = _cpu(c.prepare_op(target="main", **common)).set_display_name("prepare")
+    transfer = _cpu(c.prepare_op(target="transfer", **common)).set_display_name("prepare transfer")
+    detector = _gpu(c.finetune_detector_op(dataset=main.outputs["dataset"], **common), "8", "32G")
+    features = _gpu(
+        c.extract_regions_op(
+            detector=detector.outputs["detector"],
+            main=main.outputs["dataset"],
+            transfer=transfer.outputs["dataset"],
+            **common,
+        ),
+        "8",
+        "32G",
+    )
+    with dsl.ParallelFor(items=lambdas, name="lambda-sweep") as lam:
+        sweep = _cpu(
+            c.train_lambda_op(lam=lam, main=main.outputs["dataset"], features=features.outputs["features"], **common)
+        )
+    classifier = _cpu(
+        c.select_classifier_op(
+            main=main.outputs["dataset"],
+            features=features.outputs["features"],
+            heads=dsl.Collected(sweep.outputs["head"]),
+            **common,
+        )
+    )
+    with dsl.ParallelFor(items=folds, name="transfer-folds") as fold:
+        fold_task = _cpu(
+            c.transfer_fold_op(
+                fold=fold,
+                transfer=transfer.outputs["dataset"],
+                features=features.outputs["features"],
+                classifier=classifier.outputs["classifier"],
+                **common,
+            )
+        )
+    summary = _cpu(
+        c.transfer_summary_op(transfer=transfer.outputs["dataset"], results=dsl.Collected(fold_task.outputs["result"]))
+    )
+    evaluation = _cpu(
+        c.evaluate_op(
+            main=main.outputs["dataset"],
+            features=features.outputs["features"],
+            classifier=classifier.outputs["classifier"],
+            transfer_summary=summary.outputs["summary"],
+            **common,
+        )
+    )
+    # the test accuracy is the component's return value ("Output")
+    with dsl.If(evaluation.outputs["Output"] >= min_accuracy, name="good-enough-to-register"):
+        _cpu(
+            c.register_op(
+                main=main.outputs["dataset"],
+                detector=detector.outputs["detector"],
+                classifier=classifier.outputs["classifier"],
+                evaluation=evaluation.outputs["metrics"],
+                **common,
+            )
+        )
+
+
+def pipeline_arguments(params: dict[str, Any]) -> dict[str, Any]:
+    """Pipeline arguments from resolved params (the λ list, folds and threshold follow params.yaml)."""
+    folds = int(params.get("prepare", {}).get("folds", 5))
+    return {
+        "params_yaml": yaml.safe_dump(params, sort_keys=True),
+        "lambdas": [float(x) for x in params.get("classifier", {}).get("lambdas", [0.0, 0.5, 1.0])],
+        "folds": list(range(folds)),
+        "min_accuracy": float(params.get("register", {}).get("min_accuracy", 0.0)),
+        "mlflow_experiment": str(params.get("mlflow", {}).get("experiment", "image-emotion")),
+    }
+
+
+def compile_pipeline(out: str | Path = DEFAULT_PIPELINE_YAML) -> Path:
+    """Compile the pipeline to YAML (the file checked in under pipelines/)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(image_emotion_pipeline, str(out))
+    return out
+
+
+def run_local(params: dict[str, Any], pipeline_root: str | Path, mlflow_tracking_uri: str = "") -> dict[str, Any]:
+    """Run the whole pipeline here with ``kfp.local.SubprocessRunner`` (no containers; GPU requests ignored)."""
+    from kfp import local
+
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=True)
+    args = pipeline_arguments(params)
+    task = image_emotion_pipeline(**args, mlflow_tracking_uri=mlflow_tracking_uri)
+    return {"pipeline_root": str(pipeline_root), "state": "SUCCEEDED", "outputs": str(task)[:200]}

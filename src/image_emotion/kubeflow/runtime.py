@@ -1,0 +1,50 @@
+"""What a kfp component does before and around calling a stage: params, MLflow identity, artifact paths."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from image_emotion.config import apply_overrides
+
+
+def setup(params_yaml: str, mlflow_tracking_uri: str, mlflow_experiment: str, pipeline_run_id: str) -> dict[str, Any]:
+    """The resolved params of the pipeline run; MLflow pointed at the pipeline's tracking server and run."""
+    params = yaml.safe_load(params_yaml) or {}
+    if mlflow_tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = mlflow_tracking_uri
+    if pipeline_run_id:
+        os.environ["IMAGE_EMOTION_PIPELINE_RUN"] = pipeline_run_id
+    return apply_overrides(params, [f"mlflow.experiment={mlflow_experiment}"] if mlflow_experiment else [])
+
+
+def transfer_params(params: dict[str, Any]) -> dict[str, Any]:
+    """The params seen by the transfer target's make_embedded/prepare (as dvc.yaml's prepare_transfer does)."""
+    t = params.get("transfer", {}) or {}
+    overrides = [f"data.dataset={t.get('dataset', 'embedded')}", f"data.root={t.get('root', '')}"]
+    overrides += [f"embedded.{k}={v}" for k, v in (t.get("embedded", {}) or {}).items()]
+    return apply_overrides(params, overrides)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def log_to_kfp(metrics_artifact: Any, values: dict[str, Any]) -> None:
+    """Every finite number of ``values`` (flattened) as a kfp Metrics entry."""
+    from image_emotion.tracking import flatten
+
+    for key, value in flatten(values).items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if value == value and abs(value) != float("inf"):
+            metrics_artifact.log_metric(key, float(value))

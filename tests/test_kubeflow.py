@@ -1,0 +1,75 @@
+"""The kfp v2 pipeline: the checked-in YAML is a fresh compile with GPU requests; a real local run end to end."""
+
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from tiny import tiny_params
+
+from image_emotion.kubeflow.pipeline import compile_pipeline, pipeline_arguments, run_local
+
+
+def test_checked_in_yaml_equals_a_fresh_compile(tmp_path, repo_root):
+    fresh = compile_pipeline(tmp_path / "pipeline.yaml").read_text()
+    assert (repo_root / "pipelines/image_emotion.yaml").read_text() == fresh, (
+        "pipelines/image_emotion.yaml is stale: run `image-emotion compile-pipeline` and commit it"
+    )
+
+
+def test_compiled_pipeline_requests_gpus_retries_and_fans_out(repo_root):
+    spec = yaml.safe_load((repo_root / "pipelines/image_emotion.yaml").read_text())
+    executors = spec["deploymentSpec"]["executors"]
+    gpu = {
+        name: ex["container"]["resources"]
+        for name, ex in executors.items()
+        if "accelerator" in ex["container"].get("resources", {})
+    }
+    assert set(gpu) == {"exec-finetune-detector-op", "exec-extract-regions-op"}
+    for resources in gpu.values():
+        assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
+        assert resources["accelerator"]["resourceCount"] == "1"
+        assert resources["resourceCpuRequest"] == "8" and resources["resourceMemoryRequest"] == "32G"
+    images = {ex["container"]["image"] for ex in executors.values()}
+    assert images == {"ghcr.io/image-emotion/image-emotion:0.1.0-cpu", "ghcr.io/image-emotion/image-emotion:0.1.0-cuda"}
+    tasks = spec["root"]["dag"]["tasks"]
+    assert tasks["finetune-detector-op"]["retryPolicy"]["maxRetryCount"] == 2
+    loops = {name: t for name, t in tasks.items() if "parameterIterator" in t}
+    assert len(loops) == 2  # the λ sweep and the transfer folds
+    condition = next(t for t in tasks.values() if "triggerPolicy" in t)
+    assert "min_accuracy" in condition["triggerPolicy"]["condition"]
+    inputs = spec["root"]["inputDefinitions"]["parameters"]
+    assert {"mlflow_tracking_uri", "mlflow_experiment", "params_yaml", "lambdas", "folds", "min_accuracy"} <= set(
+        inputs
+    )
+
+
+def test_pipeline_arguments_follow_params():
+    args = pipeline_arguments(tiny_params())
+    assert args["lambdas"] == [0.0, 0.5, 1.0] and args["folds"] == [0, 1, 2, 3, 4]
+    assert yaml.safe_load(args["params_yaml"])["detector"]["min_size"] == 96
+
+
+@pytest.mark.e2e
+def test_local_run_of_the_whole_pipeline_registers_a_model(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    params = tiny_params(**{"register.model_name": "kfp-emotion"})
+    result = run_local(params, tmp_path / "root", mlflow_tracking_uri=uri)
+    assert result["state"] == "SUCCEEDED"
+    run_dir = next((tmp_path / "root").iterdir())
+    report = next(run_dir.glob("evaluate-op/report"))
+    assert "test accuracy" in Path(report).read_text()
+    client = mlflow.MlflowClient(uri)
+    versions = client.search_model_versions("name='kfp-emotion'")
+    assert len(versions) == 1  # the register step ran under the accuracy condition
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["image-emotion"], output_format="list")
+    parents = [r for r in runs if r.data.tags.get("kind") == "pipeline"]
+    assert len(parents) == 1  # every component of the kfp run lands under one parent
+    stages = {r.data.tags.get("stage") for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
+    assert {"finetune_detector", "extract_regions", "train_classifier", "evaluate", "register"} <= stages
+    assert any(s.startswith("train_classifier lambda=") for s in stages)
+    assert json.loads(next(run_dir.glob("select-classifier-op/executor_output.json")).read_text())
