@@ -41,9 +41,13 @@ def test_stage_outputs_are_complete_and_sane(tiny_run):
 
 
 def test_mlflow_has_one_parent_with_nested_stage_and_lambda_runs(tiny_run, mlflow_uri):
+    from image_emotion.tracking import pipeline_key
+
+    _, params = tiny_run
     mlflow.set_tracking_uri(mlflow_uri)
     runs = mlflow.search_runs(experiment_names=["image-emotion"], output_format="list")
-    parents = [r for r in runs if r.data.tags.get("kind") == "pipeline"]
+    key = pipeline_key(params)  # other tests of the session run other pipelines into the same store
+    parents = [r for r in runs if r.data.tags.get("kind") == "pipeline" and r.data.tags.get("pipeline_key") == key]
     assert len(parents) == 1
     parent = parents[0]
     assert "params.resolved.json" in [a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id)]
