@@ -161,9 +161,7 @@ def run(params: dict[str, Any], paths: EvaluatePaths) -> dict[str, Any]:
     plot_lambda_curve(sweep, plots / "lambda_curve.png")
     plot_confusion(np.array(report["confusion_matrix"]), labels.labels, plots / "confusion.png")
     sample = test[: int(get(params, "evaluate.num_overlays", 8))]
-    from image_emotion.feature_cache import load_cache
-
-    boxes = load_cache(paths.features)["emotional_boxes"][sample]
+    boxes = head_data.features["emotional_boxes"][sample]
     rows = list(zip(data.manifest["path"].iloc[sample], data.manifest["boxes"].iloc[sample], strict=True))
     region_overlays(data.root, rows, boxes, true_names[: len(sample)], pred_names[: len(sample)], plots / "regions.png")
 

@@ -50,7 +50,7 @@ def load_head_data(prepared: Path, features: Path, p_default: float) -> tuple[Pr
         raise ConfigError(
             f"{features}: cached features are for another manifest; re-run `image-emotion extract-regions`"
         )
-    feats = {k: cache[k] for k in ("global", "emotional", "object")}
+    feats = {k: cache[k] for k in ("global", "emotional", "object", "emotional_boxes")}  # boxes: for plots
     head_data = HeadData(feats, data.labels(), data.distributions(p_default), data.label_probabilities(p_default))
     dims = (feats["global"].shape[1], feats["emotional"].shape[2], feats["emotional"].shape[1])
     return data, head_data, dims

@@ -176,3 +176,13 @@ def collect_label_dirs(collector: Collector, base: Path, label_set: str) -> None
             continue
         for f in files:
             collector.add_or_ignore(f, label, label_set)
+
+
+def load_label_dir_dataset(
+    root: Path, options: LoaderOptions, subdir: str, split_scheme: SplitScheme, dataset: str
+) -> LoadResult:
+    """A folder-per-emotion dataset (``[subdir/]<emotion>/<image>``, Mikels-8) under ``root``."""
+    base = first_existing_dir(require_dir(root, f"the {dataset} dataset"), subdir)
+    collector = Collector(root, options)
+    collect_label_dirs(collector, base, "mikels8")
+    return collector.result(split_scheme, dataset)

@@ -8,19 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from image_emotion.data.datasets.base import (
-    Collector,
-    LoaderOptions,
-    LoadResult,
-    collect_label_dirs,
-    first_existing_dir,
-    require_dir,
-)
+from image_emotion.data.datasets.base import LoaderOptions, LoadResult, load_label_dir_dataset
 
 
 def load(root: Path, options: LoaderOptions) -> LoadResult:
     """Manifest of every FI image under ``root``."""
-    base = first_existing_dir(require_dir(root, "the FI dataset"), "emotion_dataset")
-    collector = Collector(root, options)
-    collect_label_dirs(collector, base, "mikels8")
-    return collector.result("random", "FI")
+    return load_label_dir_dataset(root, options, "emotion_dataset", "random", "FI")

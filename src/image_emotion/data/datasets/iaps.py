@@ -8,19 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from image_emotion.data.datasets.base import (
-    Collector,
-    LoaderOptions,
-    LoadResult,
-    collect_label_dirs,
-    first_existing_dir,
-    require_dir,
-)
+from image_emotion.data.datasets.base import LoaderOptions, LoadResult, load_label_dir_dataset
 
 
 def load(root: Path, options: LoaderOptions) -> LoadResult:
     """Manifest of every IAPSsubset image under ``root``."""
-    base = first_existing_dir(require_dir(root, "the IAPSsubset dataset"), "IAPSsubset")
-    collector = Collector(root, options)
-    collect_label_dirs(collector, base, "mikels8")
-    return collector.result("folds", "IAPSsubset")
+    return load_label_dir_dataset(root, options, "IAPSsubset", "folds", "IAPSsubset")
