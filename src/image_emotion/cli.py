@@ -16,6 +16,7 @@ from pathlib import Path
 
 from image_emotion.config import DEFAULT_PARAMS, load_params
 from image_emotion.errors import ImageEmotionError
+from image_emotion.stages import paths as stage_paths
 
 # sub-command -> (stage module, its paths dataclass, help)
 STAGES = {
@@ -51,7 +52,7 @@ def _add_path_options(parser: argparse.ArgumentParser, paths_cls) -> None:
 
 def _run_stage(args: argparse.Namespace) -> dict:
     module = importlib.import_module(f"image_emotion.stages.{args.stage_module}")
-    paths_cls = getattr(module, args.paths_class)
+    paths_cls = getattr(stage_paths, args.paths_class)
     values = {}
     for f in dataclasses.fields(paths_cls):
         value = getattr(args, f.name)
@@ -75,8 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="KEY=VALUE",
             help="override a param, e.g. --set data.dataset=fi --set data.root=/data/FI (repeatable)",
         )
-        paths_cls = getattr(importlib.import_module(f"image_emotion.stages.{module_name}"), paths_class)
-        _add_path_options(p, paths_cls)
+        _add_path_options(p, getattr(stage_paths, paths_class))
         p.set_defaults(func=_run_stage, stage_module=module_name, paths_class=paths_class)
     p = sub.add_parser("compile-pipeline", help="compile the kfp v2 pipeline to YAML (pipelines/image_emotion.yaml)")
     p.add_argument("--out", type=Path, default=Path("pipelines/image_emotion.yaml"))

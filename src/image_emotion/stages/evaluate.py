@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,20 +26,8 @@ from image_emotion.data.images import load_image
 from image_emotion.head_training import predict
 from image_emotion.io import atomic_path, write_json_atomic, write_text_atomic
 from image_emotion.metrics import classification_report
+from image_emotion.stages.paths import EvaluatePaths
 from image_emotion.stages.train_classifier import load_head, load_head_data, split_index, to_binary
-
-
-@dataclass(frozen=True)
-class EvaluatePaths:
-    prepared: Path = Path("data/prepared")
-    features: Path = Path("data/features/main")
-    head: Path = Path("models/classifier/head.pt")
-    head_binary: Path = Path("models/classifier/head_binary.pt")
-    sweep: Path = Path("metrics/lambda_sweep.json")
-    ablation: Path = Path("metrics/ablation.json")
-    transfer: Path = Path("metrics/transfer.json")
-    metrics: Path = Path("metrics/evaluate.json")
-    plots: Path = Path("plots")
 
 
 def _csv(rows: list[dict[str, Any]], columns: list[str]) -> str:

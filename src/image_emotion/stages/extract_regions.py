@@ -8,7 +8,6 @@ skips every shard already cached for the same detector and manifest. Corrupt sha
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +24,7 @@ from image_emotion.feature_cache import missing_shards, write_shard
 from image_emotion.io import write_json_atomic
 from image_emotion.models.multilevel import extract_features
 from image_emotion.models.region_detector import load_detector
-
-
-@dataclass(frozen=True)
-class ExtractPaths:
-    detector: Path = Path("models/detector/detector.pt")
-    prepared: tuple[Path, ...] = (Path("data/prepared"),)  # one cache directory per prepared dataset
-    features: tuple[Path, ...] = (Path("data/features/main"),)
-    metrics: Path = Path("metrics/extract.json")
+from image_emotion.stages.paths import ExtractPaths
 
 
 def extract_dataset(

@@ -11,8 +11,7 @@ batches as an uninterrupted one. Outputs: ``models/detector/detector.pt`` and ``
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -27,6 +26,7 @@ from image_emotion.device import pick_device
 from image_emotion.errors import ConfigError
 from image_emotion.io import write_json_atomic
 from image_emotion.models.region_detector import DetectorConfig, RegionDetector, region_recall, save_detector
+from image_emotion.stages.paths import FinetunePaths
 
 FINETUNE_DEFAULTS = {
     "epochs": 3,
@@ -40,14 +40,6 @@ FINETUNE_DEFAULTS = {
     "hflip": True,
     "max_images": None,
 }
-
-
-@dataclass(frozen=True)
-class FinetunePaths:
-    prepared: Path = Path("data/prepared")
-    checkpoint: Path = Path("checkpoints/detector/last.pt")
-    model: Path = Path("models/detector/detector.pt")
-    metrics: Path = Path("metrics/detector.json")
 
 
 def finetune_params(params: dict[str, Any]) -> dict[str, Any]:

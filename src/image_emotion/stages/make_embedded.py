@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from image_emotion.config import get
 from image_emotion.data.synthetic import SyntheticConfig, generate
-
-
-@dataclass(frozen=True)
-class MakeEmbeddedPaths:
-    """Where the dataset goes."""
-
-    out_dir: Path = Path("data/embedded")
+from image_emotion.stages.paths import MakeEmbeddedPaths
 
 
 def config_from_params(params: dict[str, Any]) -> SyntheticConfig:

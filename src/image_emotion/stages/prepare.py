@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +21,7 @@ from image_emotion.data.images import DEFAULT_MAX_PIXELS
 from image_emotion.data.manifest import write_manifest
 from image_emotion.data.splits import stratified_folds, stratified_split
 from image_emotion.io import write_json_atomic, write_text_atomic
-
-
-@dataclass(frozen=True)
-class PreparePaths:
-    """Where ``prepare`` writes."""
-
-    out_dir: Path = Path("data/prepared")
-    metrics: Path = Path("metrics/prepare.json")
+from image_emotion.stages.paths import PreparePaths
 
 
 def loader_options(params: dict[str, Any]) -> LoaderOptions:

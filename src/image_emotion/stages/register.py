@@ -10,7 +10,6 @@ The decision, both figures and the reason are logged and written to ``metrics/re
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +20,9 @@ from image_emotion.config import get
 from image_emotion.data.torch_data import PreparedDataset
 from image_emotion.io import write_json_atomic
 from image_emotion.serve import EmotionModel, EmotionPredictor, encode_image_file
+from image_emotion.stages.paths import RegisterPaths
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
-
-
-@dataclass(frozen=True)
-class RegisterPaths:
-    prepared: Path = Path("data/prepared")
-    detector: Path = Path("models/detector/detector.pt")
-    head: Path = Path("models/classifier/head.pt")
-    evaluation: Path = Path("metrics/evaluate.json")
-    metrics: Path = Path("metrics/register.json")
 
 
 def decide(candidate: dict[str, Any], champion: dict[str, Any] | None, min_accuracy: float) -> tuple[bool, str]:

@@ -30,16 +30,7 @@ from image_emotion.head_training import HeadData, head_params, predict, train_he
 from image_emotion.io import write_json_atomic
 from image_emotion.metrics import accuracy, polarity_accuracy
 from image_emotion.models.multilevel import MODES, MultiLevelHead
-
-
-@dataclass(frozen=True)
-class ClassifierPaths:
-    prepared: Path = Path("data/prepared")
-    features: Path = Path("data/features/main")
-    out_dir: Path = Path("models/classifier")
-    sweep: Path = Path("metrics/lambda_sweep.json")
-    ablation: Path = Path("metrics/ablation.json")
-    metrics: Path = Path("metrics/classifier.json")
+from image_emotion.stages.paths import ClassifierPaths
 
 
 def load_head_data(prepared: Path, features: Path, p_default: float) -> tuple[PreparedDataset, HeadData, tuple]:

@@ -26,15 +26,8 @@ from image_emotion.head_training import HeadData, head_params
 from image_emotion.io import write_json_atomic
 from image_emotion.metrics import accuracy, per_class_accuracy
 from image_emotion.models.multilevel import MultiLevelHead
+from image_emotion.stages.paths import TransferPaths
 from image_emotion.stages.train_classifier import load_head, load_head_data
-
-
-@dataclass(frozen=True)
-class TransferPaths:
-    prepared: Path = Path("data/prepared_transfer")
-    features: Path = Path("data/features/transfer")
-    head: Path = Path("models/classifier/head.pt")
-    metrics: Path = Path("metrics/transfer.json")
 
 
 def train_one_vs_all(data: HeadData, init: MultiLevelHead, dims, num_classes: int, hp: dict[str, Any]):

@@ -1,0 +1,80 @@
+"""Where each stage reads and writes: one frozen dataclass per stage, defaults = the paths dvc.yaml uses.
+
+Kept apart from the stage modules (which import torch, MLflow...) so the CLI can build its options fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class MakeEmbeddedPaths:
+    """Where the dataset goes."""
+
+    out_dir: Path = Path("data/embedded")
+
+
+@dataclass(frozen=True)
+class PreparePaths:
+    """Where ``prepare`` writes."""
+
+    out_dir: Path = Path("data/prepared")
+    metrics: Path = Path("metrics/prepare.json")
+
+
+@dataclass(frozen=True)
+class FinetunePaths:
+    prepared: Path = Path("data/prepared")
+    checkpoint: Path = Path("checkpoints/detector/last.pt")
+    model: Path = Path("models/detector/detector.pt")
+    metrics: Path = Path("metrics/detector.json")
+
+
+@dataclass(frozen=True)
+class ExtractPaths:
+    detector: Path = Path("models/detector/detector.pt")
+    prepared: tuple[Path, ...] = (Path("data/prepared"),)  # one cache directory per prepared dataset
+    features: tuple[Path, ...] = (Path("data/features/main"),)
+    metrics: Path = Path("metrics/extract.json")
+
+
+@dataclass(frozen=True)
+class ClassifierPaths:
+    prepared: Path = Path("data/prepared")
+    features: Path = Path("data/features/main")
+    out_dir: Path = Path("models/classifier")
+    sweep: Path = Path("metrics/lambda_sweep.json")
+    ablation: Path = Path("metrics/ablation.json")
+    metrics: Path = Path("metrics/classifier.json")
+
+
+@dataclass(frozen=True)
+class TransferPaths:
+    prepared: Path = Path("data/prepared_transfer")
+    features: Path = Path("data/features/transfer")
+    head: Path = Path("models/classifier/head.pt")
+    metrics: Path = Path("metrics/transfer.json")
+
+
+@dataclass(frozen=True)
+class EvaluatePaths:
+    prepared: Path = Path("data/prepared")
+    features: Path = Path("data/features/main")
+    head: Path = Path("models/classifier/head.pt")
+    head_binary: Path = Path("models/classifier/head_binary.pt")
+    sweep: Path = Path("metrics/lambda_sweep.json")
+    ablation: Path = Path("metrics/ablation.json")
+    transfer: Path = Path("metrics/transfer.json")
+    metrics: Path = Path("metrics/evaluate.json")
+    plots: Path = Path("plots")
+
+
+@dataclass(frozen=True)
+class RegisterPaths:
+    prepared: Path = Path("data/prepared")
+    detector: Path = Path("models/detector/detector.pt")
+    head: Path = Path("models/classifier/head.pt")
+    evaluation: Path = Path("metrics/evaluate.json")
+    metrics: Path = Path("metrics/register.json")
