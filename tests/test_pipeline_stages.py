@@ -147,3 +147,25 @@ def test_stage_reports_missing_inputs_clearly(tiny_run, tmp_path):
     )
     with pytest.raises(CacheError, match="run `image-emotion extract-regions` first"):
         train_classifier.run(params, paths)
+
+
+def test_predict_command_on_files_and_on_bad_input(tiny_run, capsys, tmp_path):
+    from image_emotion.cli import main
+
+    work, _ = tiny_run
+    image = next((work / "embedded/images").iterdir())
+    args = [
+        "predict",
+        str(image),
+        "--detector",
+        str(work / "models/detector.pt"),
+        "--head",
+        str(work / "models/classifier/head.pt"),
+    ]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)[str(image)]
+    assert out["label"] in out and len(out["regions"]) == 4
+    (tmp_path / "notes.jpg").write_text("not an image")
+    assert main(["predict", str(tmp_path / "notes.jpg")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'notes.jpg'}: not an image") and err.count("\n") == 1

@@ -78,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
         )
         _add_path_options(p, getattr(stage_paths, paths_class))
         p.set_defaults(func=_run_stage, stage_module=module_name, paths_class=paths_class)
+    p = sub.add_parser("predict", help="emotion of image files: label, probabilities, top emotional regions")
+    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("--model-uri", default=None, help="an MLflow model, e.g. models:/image-emotion@champion")
+    p.add_argument("--detector", type=Path, default=Path("models/detector/detector.pt"))
+    p.add_argument("--head", type=Path, default=Path("models/classifier/head.pt"))
+    p.set_defaults(func=_predict)
+
     p = sub.add_parser("compile-pipeline", help="compile the kfp v2 pipeline to YAML (pipelines/image_emotion.yaml)")
     p.add_argument("--out", type=Path, default=Path("pipelines/image_emotion.yaml"))
     p.set_defaults(func=_compile_pipeline)
@@ -90,6 +97,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mlflow-tracking-uri", default="", help="default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
     p.set_defaults(func=_run_pipeline)
     return parser
+
+
+def _predict(args: argparse.Namespace) -> dict:
+    import pandas as pd
+
+    from image_emotion.data.images import load_image
+    from image_emotion.serve import EmotionPredictor, encode_image_file
+
+    for path in args.images:
+        load_image(path)  # a bad file is named here, before the model loads
+    frame = pd.DataFrame({"image": [encode_image_file(p) for p in args.images]})
+    if args.model_uri:
+        import mlflow
+
+        out = mlflow.pyfunc.load_model(args.model_uri).predict(frame)
+    else:
+        out = EmotionPredictor(args.detector, args.head).predict(frame)
+    return {
+        str(p): {**row, "regions": json.loads(row["regions"])}
+        for p, row in zip(args.images, out.to_dict("records"), strict=True)
+    }
 
 
 def _compile_pipeline(args: argparse.Namespace) -> dict:
