@@ -75,7 +75,7 @@ def test_feature_cache_is_reused_and_corruption_is_recomputed_never_used(tiny_ru
         load_cache(work / "features/main")
     capsys.readouterr()
     fixed = extract_regions.run(params, paths)["datasets"]["main"]
-    assert "corrupt or missing cache entry" in capsys.readouterr().out
+    assert "corrupt or missing cache entry" in capsys.readouterr().err
     assert fixed["shards_computed"] == 1 and fixed["shards_reused"] == 2
     after = load_cache(work / "features/main")
     torch.testing.assert_close(after["global"], before["global"], atol=2e-3, rtol=0)

@@ -16,6 +16,7 @@ entry is never used silently.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,7 @@ def missing_shards(cache_dir: str | Path, fingerprint: str, num_images: int, sha
         entry = index["shards"].get(sid)
         if not shard_is_valid(cache_dir, entry):
             if entry is not None:
-                print(f"{cache_dir / entry['file']}: corrupt or missing cache entry; recomputing it")
+                print(f"{cache_dir / entry['file']}: corrupt or missing cache entry; recomputing it", file=sys.stderr)
                 del index["shards"][sid]
             todo.append((sid, start, stop))
     return index, todo

@@ -65,17 +65,13 @@ def train_head(
     loss: str,
     lam: float,
     hp: dict[str, Any],
-    init: MultiLevelHead | None = None,
 ) -> MultiLevelHead:
-    """Train a fresh head (or one starting from ``init``'s first FC layer) on ``data``. ``dims``: (Dg, Dl, K)."""
+    """Train a fresh head on ``data`` with loss ``loss`` (and ``lam`` for L_multi). ``dims``: (Dg, Dl, K)."""
     if len(data) == 0:
         raise ConfigError("no training images for the classifier head; check the splits in the manifest")
     torch.manual_seed(int(hp["seed"]))
     dg, dl, k = dims
     head = MultiLevelHead(dg, dl, k, num_classes, mode=mode, hidden=int(hp["hidden"]), dropout=float(hp["dropout"]))
-    if init is not None:
-        head.norm.load_state_dict(init.norm.state_dict())
-        head.fc1.load_state_dict(init.fc1.state_dict())
     optimizer = torch.optim.SGD(
         head.parameters(), lr=float(hp["lr"]), momentum=float(hp["momentum"]), weight_decay=float(hp["weight_decay"])
     )

@@ -187,9 +187,8 @@ def transfer_fold_op(
     )
     with tracking.stage_run(params, f"transfer_cv fold={fold}"):
         row = transfer_cv.run_fold(inputs, fold)
-    runtime.write_json(result.path + ".json", row)
+    runtime.write_json(result.path, row)  # the artifact's own file travels with it (cluster or local)
     result.log_metric("accuracy", row["accuracy"])
-    result.metadata["row"] = row
 
 
 @dsl.component(base_image=IMAGE_CPU)
@@ -206,9 +205,9 @@ def transfer_summary_op(
     from image_emotion.stages import transfer_cv
 
     data = PreparedDataset.load(Path(transfer.path) / "prepared")
-    rows = [runtime.read_json(r.path + ".json") for r in results]
+    rows = [runtime.read_json(r.path) for r in results]
     metrics = transfer_cv.summarize(data.name, data.label_set, rows)
-    runtime.write_json(summary.path + ".json", metrics)
+    runtime.write_json(summary.path, metrics)
     runtime.log_to_kfp(summary, metrics)
 
 
@@ -236,12 +235,14 @@ def evaluate_op(
     from image_emotion.stages import evaluate
 
     params = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
+    import tempfile
+
     cls_dir = Path(classifier.path)
-    plots = Path(report.path + "_plots")
+    plots = Path(tempfile.mkdtemp(prefix="plots-"))  # embedded in the HTML report below
     paths = evaluate.EvaluatePaths(
         Path(main.path) / "prepared", Path(features.path) / "main", cls_dir / "head.pt", cls_dir / "head_binary.pt",
-        cls_dir / "lambda_sweep.json", cls_dir / "ablation.json", Path(transfer_summary.path + ".json"),
-        Path(metrics.path + ".json"), plots,
+        cls_dir / "lambda_sweep.json", cls_dir / "ablation.json", Path(transfer_summary.path),
+        Path(metrics.path), plots,
     )  # fmt: skip
     result = evaluate.run(params, paths)
     runtime.log_to_kfp(metrics, result)
@@ -269,6 +270,7 @@ def register_op(
     evaluation: Input[Metrics],
 ) -> NamedTuple("RegisterOutputs", [("version", int), ("promoted", bool)]):
     """Log and register the model; ``challenger`` always, ``champion`` only when it beats the current one."""
+    import tempfile
     from pathlib import Path
 
     from image_emotion.kubeflow import runtime
@@ -277,7 +279,7 @@ def register_op(
     params = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
     paths = register.RegisterPaths(
         Path(main.path) / "prepared", Path(detector.path) / "detector.pt", Path(classifier.path) / "head.pt",
-        Path(evaluation.path + ".json"), Path(evaluation.path + "_register.json"),
+        Path(evaluation.path), Path(tempfile.mkdtemp(prefix="register-")) / "register.json",
     )  # fmt: skip
     result = register.run(params, paths)
     from collections import namedtuple

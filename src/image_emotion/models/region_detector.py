@@ -14,7 +14,7 @@ them: one backbone pass per image.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign, box_iou
 from torchvision.ops import boxes as box_ops
 
+from image_emotion.checkpoint import load_checkpoint, save_checkpoint
 from image_emotion.errors import ConfigError
 from image_emotion.models.backbones import LEVELS, build_fpn_backbone, load_state_dict_file
 
@@ -89,7 +90,6 @@ class Regions:
     emotional_scores: Tensor
     object_boxes: Tensor
     object_scores: Tensor
-    extras: dict[str, Tensor] = field(default_factory=dict)
 
     def to_original(self, boxes: Tensor) -> Tensor:
         """Map ``(B, K, 4)`` boxes from resized-input to original image coordinates."""
@@ -285,18 +285,12 @@ def region_recall(pred: Tensor, gt: Tensor, iou: float = 0.5) -> float:
 
 def save_detector(detector: RegionDetector, path: str | Path, extra: dict[str, Any] | None = None) -> None:
     """Write the detector's config and weights atomically (``load_detector`` reads them back)."""
-    from dataclasses import asdict
-
-    from image_emotion.checkpoint import save_checkpoint
-
     state = {k: v.detach().cpu() for k, v in detector.state_dict().items()}
     save_checkpoint(path, {"config": asdict(detector.config), "state_dict": state, **(extra or {})})
 
 
 def load_detector(path: str | Path, device: str | torch.device = "cpu") -> RegionDetector:
     """A detector saved by ``save_detector``, in eval mode on ``device``."""
-    from image_emotion.checkpoint import load_checkpoint
-
     state = load_checkpoint(path)
     if state is None:
         raise ConfigError(f"{path}: detector not found; run `image-emotion finetune-detector` first")

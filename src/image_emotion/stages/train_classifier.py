@@ -61,7 +61,18 @@ def split_index(data: PreparedDataset, name: str) -> np.ndarray:
     return np.flatnonzero(data.manifest["split"].to_numpy() == name)
 
 
-def fit_and_score(head_data, idx, dims, num_classes, mode, loss, lam, hp, name, label_set=None):
+def fit_and_score(
+    head_data: HeadData,
+    idx: dict[str, np.ndarray],
+    dims: tuple[int, int, int],
+    num_classes: int,
+    mode: str,
+    loss: str,
+    lam: float,
+    hp: dict[str, Any],
+    name: str,
+    label_set: str | None = None,
+) -> tuple[MultiLevelHead, dict[str, float]]:
     """Train on ``idx['train']`` and return the head with its val/test accuracy, logged as a nested run."""
     with tracking.child_run(name, {"mode": mode, "loss": loss, "lambda": lam}) as mlflow:
         head = train_head(head_data.select(idx["train"]), dims, num_classes, mode, loss, lam, hp)

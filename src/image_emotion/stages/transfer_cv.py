@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from image_emotion import tracking
 from image_emotion.config import get
 from image_emotion.data.emotions import get_label_set
+from image_emotion.data.torch_data import PreparedDataset
 from image_emotion.head_training import HeadData, head_params
 from image_emotion.io import write_json_atomic
 from image_emotion.metrics import accuracy, per_class_accuracy
@@ -59,7 +60,9 @@ def train_one_vs_all(data: HeadData, init: MultiLevelHead, dims, num_classes: in
 
 @dataclass
 class TransferInputs:
-    data: Any
+    """What every fold reads: the target's data and features, the trained head to start from, head params."""
+
+    data: PreparedDataset
     head_data: HeadData
     dims: tuple[int, int, int]
     init: MultiLevelHead
