@@ -72,6 +72,11 @@ def train_head(
     torch.manual_seed(int(hp["seed"]))
     dg, dl, k = dims
     head = MultiLevelHead(dg, dl, k, num_classes, mode=mode, hidden=int(hp["hidden"]), dropout=float(hp["dropout"]))
+    return fit(head, data, hp, lambda logits, b: emotion_loss(loss, logits, b.labels, b.distributions, b.p_star, lam))
+
+
+def fit(head: MultiLevelHead, data: HeadData, hp: dict[str, Any], loss_fn) -> MultiLevelHead:
+    """SGD over seeded shuffled mini-batches; ``loss_fn(logits (B, C), batch: HeadData) -> scalar``."""
     optimizer = torch.optim.SGD(
         head.parameters(), lr=float(hp["lr"]), momentum=float(hp["momentum"]), weight_decay=float(hp["weight_decay"])
     )
@@ -82,8 +87,7 @@ def train_head(
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, batch):
             b = data.select(order[start : start + batch])
-            logits = head(b.features)
-            value = emotion_loss(loss, logits, b.labels, b.distributions, b.p_star, lam)
+            value = loss_fn(head(b.features), b)
             optimizer.zero_grad()
             value.backward()
             optimizer.step()

@@ -23,7 +23,7 @@ from image_emotion import tracking
 from image_emotion.config import get
 from image_emotion.data.emotions import get_label_set
 from image_emotion.data.torch_data import PreparedDataset
-from image_emotion.head_training import HeadData, head_params
+from image_emotion.head_training import HeadData, fit, head_params
 from image_emotion.io import write_json_atomic
 from image_emotion.metrics import accuracy, per_class_accuracy
 from image_emotion.models.multilevel import MultiLevelHead
@@ -40,22 +40,12 @@ def train_one_vs_all(data: HeadData, init: MultiLevelHead, dims, num_classes: in
     )
     head.norm.load_state_dict(init.norm.state_dict())
     head.fc1.load_state_dict(init.fc1.state_dict())
-    targets = F.one_hot(data.labels, num_classes).float()
-    optimizer = torch.optim.SGD(
-        head.parameters(), lr=float(hp["lr"]), momentum=float(hp["momentum"]), weight_decay=float(hp["weight_decay"])
+    return fit(
+        head,
+        data,
+        hp,
+        lambda logits, b: F.binary_cross_entropy_with_logits(logits, F.one_hot(b.labels, num_classes).float()),
     )
-    generator = torch.Generator().manual_seed(int(hp["seed"]))
-    head.train()
-    for _ in range(int(hp["epochs"])):
-        order = torch.randperm(len(data), generator=generator)
-        for start in range(0, len(data), int(hp["batch_size"])):
-            idx = order[start : start + int(hp["batch_size"])]
-            logits = head({k: v[idx] for k, v in data.features.items()})
-            loss = F.binary_cross_entropy_with_logits(logits, targets[idx])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    return head.eval()
 
 
 @dataclass
