@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from image_emotion.checkpoint import file_sha256
+from image_emotion.checkpoint import file_sha256, save_checkpoint
 from image_emotion.errors import ImageEmotionError
-from image_emotion.io import atomic_path, write_json_atomic
+from image_emotion.io import write_json_atomic
 
 FLOAT_KEYS = ("global", "emotional", "object")
 
@@ -91,8 +91,7 @@ def write_shard(cache_dir: str | Path, index: dict[str, Any], sid: str, start: i
     cache_dir = Path(cache_dir)
     name = f"shard-{sid}.pt"
     stored = {k: (v.to(torch.float16) if k in FLOAT_KEYS else v) for k, v in shard.items()}
-    with atomic_path(cache_dir / name) as tmp:
-        torch.save(stored, tmp)
+    save_checkpoint(cache_dir / name, stored)
     index["shards"][sid] = {"file": name, "sha256": file_sha256(cache_dir / name), "start": start, "stop": stop}
     write_json_atomic(_index_path(cache_dir), index)
 

@@ -78,8 +78,9 @@ def setup(params: dict[str, Any]) -> str:
     return experiment.experiment_id
 
 
-def parent_run_id(params: dict[str, Any]) -> str:
-    """The id of this pipeline run's parent run, created (with params and revision) on first use."""
+def parent_run(params: dict[str, Any]) -> tuple[str, str, str]:
+    """(experiment id, parent run id, pipeline key) of this pipeline run; the parent run is created (with the
+    params and the revision) on first use."""
     mlflow = _mlflow()
     experiment_id = setup(params)
     key = pipeline_key(params)
@@ -90,7 +91,7 @@ def parent_run_id(params: dict[str, Any]) -> str:
         max_results=1,
     )
     if found:
-        return found[0].info.run_id
+        return experiment_id, found[0].info.run_id, key
     client = mlflow.MlflowClient()
     run = client.create_run(
         experiment_id,
@@ -102,22 +103,25 @@ def parent_run_id(params: dict[str, Any]) -> str:
             "dvc_lock": fingerprint(Path("dvc.lock").read_text()) if Path("dvc.lock").is_file() else "none",
         },
     )
-    for k, v in flatten(params).items():
-        client.log_param(run.info.run_id, k[:250], str(v)[:6000])
+    from mlflow.entities import Param
+
+    entries = [Param(k[:250], str(v)[:6000]) for k, v in flatten(params).items()]
+    for start in range(0, len(entries), 100):  # MLflow takes at most 100 params per batch
+        client.log_batch(run.info.run_id, params=entries[start : start + 100])
     client.log_text(run.info.run_id, json.dumps(params, indent=2, sort_keys=True), "params.resolved.json")
     client.set_terminated(run.info.run_id)
-    return run.info.run_id
+    return experiment_id, run.info.run_id, key
 
 
 @contextmanager
 def stage_run(params: dict[str, Any], stage: str, log_params: dict[str, Any] | None = None) -> Iterator[Any]:
     """An MLflow run for ``stage`` nested under the pipeline's parent run; yields the ``mlflow`` module."""
     mlflow = _mlflow()
-    parent = parent_run_id(params)
+    experiment_id, parent, key = parent_run(params)
     with mlflow.start_run(
-        experiment_id=setup(params),
+        experiment_id=experiment_id,
         run_name=stage,
-        tags={"mlflow.parentRunId": parent, "stage": stage, "pipeline_key": pipeline_key(params)},
+        tags={"mlflow.parentRunId": parent, "stage": stage, "pipeline_key": key},
     ):
         if log_params:
             mlflow.log_params({k: str(v)[:6000] for k, v in flatten(log_params).items()})

@@ -144,11 +144,13 @@ def select_classifier_op(
 
     params = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
     inputs = train_classifier.load_inputs(params, Path(main.path) / "prepared", Path(features.path) / "main")
-    sweep = sorted((runtime.read_json(Path(h.path) / "row.json") for h in heads), key=lambda r: r["lambda"])
+    head_of = {}  # λ -> the directory of its head
+    for h in heads:
+        row = runtime.read_json(Path(h.path) / "row.json")
+        head_of[row["lambda"]] = (row, Path(h.path))
+    sweep = [head_of[lam][0] for lam in sorted(head_of)]
     best = train_classifier.select_lambda(sweep)
-    best_head, _ = train_classifier.load_head(
-        next(Path(h.path) / "head.pt" for h in heads if runtime.read_json(Path(h.path) / "row.json") == best)
-    )
+    best_head, _ = train_classifier.load_head(head_of[best["lambda"]][1] / "head.pt")
     with tracking.stage_run(params, "train_classifier"):
         losses, ablation, binary_head, binary = train_classifier.variants(inputs, sweep, best)
     out = Path(classifier.path)

@@ -43,12 +43,18 @@ def _save_figure(fig, path: Path) -> None:
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
 
 
-def plot_lambda_curve(sweep: list[dict[str, Any]], path: Path) -> None:
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (imported on first use: it is slow to import)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_lambda_curve(sweep: list[dict[str, Any]], path: Path) -> None:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.2))
     lam = [r["lambda"] for r in sweep]
     for key, style in (("val_accuracy", "o--"), ("test_accuracy", "s-")):
@@ -62,11 +68,7 @@ def plot_lambda_curve(sweep: list[dict[str, Any]], path: Path) -> None:
 
 
 def plot_confusion(cm: np.ndarray, labels: tuple[str, ...], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 5))
     ax.imshow(cm, cmap="Blues")
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
@@ -83,8 +85,9 @@ def region_overlays(root: Path, rows, boxes: torch.Tensor, true: list[str], pred
     """A grid of images with their top-3 emotional regions and ground-truth boxes."""
     tiles = []
     for (path, gt), b, t, p in zip(rows, boxes, true, pred, strict=True):
-        img = load_image(root / path).convert("RGB").resize((192, 192))
-        sx, sy = 192 / Image.open(root / path).width, 192 / Image.open(root / path).height
+        img = load_image(root / path)
+        sx, sy = 192 / img.width, 192 / img.height
+        img = img.resize((192, 192))
         draw = ImageDraw.Draw(img)
         for x1, y1, x2, y2 in gt:
             draw.rectangle((x1 * sx, y1 * sy, x2 * sx, y2 * sy), outline=(0, 220, 0), width=2)

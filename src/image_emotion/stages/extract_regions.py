@@ -58,6 +58,8 @@ def extract_dataset(
 
 
 def run(params: dict[str, Any], paths: ExtractPaths) -> dict[str, Any]:
+    if len(paths.prepared) != len(paths.features):
+        raise ConfigError("extract-regions needs one --features directory per --prepared directory")
     device = pick_device(str(get(params, "device", "auto")))
     section = get(params, "extract", {}) or {}
     shard_size, batch_size = int(section.get("shard_size", 256)), int(section.get("batch_size", 16))
@@ -66,8 +68,6 @@ def run(params: dict[str, Any], paths: ExtractPaths) -> dict[str, Any]:
     results: dict[str, Any] = {}
     start = time.perf_counter()
     with tracking.stage_run(params, "extract_regions", {"extract": section}) as mlflow:
-        if len(paths.prepared) != len(paths.features):
-            raise ConfigError("extract-regions needs one --features directory per --prepared directory")
         for prepared, cache_dir in zip(paths.prepared, paths.features, strict=True):
             data = PreparedDataset.load(prepared)
             identity = fingerprint(detector_sha, file_sha256(Path(prepared) / "manifest.csv"), shard_size)
