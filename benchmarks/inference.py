@@ -20,15 +20,15 @@ from pathlib import Path
 import torch
 from torchvision.transforms.functional import to_tensor
 
-from image_emotion.config import get, load_params
+from image_emotion.config import Config, load_config
 from image_emotion.data.images import load_image
 from image_emotion.data.synthetic import SyntheticConfig, generate
 from image_emotion.models.multilevel import MultiLevelClassifier, MultiLevelHead, feature_dims
-from image_emotion.models.region_detector import DetectorConfig, RegionDetector
+from image_emotion.models.region_detector import RegionDetector
 
 
 def _images(n: int, size: int) -> list[torch.Tensor]:
-    """``n`` embedded-dataset images ``(3, size, size)`` in [0, 1] (drawn afresh, seeded)."""
+    """``n`` synthetic-dataset images ``(3, size, size)`` in [0, 1] (drawn afresh, seeded)."""
     with tempfile.TemporaryDirectory() as tmp:
         root = generate(Path(tmp) / "emb", SyntheticConfig(num_images=max(n, 16), image_size=size, seed=123))
         return [to_tensor(load_image(p)) for p in sorted((root / "images").iterdir())[:n]]
@@ -58,9 +58,9 @@ def _time_interleaved(
     return best
 
 
-def measure(device: str, images: list[torch.Tensor], batch: int, repeats: int, params: dict) -> dict[str, float]:
+def measure(device: str, images: list[torch.Tensor], batch: int, repeats: int, config: Config) -> dict[str, float]:
     torch.manual_seed(0)
-    cfg = DetectorConfig.from_params(get(params, "detector", {}))
+    cfg = config.detector
     detector = RegionDetector(cfg).eval().to(device)
     dg, dl = feature_dims(detector)
     head = MultiLevelHead(dg, dl, cfg.top_k, 8, mode="global+emotional")
@@ -92,16 +92,16 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument(
-        "--image-size", type=int, default=160, help="embedded image size (resized to detector.min_size)"
+        "--image-size", type=int, default=160, help="synthetic image size (resized to detector.min_size)"
     )
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     args = parser.parse_args()
-    params = load_params(args.params) if Path(args.params).is_file() else {}
+    config = load_config(args.params) if Path(args.params).is_file() else Config()
     images = _images(args.images, args.image_size)
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
-    cfg = DetectorConfig.from_params(get(params, "detector", {}))
+    cfg = config.detector
     print(
         f"config: {cfg.backbone}, {cfg.min_size}-{cfg.max_size} px, {cfg.rpn_pre_nms_top_n}/{cfg.rpn_post_nms_top_n} "
         f"proposals, K={cfg.top_k}; {args.images} images, batch {args.batch}, torch threads {torch.get_num_threads()}"
@@ -110,7 +110,7 @@ def main() -> None:
         if device == "cuda" and not torch.cuda.is_available():
             print("cuda: no GPU here, skipped")
             continue
-        r = measure(device, images, args.batch, args.repeats, params)
+        r = measure(device, images, args.batch, args.repeats, config)
         name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
         print(f"{device} ({name}):")
         print(f"  backbone+FPN      {1000 * r['backbone_s_per_image']:8.1f} ms/image")

@@ -1,4 +1,5 @@
-"""Shared test set-up: no telemetry, the venv's commands on PATH, tiny dataset layouts."""
+"""Shared test set-up: no telemetry, the venv's commands on PATH, a small synthetic set, a throwaway MLflow store,
+and the tiny pipeline run (read-only for the tests that share it)."""
 
 from __future__ import annotations
 
@@ -22,18 +23,19 @@ def repo_root() -> Path:
 
 
 @pytest.fixture(scope="session")
-def embedded_small(tmp_path_factory):
-    """A small embedded dataset (64 images of 128 px) as ``(images (3, H, W) in [0, 1], boxes, labels)``."""
+def synthetic_small(tmp_path_factory):
+    """A small synthetic dataset (64 images of 128 px) as ``(images (3, H, W) in [0, 1], boxes, labels)``."""
     import torch
     from torchvision.transforms.functional import to_tensor
 
+    from image_emotion.config import SyntheticConfig
     from image_emotion.data.datasets import load_dataset
     from image_emotion.data.emotions import MIKELS8
     from image_emotion.data.images import load_image
-    from image_emotion.data.synthetic import SyntheticConfig, generate
+    from image_emotion.data.synthetic import generate
 
-    root = generate(tmp_path_factory.mktemp("emb") / "embedded", SyntheticConfig(num_images=64, image_size=128))
-    df = load_dataset("embedded", root).manifest
+    root = generate(tmp_path_factory.mktemp("emb") / "synthetic", SyntheticConfig(num_images=64, image_size=128))
+    df = load_dataset("synthetic", root).manifest
     images = [to_tensor(load_image(root / p)) for p in df["path"]]
     boxes = [torch.tensor(b, dtype=torch.float32) for b in df["boxes"]]
     labels = torch.tensor([MIKELS8.index(x) for x in df["label"]])
@@ -41,33 +43,41 @@ def embedded_small(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def mlflow_uri(tmp_path_factory):
-    """A throwaway MLflow sqlite store for the whole session (set as $MLFLOW_TRACKING_URI)."""
-    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    return uri
+def mlflow_store(tmp_path_factory) -> str:
+    """A throwaway MLflow sqlite store shared by the session's tests (each test points at it itself)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture
+def mlflow_uri(mlflow_store, monkeypatch) -> str:
+    """``$MLFLOW_TRACKING_URI`` set to the session's throwaway store for this test only (restored after)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store)
+    return mlflow_store
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory, mlflow_uri):
-    """The pipeline's stages run in-process on the tiny config, up to evaluate; returns (workdir, params)."""
-    from tiny import tiny_params
+def tiny_run(tmp_path_factory, mlflow_store):
+    """The pipeline's stages run in-process on the tiny config, up to evaluate; returns (workdir, config).
+    Read-only for tests: a test that changes files copies what it changes first."""
+    from tiny import tiny_config
 
     from image_emotion.stages import (
         evaluate,
         extract_regions,
         finetune_detector,
-        make_embedded,
+        make_synthetic,
         prepare,
         train_classifier,
         transfer_cv,
     )
 
+    session_env = pytest.MonkeyPatch()
+    session_env.setenv("MLFLOW_TRACKING_URI", mlflow_store)  # only while the stages run
     work = tmp_path_factory.mktemp("tiny")
-    params = tiny_params(**{"data.root": work / "embedded"})
-    make_embedded.run(params, make_embedded.MakeEmbeddedPaths(work / "embedded"))
-    transfer_params = tiny_params(**{"embedded.num_images": 40, "embedded.seed": 1, "data.root": work / "transfer"})
-    make_embedded.run(transfer_params, make_embedded.MakeEmbeddedPaths(work / "transfer"))
+    params = tiny_config(**{"data.root": work / "synthetic"})
+    make_synthetic.run(params, make_synthetic.MakeSyntheticPaths(work / "synthetic"))
+    transfer_params = tiny_config(**{"synthetic.num_images": 40, "synthetic.seed": 1, "data.root": work / "transfer"})
+    make_synthetic.run(transfer_params, make_synthetic.MakeSyntheticPaths(work / "transfer"))
     prepare.run(params, prepare.PreparePaths(work / "prepared", work / "metrics/prepare.json"))
     prepare.run(transfer_params, prepare.PreparePaths(work / "prepared_transfer", work / "metrics/pt.json"))
     finetune_detector.run(
@@ -119,4 +129,5 @@ def tiny_run(tmp_path_factory, mlflow_uri):
             work / "plots",
         ),
     )
+    session_env.undo()
     return work, params

@@ -1,12 +1,28 @@
+"""Dataset loaders: each published layout becomes one manifest with the right labels, distributions, boxes and
+split scheme, and bad files, bad lines and missing directories fail with one line naming the file (and line)."""
+
+import re
 import shutil
 
 import numpy as np
 import pytest
-from layouts import EKMAN, LAYOUTS, MIKELS, make_abstract, make_artphoto, make_emotionroi, make_fi, make_twitter
+from layouts import (
+    EKMAN,
+    LAYOUTS,
+    MIKELS,
+    make_abstract,
+    make_artphoto,
+    make_emotion6,
+    make_emotionroi,
+    make_fi,
+    make_twitter,
+)
 
+from image_emotion.config import DataConfig, SyntheticConfig
 from image_emotion.data.datasets import LoaderOptions, load_dataset
 from image_emotion.data.datasets.emotionroi import heatmap_boxes
 from image_emotion.data.manifest import validate_manifest
+from image_emotion.data.synthetic import generate
 from image_emotion.errors import ConfigError, DatasetError
 
 EXPECTED = {  # dataset -> (images, label set, split scheme)
@@ -41,7 +57,11 @@ def test_fi_labels_follow_directories(tmp_path):
 
 def test_artphoto_prefix_and_stray_files(tmp_path):
     result = load_dataset("artphoto", make_artphoto(tmp_path))
-    assert "sadness" in set(result.manifest["label"])
+    labels = dict(zip(result.manifest["path"], result.manifest["label"], strict=True))
+    assert {p: lab for p, lab in labels.items() if lab == "sadness"} == {  # the "sad_" prefix is sadness
+        f"testImages_artphoto/sad_{i}.jpg": "sadness" for i in range(1, 6)
+    }
+    assert labels["testImages_artphoto/amusement_1.jpg"] == "amusement"
     ignored = sorted(s.path for s in result.skipped if not s.bad)
     assert ignored == ["testImages_artphoto/.DS_Store", "testImages_artphoto/readme.rtf"]
 
@@ -53,9 +73,11 @@ def test_abstract_votes_become_distributions_and_ties_are_dropped(tmp_path):
     assert dropped == {"testImages_abstract/abstract_tie.jpg", "testImages_abstract/abstract_none.jpg"}
     first = df.iloc[0]  # CSV row: Amusement 5 votes, Anger 2 votes
     assert first["label"] == "amusement"
-    assert first["distribution"][0] == pytest.approx(5 / 7)  # amusement is class 0 of mikels8
-    assert first["distribution"][4] == pytest.approx(2 / 7)  # anger is class 4 of mikels8
-    assert sum(first["distribution"]) == pytest.approx(1.0)
+    # mikels8 order: amusement 0, awe 1, contentment 2, excitement 3, anger 4, ...
+    assert first["distribution"] == pytest.approx([5 / 7, 0, 0, 0, 2 / 7, 0, 0, 0])
+    last = df[df["path"] == "testImages_abstract/abstract_0040.jpg"].iloc[0]  # Sad 5 votes, Amusement 2 votes
+    assert last["label"] == "sadness"
+    assert last["distribution"] == pytest.approx([2 / 7, 0, 0, 0, 0, 0, 0, 5 / 7])
 
 
 def test_emotionroi_heatmaps_become_boxes_and_official_split(tmp_path):
@@ -79,12 +101,16 @@ def test_heatmap_boxes_on_two_blobs():
 def test_twitter_agreement_levels(tmp_path):
     root = make_twitter(tmp_path)
     sizes = {
-        a: len(load_dataset("twitter", root, LoaderOptions(extra={"agreement": a})).manifest)
+        a: len(load_dataset("twitter", root, LoaderOptions(DataConfig(twitter={"agreement": a}))).manifest)
         for a in ("five", "four", "three")
     }
     assert sizes == {"five": 10, "four": 15, "three": 20}
-    with pytest.raises(ConfigError, match="agreement"):
-        load_dataset("twitter", root, LoaderOptions(extra={"agreement": "two"}))
+    df = load_dataset("twitter", root).manifest  # "<n>.jpg <(n - 1) % 2>": 1 is positive
+    assert dict(zip(df["path"], df["label"], strict=True)) == {
+        f"images/{i + 1}.jpg": ("positive" if i % 2 else "negative") for i in range(10)
+    }
+    with pytest.raises(ConfigError, match=r"twitter\.agreement"):
+        DataConfig(twitter={"agreement": "two"})
 
 
 def _break_fi(root):
@@ -100,18 +126,24 @@ def _break_fi(root):
 
 def test_bad_files_raise_one_error_naming_the_first_and_the_count(tmp_path):
     root = make_fi(tmp_path)
-    _break_fi(root)
+    truncated = _break_fi(root)
     with pytest.raises(DatasetError) as err:
         load_dataset("fi", root)
     msg = str(err.value)
-    assert "\n" not in msg and "and 2 more bad file(s)" in msg and "data.on_error: skip" in msg
-    assert str(root) in msg
+    assert "\n" not in msg and "(and 2 more bad file(s))" in msg and "data.on_error: skip" in msg
+    bad = {  # the three bad files and what is wrong with each
+        root / truncated.relative_to(root): "corrupt or truncated image",
+        root / "emotion_dataset/fear/fear_99.jpg": "not an image",
+        root / "emotion_dataset/happiness/x.jpg": "unknown label directory 'happiness'",
+    }
+    named = [path for path, reason in bad.items() if msg.startswith(f"{path}: {reason}")]
+    assert len(named) == 1, msg  # one of them, in full, with its own reason
 
 
 def test_bad_files_are_skipped_with_a_report_when_asked(tmp_path):
     root = make_fi(tmp_path)
     truncated = _break_fi(root)
-    result = load_dataset("fi", root, LoaderOptions(on_error="skip"))
+    result = load_dataset("fi", root, LoaderOptions(DataConfig(on_error="skip")))
     reasons = {s.path: s.reason for s in result.skipped}
     assert len(result.manifest) == 23
     assert "truncated" in reasons[truncated.relative_to(root).as_posix()]
@@ -121,23 +153,109 @@ def test_bad_files_are_skipped_with_a_report_when_asked(tmp_path):
 
 @pytest.mark.parametrize("name", sorted(LAYOUTS))
 def test_missing_root_is_a_clear_error(tmp_path, name):
-    with pytest.raises(DatasetError, match="not found") as err:
+    with pytest.raises(DatasetError) as err:
         load_dataset(name, tmp_path / "nowhere")
+    # the root itself, or the first directory expected inside it (EmotionROI: nowhere/images)
+    assert re.match(rf"{re.escape(str(tmp_path / 'nowhere'))}(/images)?: directory not found; ", str(err.value))
     assert "\n" not in str(err.value)
 
 
 def test_missing_heatmap_dir_and_split_file(tmp_path):
     root = make_emotionroi(tmp_path)
     (root / "training_testing_split" / "testing.txt").unlink()
-    with pytest.raises(DatasetError, match=r"testing\.txt: file not found"):
+    with pytest.raises(DatasetError, match=re.escape(f"{root / 'training_testing_split' / 'testing.txt'}: file not")):
         load_dataset("emotionroi", root)
     shutil.rmtree(root / "ground_truth")
-    with pytest.raises(DatasetError, match="ground_truth: directory not found"):
+    with pytest.raises(DatasetError, match=re.escape(f"{root / 'ground_truth'}: directory not found")):
         load_dataset("emotionroi", root)
 
 
 def test_unknown_dataset_and_bad_policy():
-    with pytest.raises(ConfigError, match="unknown dataset"):
+    with pytest.raises(ConfigError, match="unknown dataset 'imagenet'"):
         load_dataset("imagenet", ".")
     with pytest.raises(ConfigError, match="on_error"):
-        LoaderOptions(on_error="ignore")
+        DataConfig(on_error="ignore")
+
+
+def _replace_line(path, number, text):
+    """Put ``text`` on line ``number`` (1-based) of ``path``, after inserting a blank line 2 so the count must
+    include blank lines as an editor does."""
+    lines = path.read_text().splitlines()
+    lines.insert(1, "")
+    lines[number - 1] = text
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+BAD_LINES = {  # dataset -> (layout, file under the root, a bad line, what the error says about it)
+    "twitter": (make_twitter, "five_agree.txt", "4.jpg 2", "expected '<image name> <0|1>', got '4.jpg 2'"),
+    "emotion6": (
+        make_emotion6,
+        "ground_truth.txt",
+        "anger/2.jpg\t5.1\t4.2\tmany\t0.05\t0.05\t0.05\t0.05\t0.05\t0.05",
+        "probabilities must be numbers",
+    ),
+    "abstract": (
+        make_abstract,
+        "testImages_abstract/ABSTRACT_groundTruth.csv",
+        "'abstract_0002.jpg',5,two,0,0,0,0,0,0",
+        "vote counts must be numbers",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_LINES))
+def test_a_bad_label_line_is_named_by_file_and_line_number(tmp_path, name):
+    make, rel, text, reason = BAD_LINES[name]
+    root = make(tmp_path / name)
+    path = _replace_line(root / rel, 4, text)
+    with pytest.raises(DatasetError) as err:
+        load_dataset(name, root)
+    assert str(err.value).startswith(f"{path} line 4: {reason}") and "\n" not in str(err.value)
+
+
+def _synthetic_with_line_3(tmp_path, votes):
+    root = generate(tmp_path / "synthetic", SyntheticConfig(num_images=16, image_size=64))
+    ann = root / "annotations.csv"
+    lines = ann.read_text().splitlines()
+    lines[2] = re.sub(r'"\[[^]]*\]"', f'"{votes}"', lines[2], count=1)  # line 3: the second image's votes
+    ann.write_text("\n".join(lines) + "\n")
+    return root, ann
+
+
+def test_synthetic_annotation_line_with_bad_json_is_named(tmp_path):
+    root, ann = _synthetic_with_line_3(tmp_path, "[1, 2,")
+    with pytest.raises(DatasetError) as err:
+        load_dataset("synthetic", root)
+    assert str(err.value).startswith(f"{ann} line 3: expected path, label, votes, boxes columns")
+
+
+def test_synthetic_annotation_line_number_counts_blank_lines(tmp_path):
+    root = generate(tmp_path / "synthetic", SyntheticConfig(num_images=16, image_size=64))
+    ann = _replace_line(root / "annotations.csv", 4, "images/00001.png,awe,[1,[]")
+    with pytest.raises(DatasetError) as err:
+        load_dataset("synthetic", root)
+    assert str(err.value).startswith(f"{ann} line 4: ")
+
+
+UNNORMALISABLE_VOTES = {  # dataset -> (layout, file, line 3 replaced by votes that are numbers but not counts)
+    "synthetic": None,
+    "emotion6": (make_emotion6, "ground_truth.txt", "anger/2.jpg\t5.1\t4.2\t0.9\t-0.2\t0.05\t0.05\t0.1\t0.05\t0.05"),
+    "abstract": (make_abstract, "testImages_abstract/ABSTRACT_groundTruth.csv", "'abstract_0002.jpg',5,-2,0,0,0,0,0,0"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNNORMALISABLE_VOTES))
+def test_votes_that_cannot_be_normalised_are_named_by_file_and_line(tmp_path, name):
+    if name == "synthetic":
+        root, path = _synthetic_with_line_3(tmp_path, "[0, 0, 0, 0, 0, 0, 0, 0]")  # no votes at all
+    else:
+        make, rel, text = UNNORMALISABLE_VOTES[name]
+        root = make(tmp_path / name)
+        lines = (root / rel).read_text().splitlines()
+        lines[2] = text  # a negative vote
+        path = root / rel
+        path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DatasetError) as err:
+        load_dataset(name, root)
+    assert str(err.value).startswith(f"{path} line 3: ")

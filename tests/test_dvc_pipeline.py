@@ -1,12 +1,15 @@
-"""End to end: the real `dvc repro` of the whole graph (tiny params), incremental, param-sensitive,
-and its outputs pushed to and pulled from an S3 remote (a moto server on loopback)."""
+"""End to end: the real `dvc repro` of the whole graph (tiny params), incremental, param-sensitive, its stages'
+dependencies covering every module they import, and its outputs pushed to and pulled from an S3 remote (a moto
+server on loopback). The graph is reproduced once per module; each test works on its own copy of that project."""
 
+import ast
 import json
 import os
 import shutil
 import subprocess
 
 import boto3
+import pandas as pd
 import pytest
 import yaml
 from moto.server import ThreadedMotoServer
@@ -14,8 +17,8 @@ from tiny import write_tiny_params
 
 pytestmark = pytest.mark.e2e
 STAGES = [
-    "make_embedded",
-    "make_embedded_transfer",
+    "make_synthetic",
+    "make_synthetic_transfer",
     "prepare",
     "prepare_transfer",
     "finetune_detector",
@@ -28,7 +31,8 @@ STAGES = [
 
 
 def _dvc(cwd, *args):
-    proc = subprocess.run(["dvc", *args], cwd=cwd, capture_output=True, text=True, env=os.environ.copy())
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}"}  # each project its own store
+    proc = subprocess.run(["dvc", *args], cwd=cwd, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
 
@@ -38,13 +42,23 @@ def _ran(out: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, repo_root, mlflow_uri):
-    root = tmp_path_factory.mktemp("dvcproj")
+def reproduced(tmp_path_factory, repo_root):
+    """A tiny DVC project after its first `dvc repro`: (root, what the repro printed). Tests copy it first."""
+    root = tmp_path_factory.mktemp("dvcproj") / "project"
+    root.mkdir()
     shutil.copy(repo_root / "dvc.yaml", root / "dvc.yaml")
     write_tiny_params(root / "params.yaml")
     shutil.copytree(repo_root / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     _dvc(root, "init", "-q")
+    return root, _dvc(root, "repro")
+
+
+@pytest.fixture
+def project(reproduced, tmp_path):
+    """This test's own copy of the reproduced project."""
+    root = tmp_path / "project"
+    shutil.copytree(reproduced[0], root, symlinks=True)
     return root
 
 
@@ -66,14 +80,14 @@ def s3():
             os.environ[k] = v
 
 
-def test_repro_runs_the_graph_then_noop_then_only_what_lambda_changes(project, mlflow_uri):
-    first = _dvc(project, "repro")
-    assert _ran(first) == STAGES
+def test_repro_runs_the_graph_then_noop_then_only_what_lambda_changes(reproduced, project):
+    assert _ran(reproduced[1]) == STAGES
     evaluation = json.loads((project / "metrics/evaluate.json").read_text())
-    assert evaluation["num_test_images"] > 0
+    test_rows = int((pd.read_csv(project / "data/prepared/manifest.csv")["split"] == "test").sum())
+    assert evaluation["num_test_images"] == test_rows and test_rows >= 8
     registered = json.loads((project / "metrics/register.json").read_text())
-    assert registered["version"] >= 1 and registered["model_name"] == "image-emotion"
-    assert (project / "plots/regions.png").is_file()
+    assert (registered["version"], registered["model_name"], registered["promoted"]) == (1, "image-emotion", True)
+    assert (project / "plots/regions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     assert _ran(_dvc(project, "repro")) == []
 
@@ -83,6 +97,53 @@ def test_repro_runs_the_graph_then_noop_then_only_what_lambda_changes(project, m
     third = _dvc(project, "repro")
     assert _ran(third) == ["train_classifier", "transfer_cv", "evaluate", "register"]
     assert [r["lambda"] for r in json.loads((project / "metrics/lambda_sweep.json").read_text())] == [0.0, 0.3, 1.0]
+    assert json.loads((project / "metrics/register.json").read_text())["version"] == 2
+
+
+def test_a_code_change_reruns_the_stages_that_import_it_and_no_others(project):
+    heads = project / "src/image_emotion/training/heads.py"
+    heads.write_text(heads.read_text() + "\n# a change to head fitting\n")
+    ran = _ran(_dvc(project, "repro"))
+    assert ran[:3] == ["train_classifier", "transfer_cv", "evaluate"]
+    assert not set(ran) & set(STAGES[:6])  # data, detector and extraction do not import head fitting
+
+
+def test_every_stage_depends_on_every_module_it_imports(repo_root):
+    spec = yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"]
+    for name, stage in spec.items():
+        module = stage["cmd"].split()[1].replace("-", "_")
+        deps = [d for d in stage.get("deps", []) if d.startswith("src/")]
+        missing = [
+            f for f in import_closure(repo_root / "src", f"image_emotion.stages.{module}") if not _covered(f, deps)
+        ]
+        assert not missing, f"dvc.yaml stage {name} lacks deps on {missing}"
+
+
+def _covered(path: str, deps: list[str]) -> bool:
+    return any(path == d or path.startswith(d.rstrip("/") + "/") for d in deps)
+
+
+def import_closure(src, module: str) -> set[str]:
+    """Source files (relative to the repo root) that importing ``module`` executes, found from the import
+    statements (package ``__init__`` files included)."""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        parts = name.split(".")
+        base = src.joinpath(*parts)
+        path = base / "__init__.py" if (base / "__init__.py").is_file() else base.with_suffix(".py")
+        rel = f"src/{path.relative_to(src).as_posix()}"
+        if not path.is_file() or rel in seen:
+            continue
+        seen.add(rel)
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("image_emotion"):
+                todo += [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            elif isinstance(node, ast.Import):
+                todo += [a.name for a in node.names if a.name.startswith("image_emotion")]
+    return seen
 
 
 def test_outputs_round_trip_through_an_s3_remote(project, s3):
@@ -104,11 +165,12 @@ def test_outputs_round_trip_through_an_s3_remote(project, s3):
 def test_mlflow_artifacts_go_to_s3(s3, tmp_path, monkeypatch):
     import mlflow
 
-    from image_emotion import tracking
+    from image_emotion.config import Config
+    from image_emotion.tracking import runs as tracking
 
     monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", s3)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    params = {"mlflow": {"experiment": "s3-artifacts", "artifact_location": "s3://emotion/mlflow"}}
+    params = Config().with_overrides(["mlflow.experiment=s3-artifacts", "mlflow.artifact_location=s3://emotion/mlflow"])
     with tracking.stage_run(params, "evaluate"):
         mlflow.log_text("hello", "plots/note.txt")
         run_id = mlflow.active_run().info.run_id

@@ -1,3 +1,6 @@
+"""Label sets and Mikels' emotion wheel: wheel distances, eq. 4's emotion distribution (hand-computed), vote
+distributions and ties, and the mappings between label sets."""
+
 import itertools
 
 import numpy as np
@@ -16,6 +19,10 @@ def test_wheel_distance_is_symmetric_and_bounded():
     # on a circle of 8 every class has exactly one opposite (distance 5) and two neighbours (distance 2)
     for row in d:
         assert sorted(row.tolist()) == [1, 2, 2, 3, 3, 4, 4, 5]
+    # wheel: contentment - awe - amusement - excitement - anger - fear - disgust - sadness - (contentment)
+    # row amusement, in Mikels-8 order (amusement, awe, contentment, excitement, anger, disgust, fear, sadness)
+    np.testing.assert_array_equal(d[0], [1, 2, 3, 2, 3, 5, 4, 4])
+    np.testing.assert_array_equal(d[7], [4, 3, 2, 5, 4, 2, 3, 1])  # sadness meets contentment across the seam
 
 
 def test_wheel_neighbours_share_polarity_except_at_the_two_seams():
@@ -51,15 +58,17 @@ def test_eq4_hand_computed_for_amusement():
     assert f[E.MIKELS8.index("amusement")] == pytest.approx(0.6)
     for label, w in inv.items():
         assert f[E.MIKELS8.index(label)] == pytest.approx(w / z * 0.4)
-    assert f[E.MIKELS8.index("awe")] == pytest.approx(
-        0.4 * 0.5 / (1 / 2 + 1 / 3 + 1 / 2 + 1 / 3 + 1 / 4 + 1 / 5 + 1 / 4)
-    )
+    # z = 2/2 + 2/3 + 2/4 + 1/5 = 71/30, so awe gets 0.4 * (1/2) * 30/71 = 6/71
+    assert f[E.MIKELS8.index("awe")] == pytest.approx(6 / 71)
 
 
 @pytest.mark.parametrize("p", [0.3, 0.7, 1.0])
 def test_each_distribution_sums_to_one_and_peaks_at_the_dominant_class(p):
     m = E.emotion_distribution_matrix(p)
     np.testing.assert_allclose(m.sum(axis=1), 1.0)
+    np.testing.assert_allclose(np.diag(m), p)  # p* on the dominant class
+    if p == 1.0:
+        np.testing.assert_array_equal(m, np.eye(8))  # nothing left to share
     if p > 0.5:
         np.testing.assert_array_equal(m.argmax(axis=1), np.arange(8))
     # closer emotions get more mass
@@ -71,18 +80,19 @@ def test_each_distribution_sums_to_one_and_peaks_at_the_dominant_class(p):
 
 
 def test_bad_dominant_probability_is_a_config_error():
-    with pytest.raises(ConfigError, match="p\\*"):
-        E.emotion_distribution(0, 0.0)
+    for p in (0.0, 1.5, -0.2):
+        with pytest.raises(ConfigError, match=rf"p\* must be in \(0, 1\], got {p}"):
+            E.emotion_distribution(0, p)
 
 
 def test_votes_to_distribution_and_ties():
     np.testing.assert_allclose(E.distribution_from_votes([1, 3, 0, 0]), [0.25, 0.75, 0, 0])
-    assert E.distribution_from_votes([2] * 8).sum() == pytest.approx(1.0)
-    with pytest.raises(ConfigError):
+    np.testing.assert_allclose(E.distribution_from_votes([2] * 8), [1 / 8] * 8)
+    with pytest.raises(ConfigError, match="sum to zero"):
         E.distribution_from_votes([0, 0])
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="non-negative"):
         E.distribution_from_votes([1, -1])
-    assert E.dominant_label({"a": 3, "b": 1}) == "a"
+    assert E.dominant_label({"a": 3, "b": 1}) == "a" and E.dominant_label({"a": 1, "b": 3}) == "b"
     assert E.dominant_label({"a": 3, "b": 3}) is None
     assert E.dominant_label({"a": 0, "b": 0}) is None
 

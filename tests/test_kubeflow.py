@@ -6,7 +6,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
-from tiny import tiny_params
+from tiny import tiny_config
 
 from image_emotion.kubeflow.pipeline import compile_pipeline, pipeline_arguments, run_local
 
@@ -46,7 +46,7 @@ def test_compiled_pipeline_requests_gpus_retries_and_fans_out(repo_root):
 
 
 def test_pipeline_arguments_follow_params():
-    args = pipeline_arguments(tiny_params())
+    args = pipeline_arguments(tiny_config())
     assert args["lambdas"] == [0.0, 0.5, 1.0] and args["folds"] == [0, 1, 2, 3, 4]
     assert yaml.safe_load(args["params_yaml"])["detector"]["min_size"] == 96
 
@@ -56,20 +56,32 @@ def test_local_run_of_the_whole_pipeline_registers_a_model(tmp_path, monkeypatch
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
-    params = tiny_params(**{"register.model_name": "kfp-emotion"})
-    result = run_local(params, tmp_path / "root", mlflow_tracking_uri=uri)
-    assert result["state"] == "SUCCEEDED"
-    run_dir = next((tmp_path / "root").iterdir())
+    config = tiny_config(**{"register.model_name": "kfp-emotion"})
+    run_dir = Path(run_local(config, tmp_path / "root", mlflow_tracking_uri=uri)["run_dir"])
+    assert run_dir.parent == tmp_path / "root"
     report = next(run_dir.glob("evaluate-op/report"))
     assert "test accuracy" in Path(report).read_text()
+    selected = json.loads(next(run_dir.glob("select-classifier-op/executor_output.json")).read_text())
+    assert selected  # the λ selection step wrote its outputs
     client = mlflow.MlflowClient(uri)
     versions = client.search_model_versions("name='kfp-emotion'")
     assert len(versions) == 1  # the register step ran under the accuracy condition
+
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["image-emotion"], output_format="list")
     parents = [r for r in runs if r.data.tags.get("kind") == "pipeline"]
     assert len(parents) == 1  # every component of the kfp run lands under one parent
-    stages = {r.data.tags.get("stage") for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
-    assert {"finetune_detector", "extract_regions", "train_classifier", "evaluate", "register"} <= stages
-    assert any(s.startswith("train_classifier lambda=") for s in stages)
-    assert json.loads(next(run_dir.glob("select-classifier-op/executor_output.json")).read_text())
+    children: dict[str, list[str]] = {}
+    for r in runs:
+        children.setdefault(r.data.tags.get("mlflow.parentRunId"), []).append(r.info.run_name)
+    parent_id = parents[0].info.run_id
+    stage_runs = {r.info.run_name: r.info.run_id for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id}
+    # the same tree as under `dvc repro` (tests/test_pipeline_stages.py): one run per stage, λ and folds below
+    assert sorted(stage_runs) == [
+        "evaluate", "extract_regions", "finetune_detector", "register", "train_classifier", "transfer_cv"
+    ]  # fmt: skip
+    lambda_runs = set(children[stage_runs["train_classifier"]])
+    assert {"lambda=0.0", "lambda=0.5", "lambda=1.0", "loss=p", "mode=global", "binary"} <= lambda_runs
+    assert sorted(children[stage_runs["transfer_cv"]]) == [f"fold={k}" for k in range(5)]
+    transfer_metrics = client.get_run(stage_runs["transfer_cv"]).data.metrics
+    assert {"accuracy_mean", "accuracy_std"} <= set(transfer_metrics)

@@ -1,3 +1,6 @@
+"""The losses of seed 000 §4.3 (L_cls, L_ed and its KL form, L_multi, L_p) equal their hand-computed values on a
+small batch, have the paper's gradient, stay finite on one-hot targets, and refuse bad λ, p* and names."""
+
 import math
 
 import pytest
@@ -22,12 +25,23 @@ def _log_softmax(row):
     return [v - z for v in row]
 
 
-def test_hand_computed_values():
+def _hand_l_cls_and_l_ed():
+    """Eq. 7 and eq. 8 on LOGITS/LABELS/TARGET with Python floats."""
     ls = [_log_softmax(r) for r in LOGITS.tolist()]
     l_cls = -(ls[0][0] + ls[1][2]) / 2
     l_ed = -sum(f * lp for f, lp in zip(TARGET[0].tolist(), ls[0], strict=True))
     l_ed += -sum(f * lp for f, lp in zip(TARGET[1].tolist(), ls[1], strict=True))
-    l_ed /= 2
+    return l_cls, l_ed / 2
+
+
+def _hand_l_p(p_star):
+    """Eq. 10: cross-entropy of softmax(p*² · a)."""
+    scaled = [[v * p**2 for v in row] for row, p in zip(LOGITS.tolist(), p_star, strict=True)]
+    return -(_log_softmax(scaled[0])[0] + _log_softmax(scaled[1])[2]) / 2
+
+
+def test_hand_computed_values():
+    l_cls, l_ed = _hand_l_cls_and_l_ed()
     assert classification_loss(LOGITS, LABELS).item() == pytest.approx(l_cls, rel=1e-6)
     assert distribution_loss(LOGITS, TARGET).item() == pytest.approx(l_ed, rel=1e-6)
     assert multi_task_loss(LOGITS, LABELS, TARGET, 0.3).item() == pytest.approx(0.7 * l_cls + 0.3 * l_ed, rel=1e-6)
@@ -36,10 +50,12 @@ def test_hand_computed_values():
 
 
 def test_lambda_endpoints():
-    assert torch.equal(multi_task_loss(LOGITS, LABELS, TARGET, 0.0), classification_loss(LOGITS, LABELS))
-    assert torch.allclose(multi_task_loss(LOGITS, LABELS, TARGET, 1.0), distribution_loss(LOGITS, TARGET))
-    with pytest.raises(ConfigError):
-        multi_task_loss(LOGITS, LABELS, TARGET, 1.5)
+    l_cls, l_ed = _hand_l_cls_and_l_ed()
+    assert multi_task_loss(LOGITS, LABELS, TARGET, 0.0).item() == pytest.approx(l_cls, rel=1e-6)
+    assert multi_task_loss(LOGITS, LABELS, TARGET, 1.0).item() == pytest.approx(l_ed, rel=1e-6)
+    for lam in (1.5, -0.1):
+        with pytest.raises(ConfigError, match=rf"must be in \[0, 1\], got {lam}"):
+            multi_task_loss(LOGITS, LABELS, TARGET, lam)
 
 
 def test_kl_is_zero_at_the_target():
@@ -49,13 +65,21 @@ def test_kl_is_zero_at_the_target():
 
 def test_probability_loss_hand_computed_and_p_star_one_is_cross_entropy():
     p_star = torch.tensor([0.5, 1.0])
-    scaled = [[v * 0.25 for v in LOGITS[0].tolist()], LOGITS[1].tolist()]
-    expected = -(_log_softmax(scaled[0])[0] + _log_softmax(scaled[1])[2]) / 2
-    assert probability_loss(LOGITS, LABELS, p_star).item() == pytest.approx(expected, rel=1e-6)
-    ones = torch.ones(2)
-    assert torch.allclose(probability_loss(LOGITS, LABELS, ones), classification_loss(LOGITS, LABELS))
-    with pytest.raises(ConfigError):
+    # p* = 0.5 scales the first row's logits by 0.25; p* = 1 leaves the second as it is
+    assert probability_loss(LOGITS, LABELS, p_star).item() == pytest.approx(_hand_l_p([0.5, 1.0]), rel=1e-6)
+    l_cls, _ = _hand_l_cls_and_l_ed()
+    assert probability_loss(LOGITS, LABELS, torch.ones(2)).item() == pytest.approx(l_cls, rel=1e-6)
+    with pytest.raises(ConfigError, match=r"one value per image \(2,\), got \(3,\)"):
         probability_loss(LOGITS, LABELS, torch.ones(3))
+
+
+def test_emotion_loss_dispatches_each_name_to_its_equation():
+    l_cls, l_ed = _hand_l_cls_and_l_ed()
+    expected = {"cls": l_cls, "ed": l_ed, "multi": 0.7 * l_cls + 0.3 * l_ed, "p": _hand_l_p([0.5, 0.8])}
+    assert len(set(expected.values())) == 4  # four different numbers, so a swapped name cannot pass
+    p_star = torch.tensor([0.5, 0.8])
+    for name, value in expected.items():
+        assert emotion_loss(name, LOGITS, LABELS, TARGET, p_star, lam=0.3).item() == pytest.approx(value, rel=1e-6)
 
 
 @pytest.mark.parametrize("name", ["cls", "ed", "multi", "p"])
@@ -78,6 +102,8 @@ def test_gradient_of_multi_task_is_p_minus_mixed_target():
     assert torch.allclose(logits.grad, expected, atol=1e-6)
 
 
-def test_unknown_loss():
-    with pytest.raises(ConfigError, match="unknown loss"):
+def test_unknown_loss_and_form():
+    with pytest.raises(ConfigError, match="unknown loss 'focal'"):
         emotion_loss("focal", LOGITS, LABELS, TARGET, torch.ones(2), 0.5)
+    with pytest.raises(ConfigError, match="form must be 'ce' or 'kl', got 'js'"):
+        distribution_loss(LOGITS, TARGET, form="js")

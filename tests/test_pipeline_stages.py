@@ -1,4 +1,6 @@
-"""The pipeline's stages on the tiny config: outputs, MLflow runs, the feature cache, promotion, serving."""
+"""The pipeline's stages on the tiny config: every output is written and consistent with the others, the MLflow run
+tree, the feature cache (reused; a corrupt shard recomputed, never read), registry promotion and the served model.
+The tiny run is shared and read-only: a test that changes files works on a copy."""
 
 import base64
 import json
@@ -9,10 +11,11 @@ import pandas as pd
 import pytest
 import torch
 
-from image_emotion.feature_cache import CacheError, load_cache
-from image_emotion.serve import encode_image_file
+from image_emotion.data.emotions import MIKELS8
 from image_emotion.stages import extract_regions, register
 from image_emotion.stages.register import decide
+from image_emotion.tracking.pyfunc import encode_image_file
+from image_emotion.training.feature_cache import CacheError, load_cache
 
 
 def test_stage_outputs_are_complete_and_sane(tiny_run):
@@ -24,8 +27,9 @@ def test_stage_outputs_are_complete_and_sane(tiny_run):
     transfer = json.loads((work / "metrics/transfer.json").read_text())
     assert transfer["folds"] == 5 and len(transfer["accuracy_per_fold"]) == 5
     evaluation = json.loads((work / "metrics/evaluate.json").read_text())
-    assert 0.0 <= evaluation["test_accuracy"] <= 1.0 and evaluation["num_test_images"] > 0
     assert set(evaluation["table1"]) == {r["mode"] for r in ablation}
+    method = next(r for r in ablation if r["mode"] == "global+emotional")
+    assert evaluation["table1"]["global+emotional"] == method["test_accuracy"]
     for name in (
         "confusion.csv",
         "lambda_curve.csv",
@@ -37,11 +41,17 @@ def test_stage_outputs_are_complete_and_sane(tiny_run):
         assert (work / "plots" / name).stat().st_size > 0
     assert (work / "plots/regions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     confusion = pd.read_csv(work / "plots/confusion.csv")
-    assert list(confusion.columns) == ["actual", "predicted"] and len(confusion) == evaluation["num_test_images"]
+    assert list(confusion.columns) == ["actual", "predicted"]
+    manifest = pd.read_csv(work / "prepared/manifest.csv")
+    assert len(confusion) == evaluation["num_test_images"] == (manifest["split"] == "test").sum()
+    # the reported accuracy is the share of the confusion table's diagonal, and the λ* row of the sweep
+    assert evaluation["test_accuracy"] == pytest.approx((confusion["actual"] == confusion["predicted"]).mean())
+    best = next(r for r in sweep if r["lambda"] == evaluation["lambda"])
+    assert evaluation["test_accuracy"] == pytest.approx(best["test_accuracy"])
 
 
 def test_mlflow_has_one_parent_with_nested_stage_and_lambda_runs(tiny_run, mlflow_uri):
-    from image_emotion.tracking import pipeline_key
+    from image_emotion.tracking.runs import pipeline_key
 
     _, params = tiny_run
     mlflow.set_tracking_uri(mlflow_uri)
@@ -52,37 +62,42 @@ def test_mlflow_has_one_parent_with_nested_stage_and_lambda_runs(tiny_run, mlflo
     parent = parents[0]
     assert "params.resolved.json" in [a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id)]
     stages = {r.data.tags.get("stage"): r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
-    assert {"finetune_detector", "extract_regions", "train_classifier", "transfer_cv", "evaluate"} <= set(stages)
+    assert sorted(stages) == ["evaluate", "extract_regions", "finetune_detector", "train_classifier", "transfer_cv"]
     train_id = stages["train_classifier"].info.run_id
     lambda_runs = [r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == train_id]
-    assert {"lambda=0.0", "lambda=0.5", "lambda=1.0", "mode=global", "binary"} <= set(lambda_runs)
+    assert {"lambda=0.0", "lambda=0.5", "lambda=1.0", "loss=p", "mode=global", "binary"} <= set(lambda_runs)
+    transfer_id = stages["transfer_cv"].info.run_id
+    folds = sorted(r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == transfer_id)
+    assert folds == [f"fold={k}" for k in range(5)]  # the same tree as a kfp run's (tests/test_kubeflow.py)
     assert "loss" in stages["finetune_detector"].data.metrics
 
 
-def test_feature_cache_is_reused_and_corruption_is_recomputed_never_used(tiny_run, capsys):
+def test_feature_cache_is_reused_and_corruption_is_recomputed_never_used(tiny_run, capsys, tmp_path, mlflow_uri):
     work, params = tiny_run
+    cache = tmp_path / "main"  # the result is keyed by the cache directory's name
+    shutil.copytree(work / "features/main", cache)
     paths = extract_regions.ExtractPaths(
-        work / "models/detector.pt", (work / "prepared",), (work / "features/main",), work / "metrics/extract2.json"
+        work / "models/detector.pt", (work / "prepared",), (cache,), tmp_path / "x.json"
     )
     again = extract_regions.run(params, paths)["datasets"]["main"]
     assert again["shards_computed"] == 0 and again["shards_reused"] == 3
-    before = load_cache(work / "features/main")
-    shard = work / "features/main/shard-00001.pt"
+    before = load_cache(cache)
+    shard = cache / "shard-00001.pt"
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF  # flip one byte
     shard.write_bytes(bytes(data))
     with pytest.raises(CacheError, match="shard 00001 is missing or corrupt"):
-        load_cache(work / "features/main")
+        load_cache(cache)
     capsys.readouterr()
     fixed = extract_regions.run(params, paths)["datasets"]["main"]
     assert "corrupt or missing cache entry" in capsys.readouterr().err
     assert fixed["shards_computed"] == 1 and fixed["shards_reused"] == 2
-    after = load_cache(work / "features/main")
+    after = load_cache(cache)
     torch.testing.assert_close(after["global"], before["global"], atol=2e-3, rtol=0)
 
 
 def test_promotion_decision_rules():
-    cand = {"accuracy": 0.8, "dataset": "embedded", "label_set": "mikels8"}
+    cand = {"accuracy": 0.8, "dataset": "synthetic", "label_set": "mikels8"}
     assert decide(cand, None, 0.0) == (True, "no champion yet")
     assert decide(cand, None, 0.9)[0] is False
     assert decide(cand, {**cand, "accuracy": 0.7}, 0.0)[0] is True
@@ -93,7 +108,7 @@ def test_promotion_decision_rules():
 
 def test_registry_promotes_only_a_better_model_and_serves_the_champion(tiny_run, mlflow_uri, tmp_path):
     work, params = tiny_run
-    params = {**params, "register": {"model_name": "tiny-emotion", "min_accuracy": 0.0}}
+    params = params.with_overrides(["register.model_name=tiny-emotion", "register.min_accuracy=0.0"])
     evaluation = json.loads((work / "metrics/evaluate.json").read_text())
 
     def register_with(accuracy: float) -> dict:
@@ -122,7 +137,7 @@ def test_registry_promotes_only_a_better_model_and_serves_the_champion(tiny_run,
     assert str(client.get_model_version_by_alias("tiny-emotion", "champion").version) == "3"
 
     model = mlflow.pyfunc.load_model("models:/tiny-emotion@champion")
-    image = next((work / "embedded/images").iterdir())
+    image = next((work / "synthetic/images").iterdir())
     out = model.predict(pd.DataFrame({"image": [encode_image_file(image), encode_image_file(image)]}))
     assert list(out.columns[:1]) == ["label"] and len(out) == 2
     probs = out.drop(columns=["label", "regions"]).to_numpy()
@@ -153,7 +168,7 @@ def test_predict_command_on_files_and_on_bad_input(tiny_run, capsys, tmp_path):
     from image_emotion.cli import main
 
     work, _ = tiny_run
-    image = next((work / "embedded/images").iterdir())
+    image = next((work / "synthetic/images").iterdir())
     args = [
         "predict",
         str(image),
@@ -164,7 +179,10 @@ def test_predict_command_on_files_and_on_bad_input(tiny_run, capsys, tmp_path):
     ]
     assert main(args) == 0
     out = json.loads(capsys.readouterr().out)[str(image)]
-    assert out["label"] in out and len(out["regions"]) == 4
+    probabilities = {k: v for k, v in out.items() if k not in ("label", "regions")}
+    assert sorted(probabilities) == sorted(MIKELS8.labels) and sum(probabilities.values()) == pytest.approx(1.0)
+    assert out["label"] == max(probabilities, key=probabilities.get)
+    assert len(out["regions"]) == 4  # detector.top_k of the tiny config
     (tmp_path / "notes.jpg").write_text("not an image")
     assert main(["predict", str(tmp_path / "notes.jpg")]) == 2
     err = capsys.readouterr().err

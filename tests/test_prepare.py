@@ -1,9 +1,13 @@
+"""The prepare stage: every public layout becomes a validated, deterministic manifest with the split scheme its
+protocol uses, and bad input fails with one line naming the file (earlier outputs left intact) or is skipped
+with a report on request."""
+
 import json
 import shutil
 import subprocess
 
 import pytest
-from layouts import LAYOUTS, make_fi
+from layouts import LAYOUTS, MIKELS, make_fi
 from test_images import _patch_png_size
 
 from image_emotion.cli import main
@@ -25,20 +29,20 @@ def _prepare(repo_root, out, *overrides):
     return main(args)
 
 
-def test_prepare_embedded_default_via_the_console_script(tmp_path, repo_root):
-    emb = tmp_path / "embedded"
+def test_prepare_synthetic_default_via_the_console_script(tmp_path, repo_root):
+    emb = tmp_path / "synthetic"
     subprocess.run(
         [
             "image-emotion",
-            "make-embedded",
+            "make-synthetic",
             "--params",
             str(repo_root / "params.yaml"),
             "--out-dir",
             str(emb),
             "--set",
-            "embedded.num_images=80",
+            "synthetic.num_images=80",
             "--set",
-            "embedded.image_size=96",
+            "synthetic.image_size=96",
         ],
         check=True,
         capture_output=True,
@@ -65,8 +69,19 @@ def test_prepare_embedded_default_via_the_console_script(tmp_path, repo_root):
     df = read_manifest(tmp_path / "prepared" / "manifest.csv")
     assert set(df["split"]) == {"train", "val", "test"} and set(df["fold"]) == set(range(5))
     info = json.loads((tmp_path / "prepared" / "dataset.json").read_text())
-    assert info == {"dataset": "embedded", "root": emb.as_posix(), "label_set": "mikels8", "split_scheme": "random"}
+    assert info == {"dataset": "synthetic", "root": emb.as_posix(), "label_set": "mikels8", "split_scheme": "random"}
     assert json.loads((tmp_path / "metrics.json").read_text()) == summary
+
+
+PROTOCOLS = {  # dataset -> (images in its tiny layout, split scheme of its protocol)
+    "fi": (24, "random"),
+    "iaps": (40, "folds"),
+    "artphoto": (40, "folds"),
+    "abstract": (40, "folds"),
+    "emotionroi": (24, "official"),
+    "emotion6": (24, "random"),
+    "twitter": (10, "random"),
+}
 
 
 @pytest.mark.parametrize("name", sorted(LAYOUTS))
@@ -74,10 +89,21 @@ def test_prepare_each_public_layout(tmp_path, repo_root, name):
     root = LAYOUTS[name](tmp_path / name)
     assert _prepare(repo_root, tmp_path, f"data.dataset={name}", f"data.root={root}") == 0
     df = read_manifest(tmp_path / "prepared" / "manifest.csv")
-    expected_splits = {"random": {"train", "test"}, "folds": {"cv"}, "official": {"train", "test"}}
-    scheme = json.loads((tmp_path / "metrics.json").read_text())["split_scheme"]
-    assert expected_splits[scheme] <= set(df["split"])
-    assert (df["fold"] >= 0).all()
+    n, scheme = PROTOCOLS[name]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert len(df) == n and metrics["num_images"] == n and metrics["split_scheme"] == scheme
+    assert metrics["per_split"] == df.groupby("split").size().to_dict()
+    if scheme == "folds":  # small sets: everything in 5-fold CV, each fold one fifth of every class
+        assert set(df["split"]) == {"cv"}
+        per_cell = df.groupby(["label", "fold"]).size().to_dict()
+        assert per_cell == {(label, fold): 1 for label in MIKELS for fold in range(5)}  # 5 images a class
+    elif scheme == "official":  # EmotionROI's own split files: the last image of each class is a test image
+        assert df.groupby("split").size().to_dict() == {"train": 18, "test": 6}
+        assert set(df[df["split"] == "test"]["path"].str.rsplit("/", n=1).str[1]) == {"4.jpg"}
+    else:  # random stratified: every class in both train and test
+        assert set(df["split"]) <= {"train", "val", "test"}
+        for split in ("train", "test"):
+            assert set(df[df["split"] == split]["label"]) == set(df["label"]), split
 
 
 def test_prepare_is_deterministic(tmp_path, repo_root):
@@ -95,15 +121,24 @@ def _bomb(path):
     _patch_png_size(path, 90_000, 90_000)
 
 
-BREAKERS = {
+BREAKERS = {  # case -> (break the copy under emotion_dataset/, the error it must give, given the dataset root)
     "truncated JPEG": (
         lambda d: (d / "awe" / "awe_0.jpg").write_bytes((d / "awe" / "awe_0.jpg").read_bytes()[:300]),
-        "awe_0.jpg: corrupt or truncated image",
+        lambda root: f"{root}/emotion_dataset/awe/awe_0.jpg: corrupt or truncated image",
     ),
-    "text file named .jpg": (lambda d: (d / "fear" / "fear_9.jpg").write_text("hello"), "fear_9.jpg: not an image"),
-    "decompression bomb": (lambda d: _bomb(d / "anger" / "anger_9.png"), "anger_9.png: decompression bomb refused"),
-    "missing label dir": (lambda d: shutil.rmtree(d / "fear"), "emotion_dataset: label directory 'fear' missing"),
-    "missing dataset dir": (lambda d: shutil.rmtree(d.parent), "fi: directory not found"),
+    "text file named .jpg": (
+        lambda d: (d / "fear" / "fear_9.jpg").write_text("hello"),
+        lambda root: f"{root}/emotion_dataset/fear/fear_9.jpg: not an image",
+    ),
+    "decompression bomb": (
+        lambda d: _bomb(d / "anger" / "anger_9.png"),
+        lambda root: f"{root}/emotion_dataset/anger/anger_9.png: decompression bomb refused",
+    ),
+    "missing label dir": (
+        lambda d: shutil.rmtree(d / "fear"),
+        lambda root: f"{root}/emotion_dataset: label directory 'fear' missing",
+    ),
+    "missing dataset dir": (lambda d: shutil.rmtree(d.parent), lambda root: f"{root}: directory not found"),
 }
 
 
@@ -117,7 +152,7 @@ def test_bad_input_one_line_error_and_earlier_outputs_intact(tmp_path, repo_root
     breaker(root / "emotion_dataset")
     assert _prepare(repo_root, tmp_path, "data.dataset=fi", f"data.root={root}") == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
+    assert err.startswith(f"error: {needle(root)}") and err.count("\n") == 1, err
     assert {p: p.read_bytes() for p in (tmp_path / "prepared").iterdir()} == before
     assert not list((tmp_path / "prepared").glob(".*tmp"))
 
@@ -133,8 +168,10 @@ def test_bad_input_skipped_on_request(tmp_path, repo_root):
 
 def test_bad_params_are_one_line_errors(tmp_path, repo_root, capsys):
     assert _prepare(repo_root, tmp_path, "data.dataset=imagenet") == 2
-    assert "unknown dataset 'imagenet'" in capsys.readouterr().err
+    assert "data.dataset: Input should be 'synthetic', 'fi'" in capsys.readouterr().err
     assert main(["prepare", "--params", str(tmp_path / "none.yaml")]) == 2
     assert "params file not found" in capsys.readouterr().err
     assert _prepare(repo_root, tmp_path, "prepare.split={train: 0.9, test: 0.2}") == 2
-    assert "sum to 1" in capsys.readouterr().err
+    assert "train + val + test must be 1, got 1.15" in capsys.readouterr().err
+    assert _prepare(repo_root, tmp_path, "prepare.fold=3") == 2
+    assert "unknown key 'prepare.fold' (did you mean 'prepare.folds'?)" in capsys.readouterr().err

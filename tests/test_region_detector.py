@@ -1,9 +1,16 @@
+"""The emotional-region detector: Faster R-CNN's four training losses, learning the synthetic motif boxes, eq. 3's
+emotion score sqrt(p_emo² + p_obj²) on set probabilities, padding with the whole image, COCO initialisation of a
+frozen object classifier, and one-line config errors."""
+
+import math
+
 import pytest
 import torch
 from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
+from image_emotion.config import DetectorConfig
 from image_emotion.errors import ConfigError
-from image_emotion.models.region_detector import DetectorConfig, RegionDetector, region_recall
+from image_emotion.models.region_detector import RegionDetector, region_recall
 
 SMALL = {"min_size": 128, "max_size": 128, "fpn_channels": 64, "representation_size": 128, "top_k": 4}
 
@@ -19,8 +26,8 @@ def _loss(det, images, boxes, seed=0):
     return losses, sum(losses.values())
 
 
-def test_training_losses_are_the_four_of_faster_rcnn_and_finite(embedded_small):
-    images, boxes, _ = embedded_small
+def test_training_losses_are_the_four_of_faster_rcnn_and_finite(synthetic_small):
+    images, boxes, _ = synthetic_small
     det = _detector().train()
     losses, total = _loss(det, images[:2], boxes[:2])
     assert set(losses) == {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"}
@@ -29,8 +36,8 @@ def test_training_losses_are_the_four_of_faster_rcnn_and_finite(embedded_small):
     assert det.object_classifier.weight.grad is None  # the object classifier stays frozen
 
 
-def test_a_few_steps_reduce_the_loss_and_find_the_regions(embedded_small):
-    images, boxes, _ = embedded_small
+def test_a_few_steps_reduce_the_loss_and_find_the_regions(synthetic_small):
+    images, boxes, _ = synthetic_small
     det = _detector().train()
     params = [p for p in det.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
@@ -53,8 +60,8 @@ def test_a_few_steps_reduce_the_loss_and_find_the_regions(embedded_small):
     assert recall > 0.5  # held-out images: the top-4 regions hit most motif boxes at IoU 0.5
 
 
-def test_eval_outputs_shapes_range_and_determinism(embedded_small):
-    images, _, _ = embedded_small
+def test_eval_outputs_shapes_range_and_determinism(synthetic_small):
+    images, _, _ = synthetic_small
     det = _detector().eval()
     with torch.no_grad():
         a = det.detect(images[:3])
@@ -62,8 +69,7 @@ def test_eval_outputs_shapes_range_and_determinism(embedded_small):
     assert a.emotional_boxes.shape == (3, 4, 4) and a.object_boxes.shape == (3, 4, 4)
     assert a.emotional_scores.shape == (3, 4)
     assert set(a.features) == {"p2", "p3", "p4", "p5"} and a.features["p2"].shape == (3, 64, 32, 32)
-    # S_emo = sqrt(p_emo² + p_obj²) lies in [0, sqrt 2], sorted best first
-    assert (a.emotional_scores >= 0).all() and (a.emotional_scores <= 2**0.5 + 1e-6).all()
+    # sorted best first (eq. 3 itself: test_emotion_score_is_eq3_of_the_two_probabilities)
     assert (a.emotional_scores[:, :-1] >= a.emotional_scores[:, 1:]).all()
     boxes = a.to_original(a.emotional_boxes)
     assert (boxes >= 0).all() and (boxes <= 128).all()
@@ -71,14 +77,47 @@ def test_eval_outputs_shapes_range_and_determinism(embedded_small):
     torch.testing.assert_close(a.emotional_scores, b.emotional_scores, atol=1e-5, rtol=0)
 
 
-def test_few_proposals_are_padded_with_the_whole_image(embedded_small):
-    images, _, _ = embedded_small
+def _set_probabilities(det, p_emo, p_rpn, p_obj):
+    """Zero the three classifiers' weights so every proposal gets ``p_emo`` from the emotional-region classifier,
+    objectness ``p_rpn`` from the RPN and ``1 - p(background) = p_obj`` from the object classifier."""
+    with torch.no_grad():
+        cls = det.roi_heads.box_predictor.cls_score
+        cls.weight.zero_()
+        cls.bias.copy_(torch.tensor([0.0, math.log(p_emo / (1 - p_emo))]))
+        det.rpn.head.cls_logits.weight.zero_()
+        det.rpn.head.cls_logits.bias.fill_(math.log(p_rpn / (1 - p_rpn)))
+        obj = det.object_classifier
+        obj.weight.zero_()
+        n = obj.out_features
+        obj.bias.copy_(torch.tensor([math.log(1 - p_obj)] + [math.log(p_obj / (n - 1))] * (n - 1)))
+
+
+@pytest.mark.parametrize("coco", [False, True], ids=["rpn-objectness", "coco-object-classifier"])
+def test_emotion_score_is_eq3_of_the_two_probabilities(synthetic_small, coco):
+    images, _, _ = synthetic_small
+    det = _detector().eval()
+    # p_emo = 0.6 and p_obj = 0.8 give S_emo = sqrt(0.36 + 0.64) = 1 exactly; the other source of p_obj says 0.3,
+    # so reading the wrong one gives sqrt(0.36 + 0.09) = 0.67, a sum 1.4, a mean 0.7, a product 0.48
+    _set_probabilities(det, p_emo=0.6, p_rpn=0.3 if coco else 0.8, p_obj=0.8 if coco else 0.3)
+    if coco:
+        det.has_object_classifier.fill_(True)
+    with torch.no_grad():
+        r = det.detect(images[:2])
+    torch.testing.assert_close(r.emotional_scores, torch.ones(2, 4), rtol=0, atol=1e-5)
+    torch.testing.assert_close(r.object_scores, torch.full((2, 4), 0.8), rtol=0, atol=1e-5)
+
+
+def test_few_proposals_are_padded_with_the_whole_image(synthetic_small):
+    images, _, _ = synthetic_small
     det = _detector(rpn_pre_nms_top_n=2, rpn_post_nms_top_n=2, top_k=6).eval()
     with torch.no_grad():
         r = det.detect(images[:1])
     assert r.emotional_boxes.shape == (1, 6, 4)
-    assert (r.emotional_scores[0, 2:] == 0).all()
-    torch.testing.assert_close(r.emotional_boxes[0, -1], torch.tensor([0.0, 0.0, 128.0, 128.0]))
+    whole = torch.tensor([0.0, 0.0, 128.0, 128.0])
+    # the two proposals come first with their scores, then four whole-image boxes at score 0
+    assert (r.emotional_scores[0, :2] > 0).all() and (r.emotional_scores[0, 2:] == 0).all()
+    assert not torch.equal(r.emotional_boxes[0, 0], whole) and not torch.equal(r.emotional_boxes[0, 1], whole)
+    torch.testing.assert_close(r.emotional_boxes[0, 2:], whole.expand(4, 4))
 
 
 def test_coco_checkpoint_initialises_backbone_heads_and_frozen_object_classifier(tmp_path):
@@ -108,10 +147,10 @@ def test_coco_checkpoint_initialises_backbone_heads_and_frozen_object_classifier
 
 
 def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
-    with pytest.raises(ConfigError, match="unknown key"):
-        DetectorConfig.from_params({"anchors": [1]})
-    with pytest.raises(ConfigError, match="one size per level"):
-        DetectorConfig.from_params({"anchor_sizes": [32, 64]})
+    with pytest.raises(ConfigError, match="unknown key 'anchors'"):
+        DetectorConfig(anchors=[1])
+    with pytest.raises(ConfigError, match="anchor_sizes"):
+        DetectorConfig(anchor_sizes=[32, 64])
     torch.save({"x": torch.zeros(1)}, tmp_path / "not_coco.pth")
     with pytest.raises(ConfigError, match="no object classifier"):
         RegionDetector(DetectorConfig(**SMALL, backbone_weights=None, object_weights=str(tmp_path / "not_coco.pth")))

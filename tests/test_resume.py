@@ -1,4 +1,5 @@
-"""Interrupted detector training resumes from its last checkpoint (a real SIGKILL of the CLI)."""
+"""Interrupted detector training resumes from its last checkpoint (a real SIGKILL of the CLI) and ends with exactly
+the weights of an uninterrupted run; a checkpoint of other params is not resumed, a corrupt one is a clear error."""
 
 import json
 import os
@@ -11,8 +12,8 @@ import pytest
 import torch
 from tiny import write_tiny_params
 
-from image_emotion.checkpoint import CheckpointError, load_checkpoint
-from image_emotion.stages import finetune_detector, make_embedded, prepare
+from image_emotion.files import CheckpointError, load_checkpoint
+from image_emotion.stages import finetune_detector, make_synthetic, prepare
 
 pytestmark = pytest.mark.e2e
 
@@ -20,10 +21,10 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def project(tmp_path, mlflow_uri):
     params = write_tiny_params(tmp_path / "params.yaml")
-    from image_emotion.config import load_params
+    from image_emotion.config import load_config
 
-    p = load_params(params, [f"data.root={tmp_path / 'embedded'}"])
-    make_embedded.run(p, make_embedded.MakeEmbeddedPaths(tmp_path / "embedded"))
+    p = load_config(params, [f"data.root={tmp_path / 'synthetic'}"])
+    make_synthetic.run(p, make_synthetic.MakeSyntheticPaths(tmp_path / "synthetic"))
     prepare.run(p, prepare.PreparePaths(tmp_path / "prepared", tmp_path / "prepare.json"))
     return tmp_path
 
@@ -72,22 +73,45 @@ def test_killed_training_resumes_from_the_last_checkpoint(project):
     assert metrics["resumed_from_epoch"] == killed_at and len(metrics["loss_per_epoch"]) == 4
     assert load_checkpoint(project / "ckpt/last.pt")["epoch"] == 4
 
+    # the same training without the interruption, from a fresh checkpoint: bit-identical weights and losses
+    straight = finetune_detector.run(_config(project, "finetune.epochs=4"), _paths(project, "straight"))
+    assert straight["resumed_from_epoch"] is None
+    assert straight["loss_per_epoch"] == metrics["loss_per_epoch"]
+    resumed_weights = torch.load(project / "model/detector.pt", weights_only=True)["state_dict"]
+    straight_weights = torch.load(project / "straight/detector.pt", weights_only=True)["state_dict"]
+    assert resumed_weights.keys() == straight_weights.keys()
+    different = [k for k in resumed_weights if not torch.equal(resumed_weights[k], straight_weights[k])]
+    assert not different, f"resumed weights differ from an uninterrupted run's in {different[:5]}"
+
+
+def _config(project, *overrides):
+    from image_emotion.config import load_config
+
+    return load_config(project / "params.yaml", [f"data.root={project / 'synthetic'}", *overrides])
+
+
+def _paths(project, name):
+    return finetune_detector.FinetunePaths(
+        project / "prepared", project / name / "last.pt", project / name / "detector.pt", project / name / "m.json"
+    )
+
 
 def test_checkpoint_of_other_params_is_not_resumed_and_corrupt_one_is_a_clear_error(project, capsys):
-    from image_emotion.config import load_params
-
-    params = load_params(project / "params.yaml", [f"data.root={project / 'embedded'}", "finetune.epochs=1"])
+    config = _config(project, "finetune.epochs=1")
     paths = finetune_detector.FinetunePaths(
         project / "prepared", project / "ckpt/last.pt", project / "model/detector.pt", project / "detector.json"
     )
-    finetune_detector.run(params, paths)
-    other = load_params(
-        project / "params.yaml", [f"data.root={project / 'embedded'}", "finetune.epochs=1", "finetune.lr=0.005"]
-    )
+    finetune_detector.run(config, paths)
+    other = _config(project, "finetune.epochs=1", "finetune.lr=0.005")
     assert finetune_detector.run(other, paths)["resumed_from_epoch"] is None
-    assert "made with other params or data; starting afresh" in capsys.readouterr().err
+    assert "made with other params, data or code; starting afresh" in capsys.readouterr().err
+    longer = _config(project, "finetune.epochs=2", "finetune.lr=0.005")
+    assert finetune_detector.run(longer, paths)["resumed_from_epoch"] == 1  # more epochs continue a shorter run
+    assert finetune_detector.run(other, paths)["resumed_from_epoch"] is None  # fewer epochs than the checkpoint's
+    assert "was made with more epochs; starting afresh" in capsys.readouterr().err
 
+    model_before = (project / "model/detector.pt").read_bytes()
     (project / "ckpt/last.pt").write_bytes(b"\x00garbage")
-    with pytest.raises(CheckpointError, match="delete it to start this stage afresh"):
-        finetune_detector.run(params, paths)
-    assert torch.load(project / "model/detector.pt", weights_only=True)["config"]  # the earlier model is intact
+    with pytest.raises(CheckpointError, match=f"{project / 'ckpt/last.pt'}: checkpoint cannot be read"):
+        finetune_detector.run(config, paths)
+    assert (project / "model/detector.pt").read_bytes() == model_before  # the earlier model is intact

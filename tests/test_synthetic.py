@@ -1,3 +1,6 @@
+"""The synthetic dataset: byte-identical for a seed, balanced classes with votes favouring the true class, each
+class's motif drawn inside its annotated boxes, and bad settings refused naming the key."""
+
 import hashlib
 import json
 
@@ -5,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from image_emotion.config import SyntheticConfig
 from image_emotion.data.emotions import MIKELS8
-from image_emotion.data.synthetic import SyntheticConfig, class_motif, generate, render_image
+from image_emotion.data.synthetic import class_motif, generate, render_image
 from image_emotion.errors import ConfigError
 
 
@@ -42,16 +46,18 @@ def test_annotations_are_balanced_with_votes_and_boxes_inside(tmp_path):
     assert np.mean(np.array(top) == ann["label"].to_numpy()) > 0.8
 
 
-def test_motif_colour_sits_inside_the_boxes():
+@pytest.mark.parametrize("label", MIKELS8.labels)
+def test_motif_colour_sits_inside_the_boxes(label):
     rng = np.random.default_rng(0)
-    img, boxes = render_image(rng, "anger", 128)
-    _, colour = class_motif("anger")
+    img, boxes = render_image(rng, label, 128)
+    _, colour = class_motif(label)
     arr = np.asarray(img).astype(int)
     close = np.abs(arr - np.array(colour)).sum(axis=2) < 40
     inside = np.zeros_like(close)
     for x1, y1, x2, y2 in boxes:
         inside[int(y1) : int(y2), int(x1) : int(x2)] = True
-    assert close[inside].mean() > 0.1  # the striped motif is the class colour in its box
+    # the striped motif is the class colour in its box; outside, the colour is at most background noise
+    assert close[inside].mean() > 0.1 and close[inside].mean() > 2 * close[~inside].mean()
 
 
 def test_motifs_differ_per_class():
@@ -59,7 +65,14 @@ def test_motifs_differ_per_class():
     assert len(motifs) == 8
 
 
-@pytest.mark.parametrize("kw", [{"num_images": 4}, {"image_size": 16}, {"votes_per_image": 0}])
-def test_bad_config(kw):
-    with pytest.raises(ConfigError):
+@pytest.mark.parametrize(
+    ("kw", "needle"),
+    [
+        ({"num_images": 4}, "num_images: Input should be greater than or equal to 16, got 4"),
+        ({"image_size": 16}, "image_size: Input should be greater than or equal to 64, got 16"),
+        ({"votes_per_image": 0}, "votes_per_image: Input should be greater than or equal to 1, got 0"),
+    ],
+)
+def test_bad_config(kw, needle):
+    with pytest.raises(ConfigError, match=needle):
         SyntheticConfig(**kw)

@@ -14,13 +14,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from image_emotion.config import DEFAULT_PARAMS, load_params
+from image_emotion.config import DEFAULT_PARAMS, load_config
 from image_emotion.errors import ImageEmotionError
 from image_emotion.stages import paths as stage_paths
 
 # sub-command -> (stage module, its paths dataclass, help)
 STAGES = {
-    "make-embedded": ("make_embedded", "MakeEmbeddedPaths", "draw the embedded default dataset (params: embedded)"),
+    "make-synthetic": (
+        "make_synthetic",
+        "MakeSyntheticPaths",
+        "draw the synthetic default dataset (params: synthetic)",
+    ),
     "prepare": ("prepare", "PreparePaths", "dataset layout -> validated manifest, splits, folds (params: data)"),
     "finetune-detector": ("finetune_detector", "FinetunePaths", "train the emotional-region detector (resumes)"),
     "extract-regions": ("extract_regions", "ExtractPaths", "cache global + top-K region features of every image"),
@@ -57,8 +61,8 @@ def _run_stage(args: argparse.Namespace) -> dict:
     for f in dataclasses.fields(paths_cls):
         value = getattr(args, f.name)
         values[f.name] = (tuple(value) if value else f.default) if isinstance(f.default, tuple) else value
-    params = load_params(args.params, args.overrides)
-    return module.run(params, paths_cls(**values))
+    config = load_config(args.params, args.overrides)
+    return module.run(config, paths_cls(**values))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head", type=Path, default=Path("models/classifier/head.pt"))
     p.set_defaults(func=_predict)
 
+    p = sub.add_parser("params", help="check a params file against the schema, or write the defaults (--write)")
+    p.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: params.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--write", action="store_true", help="write the schema's defaults (with comments) to --params")
+    p.set_defaults(func=_params)
+
     p = sub.add_parser("compile-pipeline", help="compile the kfp v2 pipeline to YAML (pipelines/image_emotion.yaml)")
     p.add_argument("--out", type=Path, default=Path("pipelines/image_emotion.yaml"))
     p.set_defaults(func=_compile_pipeline)
@@ -103,7 +113,7 @@ def _predict(args: argparse.Namespace) -> dict:
     import pandas as pd
 
     from image_emotion.data.images import load_image
-    from image_emotion.serve import EmotionPredictor, encode_image_file
+    from image_emotion.tracking.pyfunc import EmotionPredictor, encode_image_file
 
     for path in args.images:
         load_image(path)  # a bad file is named here, before the model loads
@@ -120,6 +130,16 @@ def _predict(args: argparse.Namespace) -> dict:
     }
 
 
+def _params(args: argparse.Namespace) -> dict:
+    from image_emotion.config import render_params
+    from image_emotion.files import write_text_atomic
+
+    if args.write:
+        write_text_atomic(args.params, render_params())
+        return {"written": str(args.params)}
+    return load_config(args.params, args.overrides).to_dict()
+
+
 def _compile_pipeline(args: argparse.Namespace) -> dict:
     from image_emotion.kubeflow.pipeline import compile_pipeline
 
@@ -128,10 +148,10 @@ def _compile_pipeline(args: argparse.Namespace) -> dict:
 
 def _run_pipeline(args: argparse.Namespace) -> dict:
     from image_emotion.kubeflow.pipeline import run_local
-    from image_emotion.tracking import tracking_uri
+    from image_emotion.tracking.runs import tracking_uri
 
-    params = load_params(args.params, args.overrides)
-    return run_local(params, args.pipeline_root.resolve(), args.mlflow_tracking_uri or tracking_uri(params))
+    config = load_config(args.params, args.overrides)
+    return run_local(config, args.pipeline_root.resolve(), args.mlflow_tracking_uri or tracking_uri(config))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,38 +1,319 @@
-"""params.yaml: the one source of truth for every hyper-parameter; ``--set a.b=value`` overrides it."""
+"""The one typed configuration of every stage: defaults, documentation and validation live here only.
+
+``params.yaml`` is this schema written out with its defaults (``image-emotion params --write`` renders it;
+a test checks that the committed file is fresh). ``load_config`` reads a params file, applies
+``--set a.b=value`` overrides and validates the result: an unknown key anywhere is an error that names the
+nearest valid key, a wrong type names the key and the value. Stages take the typed ``Config`` (or one of
+its sections), never a raw mapping. Import-light (pydantic and yaml only), so the CLI and the kfp compiler
+read it without torch.
+"""
 
 from __future__ import annotations
 
 import copy
+import difflib
+import warnings
 from collections.abc import Sequence
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from image_emotion.errors import ConfigError
 
 DEFAULT_PARAMS = Path("params.yaml")
 
+DATASETS = ("synthetic", "fi", "emotionroi", "iaps", "artphoto", "abstract", "emotion6", "twitter")
+DatasetName = Literal["synthetic", "fi", "emotionroi", "iaps", "artphoto", "abstract", "emotion6", "twitter"]
+HeadMode = Literal["global", "object", "emotional", "global+object", "global+emotional"]
 
-def load_params(path: str | Path = DEFAULT_PARAMS, overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """Read ``path`` (YAML mapping) and apply ``key.sub=value`` overrides (values parsed as YAML)."""
+
+_VALIDATING: ContextVar[bool] = ContextVar("validating", default=False)  # inside a pydantic validation
+
+
+class Section(BaseModel):
+    """A params.yaml section: frozen, and unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def __init__(self, **values: Any) -> None:
+        """Build directly (``DetectorConfig(top_k=3)``); a bad value is a ``ConfigError`` naming the key.
+        (pydantic calls this for nested sections too: only the outermost call turns errors into one line.)"""
+        if _VALIDATING.get():
+            super().__init__(**values)
+            return
+        token = _VALIDATING.set(True)
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ConfigError("; ".join(_describe(e, type(self).__name__, type(self)) for e in exc.errors())) from None
+        finally:
+            _VALIDATING.reset(token)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able mapping (lists for tuples), the shape it has in params.yaml."""
+        return self.model_dump(mode="json")
+
+
+# --- data ---------------------------------------------------------------------------------------------------
+
+
+class EmotionRoiOptions(Section):
+    threshold: float = Field(0.5, gt=0, le=1, description="heat-map pixels >= threshold x max form the regions")
+    min_area: float = Field(0.005, ge=0, lt=1, description="drop blobs smaller than this fraction of the image")
+
+
+class TwitterOptions(Section):
+    agreement: Literal["five", "four", "three"] = Field("five", description="which *_agree.txt to read")
+
+
+class DataConfig(Section):
+    dataset: DatasetName = Field("synthetic", description=" | ".join(DATASETS))
+    root: str = Field("data/synthetic", description="the dataset's directory in its published layout (README)")
+    on_error: Literal["raise", "skip"] = Field(
+        "raise", description="raise: stop on the first bad file | skip: leave bad files out (skipped.csv)"
+    )
+    check_images: bool = Field(True, description="decode every image once while preparing (catches corrupt files)")
+    emotionroi: EmotionRoiOptions = EmotionRoiOptions()
+    twitter: TwitterOptions = TwitterOptions()
+
+
+class ImagesConfig(Section):
+    max_pixels: int = Field(50_000_000, gt=0, description="refuse larger images (decompression bombs)")
+
+
+class SyntheticConfig(Section):
+    """The generated default dataset (no download): a synthetic set whose classes live in small regions."""
+
+    num_images: int = Field(800, ge=16, description="at least 2 per class")
+    image_size: int = Field(160, ge=64, le=1024, description="square images of this many pixels")
+    seed: int = 0
+    votes_per_image: int = Field(20, ge=1, description="simulated viewers per image (the vote distribution)")
+
+
+class SplitFractions(Section):
+    train: float = Field(0.8, ge=0)
+    val: float = Field(0.05, ge=0)
+    test: float = Field(0.15, ge=0)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitFractions:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must be 1, got {total:g}")
+        return self
+
+
+class PrepareConfig(Section):
+    seed: int = 0
+    split: SplitFractions = Field(SplitFractions(), description="random stratified split (the FI protocol)")
+    folds: int = Field(5, ge=2, description="stratified folds for the small-dataset transfer")
+
+
+class EmotionsConfig(Section):
+    dominant_probability: float = Field(0.7, gt=0, le=1, description="p* of eq. 4 where an image has no votes")
+
+
+# --- models and training ------------------------------------------------------------------------------------
+
+
+class DetectorConfig(Section):
+    """The emotional-region detector (seed 000 §4.1). CPU-sized defaults; the paper: resnet101, 800 px."""
+
+    backbone: Literal["efficientnet_lite0", "resnet50", "resnet101"] = "efficientnet_lite0"
+    backbone_weights: str | None = Field(
+        "imagenet", description="imagenet (Lite0, ships offline) | a local .pth path | null (random)"
+    )
+    object_weights: str | None = Field(
+        None, description="local COCO Faster R-CNN checkpoint (torchvision names) for the frozen object classifier"
+    )
+    fpn_channels: int = Field(128, gt=0)
+    trainable_layers: int = Field(3, ge=0, le=5)
+    min_size: int = Field(160, gt=0, description="input resize (use 800/1333 for photos on a GPU)")
+    max_size: int = Field(160, gt=0)
+    anchor_sizes: tuple[int, int, int, int] = Field((32, 64, 128, 256), description="one anchor size per FPN level")
+    rpn_pre_nms_top_n: int = Field(150, gt=0)
+    rpn_post_nms_top_n: int = Field(50, gt=0)
+    rpn_train_pre_nms_top_n: int = Field(1000, gt=0)
+    rpn_train_post_nms_top_n: int = Field(300, gt=0)
+    representation_size: int = Field(256, gt=0)
+    num_object_classes: int = Field(91, gt=1)
+    box_batch_size_per_image: int = Field(128, gt=0)
+    region_nms: float = Field(0.5, gt=0, le=1)
+    top_k: int = Field(10, ge=1, description="K emotional regions per image")
+
+
+class FinetuneConfig(Section):
+    """Detector training (L_det* = L_emo + L_reg); a checkpoint every epoch, resumed when interrupted."""
+
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0)
+    weight_decay: float = Field(0.0001, ge=0)
+    warmup_steps: int = Field(20, ge=0)
+    grad_clip: float = Field(10.0, gt=0)
+    seed: int = 0
+    hflip: bool = True
+    max_images: int | None = Field(320, ge=1, description="train on a seeded subset of this many (null: all)")
+
+
+class ExtractConfig(Section):
+    batch_size: int = Field(16, ge=1)
+    shard_size: int = Field(256, ge=1, description="images per cache shard (each checked by SHA-256)")
+
+
+class HeadTraining(Section):
+    """SGD on cached features; the paper: lr 1e-3, batch 128, 100 epochs."""
+
+    dropout: float = Field(0.5, ge=0, lt=1)
+    lr: float = Field(0.001, gt=0)
+    momentum: float = Field(0.9, ge=0)
+    weight_decay: float = Field(0.0005, ge=0)
+    batch_size: int = Field(128, ge=1)
+    epochs: int = Field(100, ge=1)
+    seed: int = 0
+
+
+class ClassifierConfig(HeadTraining):
+    """The multi-level classifier head on cached features (Table 1 ablations train every mode)."""
+
+    mode: HeadMode = Field("global+emotional", description="the full method")
+    lambdas: tuple[float, ...] = Field(
+        tuple(round(0.1 * i, 1) for i in range(11)), description="λ of (1-λ)·L_cls + λ·L_ed, λ* chosen on validation"
+    )
+    hidden: int = Field(256, ge=1)
+
+    @field_validator("lambdas")
+    @classmethod
+    def _lambdas_in_unit_interval(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not value or any(not 0.0 <= x <= 1.0 for x in value) or len(set(value)) != len(value):
+            raise ValueError(f"needs distinct values in [0, 1], got {list(value)}")
+        return value
+
+
+class TransferSynthetic(Section):
+    num_images: int = Field(240, ge=16)
+    seed: int = Field(1, description="another seed: other images than the main set")
+
+
+class TransferConfig(Section):
+    """The small target dataset of the 5-fold one-against-all transfer (seed 000 Table 4)."""
+
+    dataset: DatasetName = Field("synthetic", description="iaps | artphoto | abstract | emotionroi | synthetic")
+    root: str = "data/synthetic_transfer"
+    synthetic: TransferSynthetic = Field(TransferSynthetic(), description="the synthetic small set")
+    head: HeadTraining = HeadTraining()
+
+
+class EvaluateConfig(Section):
+    num_overlays: int = Field(8, ge=0, description="test images drawn with their emotional regions")
+
+
+class RegisterConfig(Section):
+    model_name: str = "image-emotion"
+    min_accuracy: float = Field(
+        0.0, ge=0, le=1, description="never promote below this test accuracy (the kfp condition too)"
+    )
+
+
+class MlflowConfig(Section):
+    experiment: str = "image-emotion"
+    tracking_uri: str | None = Field(None, description="null: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
+    artifact_location: str | None = Field(
+        None, description="e.g. s3://bucket/mlflow (with $MLFLOW_S3_ENDPOINT_URL for a non-AWS endpoint)"
+    )
+
+
+with warnings.catch_warnings():  # the section `register` shadows ABCMeta.register, which no config uses
+    warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
+
+    class Config(Section):
+        """Every setting of every stage (params.yaml)."""
+
+        data: DataConfig = DataConfig()
+        images: ImagesConfig = ImagesConfig()
+        synthetic: SyntheticConfig = SyntheticConfig()
+        prepare: PrepareConfig = PrepareConfig()
+        emotions: EmotionsConfig = EmotionsConfig()
+        device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available")
+        detector: DetectorConfig = DetectorConfig()
+        finetune: FinetuneConfig = FinetuneConfig()
+        extract: ExtractConfig = ExtractConfig()
+        classifier: ClassifierConfig = ClassifierConfig()
+        transfer: TransferConfig = TransferConfig()
+        evaluate: EvaluateConfig = EvaluateConfig()
+        register: RegisterConfig = RegisterConfig()
+        mlflow: MlflowConfig = MlflowConfig()
+
+        def with_overrides(self, overrides: Sequence[str]) -> Config:
+            """A new validated config with each ``a.b=value`` applied."""
+            return validate(apply_overrides(self.to_dict(), overrides))
+
+
+# --- loading ------------------------------------------------------------------------------------------------
+
+
+def _model_at(model: type[BaseModel], loc: Sequence[Any]) -> type[BaseModel] | None:
+    """The section class that holds the key at ``loc[-1]`` (``None`` when the path leaves the schema)."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def _describe(error: dict[str, Any], source: str, root: type[BaseModel] | None = None) -> str:
+    """One line for one pydantic error: the key, what is wrong, the nearest valid key for an unknown one."""
+    loc = error["loc"]
+    key = ".".join(str(p) for p in loc)
+    if error["type"] == "extra_forbidden":
+        holder = _model_at(root or Config, loc)
+        known = list(holder.model_fields) if holder else []
+        near = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.5)
+        hint = f"did you mean {'.'.join([*map(str, loc[:-1]), near[0]])!r}?" if near else f"known: {', '.join(known)}"
+        return f"{source}: unknown key {key!r} ({hint})"
+    value = error.get("input")
+    shown = "" if isinstance(value, dict) else f", got {value!r}"
+    return f"{source}: {key or '<top level>'}: {error['msg']}{shown}"
+
+
+def validate(raw: dict[str, Any], source: str = "params") -> Config:
+    """``raw`` as a ``Config``; every problem in one ``ConfigError`` (one line each)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a YAML mapping at the top level")
+    token = _VALIDATING.set(True)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError("; ".join(_describe(e, source) for e in exc.errors())) from None
+    finally:
+        _VALIDATING.reset(token)
+
+
+def load_config(path: str | Path = DEFAULT_PARAMS, overrides: Sequence[str] = ()) -> Config:
+    """Read ``path``, apply ``key.sub=value`` overrides (values parsed as YAML), validate."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found; run from the repository root or pass --params")
     try:
-        params = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(params, dict):
+    if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a YAML mapping at the top level")
-    return apply_overrides(params, overrides)
+    return validate(apply_overrides(raw, overrides), str(path))
 
 
-def apply_overrides(params: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """A copy of ``params`` with each ``a.b.c=value`` set (intermediate mappings created)."""
-    out = copy.deepcopy(params)
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """A copy of ``raw`` with each ``a.b.c=value`` set (intermediate mappings created)."""
+    out = copy.deepcopy(raw)
     for item in overrides:
-        key, sep, raw = item.partition("=")
+        key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} must look like key.sub=value")
         node = out
@@ -41,17 +322,46 @@ def apply_overrides(params: dict[str, Any], overrides: Sequence[str]) -> dict[st
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {p!r} is not a mapping in params")
-        node[leaf] = yaml.safe_load(raw) if raw else ""
+        node[leaf] = yaml.safe_load(value) if value else ""
     return out
 
 
-def get(params: dict[str, Any], key: str, default: Any = ...) -> Any:
-    """``params['a']['b']`` for ``key='a.b'``; a missing key without default names the key."""
-    node: Any = params
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            if default is ...:
-                raise ConfigError(f"params.yaml: missing key {key!r}")
-            return default
-        node = node[part]
-    return node
+# --- params.yaml, rendered from the schema ------------------------------------------------------------------
+
+PARAMS_HEADER = """\
+# Every setting of every stage, as the schema in src/image_emotion/config.py defines it (defaults, types,
+# documentation live there; `image-emotion params --write` renders this file). `dvc repro` reads it;
+# `image-emotion <stage> --set key=value` overrides it for one run; `dvc exp run -S key=value` records an
+# experiment. Unknown keys are errors.
+"""
+
+
+def _scalar(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
+
+
+def _render(model: BaseModel, indent: int) -> list[str]:
+    lines: list[str] = []
+    pad = "  " * indent
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        note = f"  # {field.description}" if field.description else ""
+        if isinstance(value, BaseModel):
+            doc = type(value).__doc__
+            comment = field.description or (
+                "" if doc is None or doc == Section.__doc__ else doc.strip().splitlines()[0]
+            )
+            lines.append(f"{pad}{name}:" + (f"  # {comment}" if comment else ""))
+            lines.extend(_render(value, indent + 1))
+        else:
+            shown = list(value) if isinstance(value, tuple) else value
+            lines.append(f"{pad}{name}: {_scalar(shown)}{note}")
+        if indent == 0:
+            lines.append("")
+    return lines
+
+
+def render_params(config: Config | None = None) -> str:
+    """params.yaml text for ``config`` (the defaults when ``None``), with each field's description."""
+    body = "\n".join(_render(config or Config(), 0)).rstrip() + "\n"
+    return PARAMS_HEADER + "\n" + body

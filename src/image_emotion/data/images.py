@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from image_emotion.config import ImagesConfig
 from image_emotion.errors import ImageDecodeError
 
-DEFAULT_MAX_PIXELS = 50_000_000
+DEFAULT_MAX_PIXELS = ImagesConfig().max_pixels
 """Images above this many pixels are refused (a 50 MP photo decodes to ~150 MB of RGB)."""
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})

@@ -25,8 +25,8 @@ from typing import Any
 import pandas as pd
 
 from image_emotion.data.emotions import get_label_set
-from image_emotion.errors import DatasetError
-from image_emotion.io import atomic_path
+from image_emotion.errors import ConfigError, DatasetError
+from image_emotion.files import atomic_path
 
 COLUMNS = ("path", "label", "label_set", "distribution", "boxes", "split", "fold")
 SPLITS = frozenset({"train", "val", "test", "cv", ""})
@@ -62,7 +62,10 @@ def validate_manifest(df: pd.DataFrame, source: str = "manifest") -> pd.DataFram
         raise DatasetError(f"{source}: image {dupes.iloc[0]!r} listed twice; remove the duplicate row")
     for i, row in enumerate(df.itertuples(index=False)):
         where = f"{source} row {i + 2} ({row.path})"
-        labels = get_label_set(row.label_set)
+        try:
+            labels = get_label_set(row.label_set)
+        except ConfigError as exc:
+            raise DatasetError(f"{where}: {exc}") from None
         if row.label not in labels.labels:
             raise DatasetError(f"{where}: label {row.label!r} is not in {row.label_set} ({', '.join(labels.labels)})")
         if row.distribution is not None:

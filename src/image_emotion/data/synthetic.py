@@ -1,4 +1,4 @@
-"""The embedded default dataset: procedurally drawn images whose emotion is carried by *regions*.
+"""The synthetic default dataset (params ``synthetic``): drawn images whose emotion is carried by *regions*.
 
 Why it is a fair test of seed 000's claim (regions beat global features):
 
@@ -23,36 +23,17 @@ import colorsys
 import csv
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from image_emotion.config import SyntheticConfig
 from image_emotion.data.emotions import MIKELS8, WHEEL_ORDER, mikels_distance_matrix
-from image_emotion.errors import ConfigError
-from image_emotion.io import atomic_dir
+from image_emotion.files import atomic_dir
 
 SHAPES = ("circle", "triangle", "square", "star")
 ANNOTATIONS = "annotations.csv"
-
-
-@dataclass(frozen=True)
-class SyntheticConfig:
-    """params.yaml ``embedded``: how many images, how big, which seed, how many votes each."""
-
-    num_images: int = 400
-    image_size: int = 160
-    seed: int = 0
-    votes_per_image: int = 20
-
-    def __post_init__(self) -> None:
-        if self.num_images < 16:
-            raise ConfigError(f"embedded.num_images must be at least 16 (2 per class), got {self.num_images}")
-        if not 64 <= self.image_size <= 1024:
-            raise ConfigError(f"embedded.image_size must be in 64..1024, got {self.image_size}")
-        if self.votes_per_image < 1:
-            raise ConfigError(f"embedded.votes_per_image must be >= 1, got {self.votes_per_image}")
 
 
 def class_motif(label: str) -> tuple[str, tuple[int, int, int]]:
@@ -170,7 +151,7 @@ def render_image(rng: np.random.Generator, label: str, size: int) -> tuple[Image
 
 
 def generate(out_dir: str | Path, config: SyntheticConfig) -> Path:
-    """Write the embedded dataset to ``out_dir`` atomically (balanced classes, shuffled order)."""
+    """Write the synthetic dataset to ``out_dir`` atomically (balanced classes, shuffled order)."""
     rng = np.random.default_rng(config.seed)
     labels = [MIKELS8.labels[i % len(MIKELS8)] for i in range(config.num_images)]
     rng.shuffle(labels)

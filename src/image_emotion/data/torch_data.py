@@ -93,12 +93,12 @@ class DetectionDataset(Dataset):
         if rows.empty:
             raise DatasetError(
                 f"{data.name}: no image has emotional-region boxes; the detector trains on a dataset with boxes "
-                "(EmotionROI or the embedded dataset)"
+                "(EmotionROI or the synthetic dataset)"
             )
         self.paths = [data.root / p for p in rows["path"]]
         self.boxes = [torch.tensor(b, dtype=torch.float32) for b in rows["boxes"]]
         self.hflip = hflip
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(seed)  # the flips; its state goes into checkpoints
 
     def __len__(self) -> int:
         return len(self.paths)

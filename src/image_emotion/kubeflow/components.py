@@ -25,20 +25,20 @@ def prepare_op(
     dataset: Output[Dataset],
     metrics: Output[Metrics],
 ):
-    """``make_embedded`` (for the embedded dataset) + ``prepare`` of the main or the transfer dataset."""
+    """``make_synthetic`` (for the synthetic dataset) + ``prepare`` of the main or the transfer dataset."""
     from pathlib import Path
 
     from image_emotion.kubeflow import runtime
-    from image_emotion.stages import make_embedded, prepare
+    from image_emotion.stages import make_synthetic, prepare
 
-    params = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
     if target == "transfer":
-        params = runtime.transfer_params(params)
+        config = runtime.transfer_config(config)
     out = Path(dataset.path)
-    if params["data"]["dataset"] == "embedded":  # drawn inside the artifact, so it travels with the manifest
-        params["data"]["root"] = str(out / "images")
-        make_embedded.run(params, make_embedded.MakeEmbeddedPaths(out / "images"))
-    summary = prepare.run(params, prepare.PreparePaths(out / "prepared", out / "prepare.json"))
+    if config.data.dataset == "synthetic":  # drawn inside the artifact, so it travels with the manifest
+        config = config.with_overrides([f"data.root={out / 'images'}"])
+        make_synthetic.run(config, make_synthetic.MakeSyntheticPaths(out / "images"))
+    summary = prepare.run(config, prepare.PreparePaths(out / "prepared", out / "prepare.json"))
     runtime.log_to_kfp(metrics, summary)
 
 
@@ -58,12 +58,12 @@ def finetune_detector_op(
     from image_emotion.kubeflow import runtime
     from image_emotion.stages import finetune_detector
 
-    params = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
     out = Path(detector.path)
     paths = finetune_detector.FinetunePaths(
         Path(dataset.path) / "prepared", out / "checkpoint" / "last.pt", out / "detector.pt", out / "detector.json"
     )
-    runtime.log_to_kfp(metrics, finetune_detector.run(params, paths))
+    runtime.log_to_kfp(metrics, finetune_detector.run(config, paths))
 
 
 @dsl.component(base_image=IMAGE_CUDA)
@@ -84,7 +84,7 @@ def extract_regions_op(
     from image_emotion.kubeflow import runtime
     from image_emotion.stages import extract_regions
 
-    params = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
     out = Path(features.path)
     paths = extract_regions.ExtractPaths(
         Path(detector.path) / "detector.pt",
@@ -92,7 +92,7 @@ def extract_regions_op(
         (out / "main", out / "transfer"),
         out / "extract.json",
     )
-    runtime.log_to_kfp(metrics, extract_regions.run(params, paths))
+    runtime.log_to_kfp(metrics, extract_regions.run(config, paths))
 
 
 @dsl.component(base_image=IMAGE_CPU)
@@ -109,16 +109,17 @@ def train_lambda_op(
     """One point of the λ sweep: the head trained with L_multi at ``lam`` and its validation/test scores."""
     from pathlib import Path
 
-    from image_emotion import tracking
     from image_emotion.kubeflow import runtime
+    from image_emotion.models.multilevel import save_head
     from image_emotion.stages import train_classifier
+    from image_emotion.tracking import runs as tracking
 
-    params = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
-    inputs = train_classifier.load_inputs(params, Path(main.path) / "prepared", Path(features.path) / "main")
-    with tracking.stage_run(params, f"train_classifier lambda={lam}"):
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
+    inputs = train_classifier.load_inputs(config, Path(main.path) / "prepared", Path(features.path) / "main")
+    with tracking.stage_run(config, "train_classifier", train_classifier.TRACKED_SECTIONS):
         model, row = train_classifier.sweep_point(inputs, lam)
     out = Path(head.path)
-    train_classifier.save_head(out / "head.pt", model, inputs.dims, inputs.data.label_set, {"lambda": lam})
+    save_head(out / "head.pt", model, inputs.dims, inputs.data.label_set, {"lambda": lam})
     runtime.write_json(out / "row.json", row)
     head.metadata.update({k: v for k, v in row.items() if isinstance(v, float)})
 
@@ -138,20 +139,21 @@ def select_classifier_op(
     """λ* from the collected sweep (validation), then the loss variants, Table 1 ablations and 2-class head."""
     from pathlib import Path
 
-    from image_emotion import tracking
     from image_emotion.kubeflow import runtime
+    from image_emotion.models.multilevel import load_head
     from image_emotion.stages import train_classifier
+    from image_emotion.tracking import runs as tracking
 
-    params = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
-    inputs = train_classifier.load_inputs(params, Path(main.path) / "prepared", Path(features.path) / "main")
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
+    inputs = train_classifier.load_inputs(config, Path(main.path) / "prepared", Path(features.path) / "main")
     head_of = {}  # λ -> the directory of its head
     for h in heads:
         row = runtime.read_json(Path(h.path) / "row.json")
         head_of[row["lambda"]] = (row, Path(h.path))
     sweep = [head_of[lam][0] for lam in sorted(head_of)]
     best = train_classifier.select_lambda(sweep)
-    best_head, _ = train_classifier.load_head(head_of[best["lambda"]][1] / "head.pt")
-    with tracking.stage_run(params, "train_classifier"):
+    best_head, _ = load_head(head_of[best["lambda"]][1] / "head.pt")
+    with tracking.stage_run(config, "train_classifier", train_classifier.TRACKED_SECTIONS):
         losses, ablation, binary_head, binary = train_classifier.variants(inputs, sweep, best)
     out = Path(classifier.path)
     paths = train_classifier.ClassifierPaths(
@@ -179,15 +181,15 @@ def transfer_fold_op(
     """One fold of the one-against-all transfer: train on the other folds, test on ``fold``."""
     from pathlib import Path
 
-    from image_emotion import tracking
     from image_emotion.kubeflow import runtime
     from image_emotion.stages import transfer_cv
+    from image_emotion.tracking import runs as tracking
 
-    params = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
     inputs = transfer_cv.load_inputs(
-        params, Path(transfer.path) / "prepared", Path(features.path) / "transfer", Path(classifier.path) / "head.pt"
+        config, Path(transfer.path) / "prepared", Path(features.path) / "transfer", Path(classifier.path) / "head.pt"
     )
-    with tracking.stage_run(params, f"transfer_cv fold={fold}"):
+    with tracking.stage_run(config, "transfer_cv", transfer_cv.TRACKED_SECTIONS):
         row = transfer_cv.run_fold(inputs, fold)
     runtime.write_json(result.path, row)  # the artifact's own file travels with it (cluster or local)
     result.log_metric("accuracy", row["accuracy"])
@@ -195,20 +197,28 @@ def transfer_fold_op(
 
 @dsl.component(base_image=IMAGE_CPU)
 def transfer_summary_op(
+    params_yaml: str,
+    mlflow_tracking_uri: str,
+    mlflow_experiment: str,
+    pipeline_run_id: str,
     transfer: Input[Dataset],
     results: Input[List[Metrics]],  # noqa: UP006
     summary: Output[Metrics],
 ):
-    """Mean ± std accuracy over the collected folds."""
+    """Mean ± std accuracy over the collected folds (logged to the transfer_cv stage run, as under DVC)."""
     from pathlib import Path
 
     from image_emotion.data.torch_data import PreparedDataset
     from image_emotion.kubeflow import runtime
     from image_emotion.stages import transfer_cv
+    from image_emotion.tracking import runs as tracking
 
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
     data = PreparedDataset.load(Path(transfer.path) / "prepared")
     rows = [runtime.read_json(r.path) for r in results]
-    metrics = transfer_cv.summarize(data.name, data.label_set, rows)
+    with tracking.stage_run(config, "transfer_cv", transfer_cv.TRACKED_SECTIONS):
+        metrics = transfer_cv.summarize(data.name, data.label_set, rows)
+        transfer_cv.log_summary(metrics)
     runtime.write_json(summary.path, metrics)
     runtime.log_to_kfp(summary, metrics)
 
@@ -236,7 +246,7 @@ def evaluate_op(
     from image_emotion.kubeflow import runtime
     from image_emotion.stages import evaluate
 
-    params = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
     import tempfile
 
     cls_dir = Path(classifier.path)
@@ -246,7 +256,7 @@ def evaluate_op(
         cls_dir / "lambda_sweep.json", cls_dir / "ablation.json", Path(transfer_summary.path),
         Path(metrics.path), plots,
     )  # fmt: skip
-    result = evaluate.run(params, paths)
+    result = evaluate.run(config, paths)
     runtime.log_to_kfp(metrics, result)
     images = "".join(
         f'<h3>{name}</h3><img src="data:image/png;base64,{base64.b64encode((plots / name).read_bytes()).decode()}"/>'
@@ -278,12 +288,12 @@ def register_op(
     from image_emotion.kubeflow import runtime
     from image_emotion.stages import register
 
-    params = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
     paths = register.RegisterPaths(
         Path(main.path) / "prepared", Path(detector.path) / "detector.pt", Path(classifier.path) / "head.pt",
         Path(evaluation.path), Path(tempfile.mkdtemp(prefix="register-")) / "register.json",
     )  # fmt: skip
-    result = register.run(params, paths)
+    result = register.run(config, paths)
     from collections import namedtuple
 
     return namedtuple("RegisterOutputs", ["version", "promoted"])(int(result["version"]), bool(result["promoted"]))

@@ -11,11 +11,13 @@ from typing import Any
 import yaml
 from kfp import compiler, dsl
 
+from image_emotion.config import Config
 from image_emotion.kubeflow import components as c
 
 PIPELINE_NAME = "image-emotion"
 DEFAULT_PIPELINE_YAML = Path("pipelines/image_emotion.yaml")
 GPU_TYPE = "nvidia.com/gpu"
+DEFAULTS = Config()  # the pipeline parameters' defaults come from the one config schema
 
 
 def _gpu(task: dsl.PipelineTask, cpu: str, memory: str) -> dsl.PipelineTask:
@@ -37,11 +39,11 @@ def _cpu(task: dsl.PipelineTask, cpu: str = "2", memory: str = "8G") -> dsl.Pipe
 @dsl.pipeline(name=PIPELINE_NAME, description="Multi-level region-based emotion classification (seed 000), end to end")
 def image_emotion_pipeline(
     params_yaml: str,
-    lambdas: list = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],  # noqa: B006 - kfp default
-    folds: list = [0, 1, 2, 3, 4],  # noqa: B006 - kfp default
-    min_accuracy: float = 0.0,
+    lambdas: list = list(DEFAULTS.classifier.lambdas),  # noqa: B006 - kfp default, from the config schema
+    folds: list = list(range(DEFAULTS.prepare.folds)),  # noqa: B006
+    min_accuracy: float = DEFAULTS.register.min_accuracy,
     mlflow_tracking_uri: str = "",
-    mlflow_experiment: str = "image-emotion",
+    mlflow_experiment: str = DEFAULTS.mlflow.experiment,
 ):
     common = {
         "params_yaml": params_yaml,
@@ -85,7 +87,9 @@ def image_emotion_pipeline(
             )
         )
     summary = _cpu(
-        c.transfer_summary_op(transfer=transfer.outputs["dataset"], results=dsl.Collected(fold_task.outputs["result"]))
+        c.transfer_summary_op(
+            transfer=transfer.outputs["dataset"], results=dsl.Collected(fold_task.outputs["result"]), **common
+        )
     )
     evaluation = _cpu(
         c.evaluate_op(
@@ -109,15 +113,14 @@ def image_emotion_pipeline(
         )
 
 
-def pipeline_arguments(params: dict[str, Any]) -> dict[str, Any]:
-    """Pipeline arguments from resolved params (the λ list, folds and threshold follow params.yaml)."""
-    folds = int(params.get("prepare", {}).get("folds", 5))
+def pipeline_arguments(config: Config) -> dict[str, Any]:
+    """Pipeline arguments from a config (the λ list, folds and threshold follow params.yaml)."""
     return {
-        "params_yaml": yaml.safe_dump(params, sort_keys=True),
-        "lambdas": [float(x) for x in params.get("classifier", {}).get("lambdas", [0.0, 0.5, 1.0])],
-        "folds": list(range(folds)),
-        "min_accuracy": float(params.get("register", {}).get("min_accuracy", 0.0)),
-        "mlflow_experiment": str(params.get("mlflow", {}).get("experiment", "image-emotion")),
+        "params_yaml": yaml.safe_dump(config.to_dict(), sort_keys=True),
+        "lambdas": list(config.classifier.lambdas),
+        "folds": list(range(config.prepare.folds)),
+        "min_accuracy": config.register.min_accuracy,
+        "mlflow_experiment": config.mlflow.experiment,
     }
 
 
@@ -129,11 +132,13 @@ def compile_pipeline(out: str | Path = DEFAULT_PIPELINE_YAML) -> Path:
     return out
 
 
-def run_local(params: dict[str, Any], pipeline_root: str | Path, mlflow_tracking_uri: str = "") -> dict[str, Any]:
-    """Run the whole pipeline here with ``kfp.local.SubprocessRunner`` (no containers; GPU requests ignored)."""
+def run_local(config: Config, pipeline_root: str | Path, mlflow_tracking_uri: str = "") -> dict[str, Any]:
+    """Run the whole pipeline here with ``kfp.local.SubprocessRunner`` (no containers; GPU requests ignored);
+    a failing task raises. Returns the run's directory of task outputs."""
     from kfp import local
 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=True)
-    args = pipeline_arguments(params)
-    task = image_emotion_pipeline(**args, mlflow_tracking_uri=mlflow_tracking_uri)
-    return {"pipeline_root": str(pipeline_root), "state": "SUCCEEDED", "outputs": str(task)[:200]}
+    before = set(Path(pipeline_root).glob("*")) if Path(pipeline_root).is_dir() else set()
+    image_emotion_pipeline(**pipeline_arguments(config), mlflow_tracking_uri=mlflow_tracking_uri)
+    (run_dir,) = set(Path(pipeline_root).glob("*")) - before  # raise_on_error: a failed task raised already
+    return {"pipeline_root": str(pipeline_root), "run_dir": str(run_dir)}

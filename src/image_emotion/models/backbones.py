@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 from torchvision.models import resnet50, resnet101
-from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.misc import FrozenBatchNorm2d
 
@@ -182,20 +182,20 @@ class _Lite0Body(nn.Module):
 
 
 class FPNBackbone(nn.Module):
-    """A body giving C2-C5 plus a torchvision FPN giving P2-P5 (no extra P6: anchors span 32-256 px)."""
+    """A body giving C2-C5 and a torchvision FPN on them; ``forward`` gives P2-P5 (an extra P6, if the FPN makes
+    one, is dropped: the anchors span 32-256 px)."""
 
-    def __init__(self, body: nn.Module, in_channels: tuple[int, ...], out_channels: int, mean, std) -> None:
+    def __init__(self, body: nn.Module, fpn: FeaturePyramidNetwork, out_channels: int, mean, std) -> None:
         super().__init__()
         self.body = body
-        self.fpn = FeaturePyramidNetwork(list(in_channels), out_channels)
+        self.fpn = fpn
         self.out_channels = out_channels
         self.image_mean, self.image_std = list(mean), list(std)
 
     def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
         """Normalised ``(B, 3, H, W)`` -> ``{"p2": (B, C, H/4, W/4), ..., "p5": (B, C, H/32, W/32)}``."""
-        c = self.body(x)
-        p = self.fpn(OrderedDict((k, c[k]) for k in ("c2", "c3", "c4", "c5")))
-        return OrderedDict(zip(LEVELS, p.values(), strict=True))
+        levels = list(self.fpn(self.body(x)).values())[: len(LEVELS)]
+        return OrderedDict(zip(LEVELS, levels, strict=True))
 
 
 def _freeze_prefixes(module: nn.Module, prefixes: tuple[str, ...]) -> None:
@@ -226,21 +226,21 @@ def build_fpn_backbone(
         frozen = tuple(f"_blocks.{i}." for i in range(first_trainable))
         _freeze_prefixes(net, frozen + (("_conv_stem", "_bn0") if trainable_layers < 5 else ()))
         body = _Lite0Body(freeze_batchnorm(net))
-        return FPNBackbone(body, LITE0_CHANNELS, out_channels, LITE_MEAN, LITE_STD)
+        fpn = FeaturePyramidNetwork(list(LITE0_CHANNELS), out_channels)
+        return FPNBackbone(body, fpn, out_channels, LITE_MEAN, LITE_STD)
     if name in ("resnet50", "resnet101"):
-        net = (resnet50 if name == "resnet50" else resnet101)(weights=None)
+        if weights == "imagenet":
+            raise ConfigError(
+                f"no ImageNet {name} weights ship offline; give a local .pth path (torchvision's file) or null"
+            )
+        net = (resnet50 if name == "resnet50" else resnet101)(weights=None, norm_layer=FrozenBatchNorm2d)
         if weights is not None:
-            if weights == "imagenet":
-                raise ConfigError(
-                    f"no ImageNet {name} weights ship offline; give a local .pth path (torchvision's file) or null"
-                )
             _load_weights(net, weights, name, optional=("fc.",))
         layers = ("layer4", "layer3", "layer2", "layer1", "conv1")[:trainable_layers]
-        for pname, param in net.named_parameters():
-            if not pname.startswith(layers) or pname.startswith("bn1"):
-                param.requires_grad_(False)
-        body = IntermediateLayerGetter(
-            freeze_batchnorm(net), {"layer1": "c2", "layer2": "c3", "layer3": "c4", "layer4": "c5"}
+        _freeze_prefixes(net, tuple(n for n, _ in net.named_parameters() if not n.startswith(layers)))
+        # torchvision's own body + FPN (its extra max-pooled P6 is dropped by FPNBackbone)
+        built = BackboneWithFPN(
+            net, {"layer1": "c2", "layer2": "c3", "layer3": "c4", "layer4": "c5"}, [256, 512, 1024, 2048], out_channels
         )
-        return FPNBackbone(body, (256, 512, 1024, 2048), out_channels, IMAGENET_MEAN, IMAGENET_STD)
+        return FPNBackbone(built.body, built.fpn, out_channels, IMAGENET_MEAN, IMAGENET_STD)
     raise ConfigError(f"unknown backbone {name!r}; expected efficientnet_lite0, resnet50 or resnet101")

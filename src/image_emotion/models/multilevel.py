@@ -7,16 +7,23 @@ the "multi-level" of the paper).
 
 Ablations (Table 1 rows), by ``mode``: ``global`` | ``object`` | ``emotional`` | ``global+object`` |
 ``global+emotional``. Features are extracted once (``RegionFeatures``) and every mode reads them.
+
+Names: the *head* (``MultiLevelHead``) is the classifier's trainable part, reading features; the stage
+``train_classifier`` trains heads (``save_head``/``load_head`` store them); ``MultiLevelClassifier`` is
+detector + head, images in, logits out (inference and serving).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from image_emotion.errors import ConfigError
+from image_emotion.files import load_checkpoint, save_checkpoint
 from image_emotion.models.backbones import LEVELS
 from image_emotion.models.region_detector import RegionDetector, Regions
 
@@ -158,3 +165,33 @@ class MultiLevelClassifier(nn.Module):
         """``images``: list of ``(3, H, W)`` in [0, 1] -> logits ``(B, classes)`` and the region features."""
         feats = extract_features(self.detector, images, kinds=(self.head.regions,) if self.head.regions else ())
         return self.head(feats.as_dict()), feats
+
+
+def save_head(
+    path: Path, head: MultiLevelHead, dims: tuple[int, int, int], label_set: str, extra: dict[str, Any]
+) -> None:
+    """The head, its shape (``dims`` = (Dg, Dl, K)), mode, label set and ``extra`` (e.g. λ), atomically."""
+    save_checkpoint(
+        path,
+        {
+            "state_dict": head.state_dict(),
+            "dims": list(dims),
+            "mode": head.mode,
+            "num_classes": head.fc2.out_features,
+            "hidden": head.fc1.out_features,
+            "label_set": label_set,
+            **extra,
+        },
+    )
+
+
+def load_head(path: Path) -> tuple[MultiLevelHead, dict[str, Any]]:
+    """A head saved by ``save_head`` (in eval mode) and its saved state."""
+
+    state = load_checkpoint(path)
+    if state is None:
+        raise ConfigError(f"{path}: classifier head not found; run `image-emotion train-classifier` first")
+    dg, dl, k = state["dims"]
+    head = MultiLevelHead(dg, dl, k, state["num_classes"], mode=state["mode"], hidden=state["hidden"])
+    head.load_state_dict(state["state_dict"])
+    return head.eval(), state

@@ -14,7 +14,7 @@ them: one backbone pass per image.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,50 +29,10 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign, box_iou
 from torchvision.ops import boxes as box_ops
 
-from image_emotion.checkpoint import load_checkpoint, save_checkpoint
+from image_emotion.config import DetectorConfig
 from image_emotion.errors import ConfigError
+from image_emotion.files import load_checkpoint, save_checkpoint
 from image_emotion.models.backbones import LEVELS, build_fpn_backbone, load_state_dict_file
-
-
-@dataclass(frozen=True)
-class DetectorConfig:
-    """params.yaml ``detector``. CPU-friendly defaults; the paper's GPU setting is ResNet-101, 800 px."""
-
-    backbone: str = "efficientnet_lite0"
-    backbone_weights: str | None = "imagenet"
-    object_weights: str | None = None  # local COCO Faster R-CNN checkpoint (torchvision key names)
-    fpn_channels: int = 128
-    trainable_layers: int = 3
-    min_size: int = 320
-    max_size: int = 320
-    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256)
-    rpn_pre_nms_top_n: int = 300
-    rpn_post_nms_top_n: int = 100
-    rpn_train_pre_nms_top_n: int = 1000
-    rpn_train_post_nms_top_n: int = 300
-    representation_size: int = 256
-    num_object_classes: int = 91
-    box_batch_size_per_image: int = 128
-    region_nms: float = 0.5
-    top_k: int = 10
-
-    @classmethod
-    def from_params(cls, section: dict[str, Any] | None) -> DetectorConfig:
-        """Build from a params mapping, rejecting unknown keys by name."""
-        section = dict(section or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(section) - known)
-        if unknown:
-            raise ConfigError(f"detector: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        if "anchor_sizes" in section:
-            section["anchor_sizes"] = tuple(int(s) for s in section["anchor_sizes"])
-        return cls(**section)
-
-    def __post_init__(self) -> None:
-        if len(self.anchor_sizes) != len(LEVELS):
-            raise ConfigError(f"detector.anchor_sizes needs one size per level {LEVELS}, got {self.anchor_sizes}")
-        if self.top_k < 1:
-            raise ConfigError(f"detector.top_k must be >= 1, got {self.top_k}")
 
 
 @dataclass
@@ -286,7 +246,7 @@ def region_recall(pred: Tensor, gt: Tensor, iou: float = 0.5) -> float:
 def save_detector(detector: RegionDetector, path: str | Path, extra: dict[str, Any] | None = None) -> None:
     """Write the detector's config and weights atomically (``load_detector`` reads them back)."""
     state = {k: v.detach().cpu() for k, v in detector.state_dict().items()}
-    save_checkpoint(path, {"config": asdict(detector.config), "state_dict": state, **(extra or {})})
+    save_checkpoint(path, {"config": detector.config.to_dict(), "state_dict": state, **(extra or {})})
 
 
 def load_detector(path: str | Path, device: str | torch.device = "cpu") -> RegionDetector:

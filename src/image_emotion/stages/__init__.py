@@ -1,1 +1,1 @@
-"""Pipeline stages: each a plain ``run(params, paths) -> dict`` called by the CLI, DVC and kfp alike."""
+"""Pipeline stages: each a plain ``run(config: Config, paths) -> dict`` called by the CLI, DVC and kfp alike."""

@@ -19,15 +19,15 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from image_emotion import tracking
-from image_emotion.config import get
+from image_emotion.config import Config
 from image_emotion.data.emotions import get_label_set
 from image_emotion.data.images import load_image
-from image_emotion.head_training import predict
-from image_emotion.io import atomic_path, write_json_atomic, write_text_atomic
+from image_emotion.files import atomic_path, write_json_atomic, write_text_atomic
 from image_emotion.metrics import classification_report
+from image_emotion.models.multilevel import load_head
 from image_emotion.stages.paths import EvaluatePaths
-from image_emotion.stages.train_classifier import load_head, load_head_data, split_index, to_binary
+from image_emotion.tracking import runs as tracking
+from image_emotion.training.heads import load_head_data, predict, split_index, to_binary
 
 
 def _csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
@@ -105,9 +105,8 @@ def region_overlays(root: Path, rows, boxes: torch.Tensor, true: list[str], pred
         grid.save(tmp, format="PNG")
 
 
-def run(params: dict[str, Any], paths: EvaluatePaths) -> dict[str, Any]:
-    p_default = float(get(params, "emotions.dominant_probability", 0.7))
-    data, head_data, _ = load_head_data(paths.prepared, paths.features, p_default)
+def run(config: Config, paths: EvaluatePaths) -> dict[str, Any]:
+    data, head_data, _ = load_head_data(paths.prepared, paths.features, config.emotions.dominant_probability)
     labels = get_label_set(data.label_set)
     test = split_index(data, "test")
     head, head_state = load_head(paths.head)
@@ -150,12 +149,12 @@ def run(params: dict[str, Any], paths: EvaluatePaths) -> dict[str, Any]:
     write_text_atomic(plots / "ablation.csv", _csv(ablation, ["mode", "val_accuracy", "test_accuracy"]))
     plot_lambda_curve(sweep, plots / "lambda_curve.png")
     plot_confusion(np.array(report["confusion_matrix"]), labels.labels, plots / "confusion.png")
-    sample = test[: int(get(params, "evaluate.num_overlays", 8))]
+    sample = test[: config.evaluate.num_overlays]
     boxes = head_data.features["emotional_boxes"][sample]
     rows = list(zip(data.manifest["path"].iloc[sample], data.manifest["boxes"].iloc[sample], strict=True))
     region_overlays(data.root, rows, boxes, true_names[: len(sample)], pred_names[: len(sample)], plots / "regions.png")
 
-    with tracking.stage_run(params, "evaluate") as mlflow:
+    with tracking.stage_run(config, "evaluate", ("evaluate",)) as mlflow:
         tracking.log_metrics({k: v for k, v in metrics.items() if isinstance(v, float)})
         for name in ("confusion.png", "lambda_curve.png", "regions.png", "ablation.csv", "lambda_curve.csv"):
             mlflow.log_artifact(str(plots / name), artifact_path="plots")

@@ -1,8 +1,9 @@
 """Stage ``extract_regions``: one detector pass over every image -> cached global + top-K region features.
 
 For each prepared dataset (the main one and the transfer target), features of all its images (every split)
-go to a shard cache (``feature_cache``): streaming, memory flat in dataset size, a progress bar, and a re-run
-skips every shard already cached for the same detector and manifest. Corrupt shards are recomputed.
+go to a shard cache (``training/feature_cache.py``): streaming, memory flat in dataset size, a progress bar,
+and a re-run skips every shard already cached for the same detector and manifest. Corrupt shards are
+recomputed.
 """
 
 from __future__ import annotations
@@ -14,17 +15,16 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from image_emotion import tracking
-from image_emotion.checkpoint import file_sha256, fingerprint
-from image_emotion.config import get
+from image_emotion.config import Config
 from image_emotion.data.torch_data import PreparedDataset, load_tensor_image
 from image_emotion.device import pick_device
 from image_emotion.errors import ConfigError
-from image_emotion.feature_cache import missing_shards, write_shard
-from image_emotion.io import write_json_atomic
+from image_emotion.files import file_sha256, fingerprint, write_json_atomic
 from image_emotion.models.multilevel import extract_features
 from image_emotion.models.region_detector import load_detector
 from image_emotion.stages.paths import ExtractPaths
+from image_emotion.tracking import runs as tracking
+from image_emotion.training.feature_cache import missing_shards, write_shard
 
 
 def extract_dataset(
@@ -57,17 +57,16 @@ def extract_dataset(
     return {"images": len(paths), "shards_computed": len(todo), "shards_reused": total - len(todo)}
 
 
-def run(params: dict[str, Any], paths: ExtractPaths) -> dict[str, Any]:
+def run(config: Config, paths: ExtractPaths) -> dict[str, Any]:
     if len(paths.prepared) != len(paths.features):
         raise ConfigError("extract-regions needs one --features directory per --prepared directory")
-    device = pick_device(str(get(params, "device", "auto")))
-    section = get(params, "extract", {}) or {}
-    shard_size, batch_size = int(section.get("shard_size", 256)), int(section.get("batch_size", 16))
+    device = pick_device(config.device)
+    shard_size, batch_size = config.extract.shard_size, config.extract.batch_size
     detector = load_detector(paths.detector, device)
     detector_sha = file_sha256(paths.detector)
     results: dict[str, Any] = {}
     start = time.perf_counter()
-    with tracking.stage_run(params, "extract_regions", {"extract": section}) as mlflow:
+    with tracking.stage_run(config, "extract_regions", ("extract",)) as mlflow:
         for prepared, cache_dir in zip(paths.prepared, paths.features, strict=True):
             data = PreparedDataset.load(prepared)
             identity = fingerprint(detector_sha, file_sha256(Path(prepared) / "manifest.csv"), shard_size)

@@ -10,10 +10,10 @@ from pathlib import Path
 
 
 @dataclass(frozen=True)
-class MakeEmbeddedPaths:
+class MakeSyntheticPaths:
     """Where the dataset goes."""
 
-    out_dir: Path = Path("data/embedded")
+    out_dir: Path = Path("data/synthetic")
 
 
 @dataclass(frozen=True)

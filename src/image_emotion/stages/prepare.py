@@ -15,34 +15,21 @@ import os
 from pathlib import Path
 from typing import Any
 
-from image_emotion.config import get
+from image_emotion.config import Config, PrepareConfig
 from image_emotion.data.datasets import LoaderOptions, LoadResult, load_dataset
-from image_emotion.data.images import DEFAULT_MAX_PIXELS
 from image_emotion.data.manifest import write_manifest
 from image_emotion.data.splits import stratified_folds, stratified_split
-from image_emotion.io import write_json_atomic, write_text_atomic
+from image_emotion.files import write_json_atomic, write_text_atomic
 from image_emotion.stages.paths import PreparePaths
 
 
-def loader_options(params: dict[str, Any]) -> LoaderOptions:
-    """``LoaderOptions`` from params ``data`` (+ ``images.max_pixels``)."""
-    name = get(params, "data.dataset")
-    return LoaderOptions(
-        on_error=get(params, "data.on_error", "raise"),
-        check_images=bool(get(params, "data.check_images", True)),
-        max_pixels=int(get(params, "images.max_pixels", DEFAULT_MAX_PIXELS)),
-        extra=dict(get(params, f"data.{name}", {}) or {}),
-    )
-
-
-def assign_splits(result: LoadResult, params: dict[str, Any]) -> None:
+def assign_splits(result: LoadResult, config: PrepareConfig) -> None:
     """Fill ``split`` and ``fold`` in place according to the dataset's split scheme."""
     df = result.manifest
-    seed = int(get(params, "prepare.seed"))
     labels = df["label"].tolist()
-    df["fold"] = stratified_folds(labels, int(get(params, "prepare.folds")), seed)
+    df["fold"] = stratified_folds(labels, config.folds, config.seed)
     if result.split_scheme == "random":
-        df["split"] = stratified_split(labels, get(params, "prepare.split"), seed)
+        df["split"] = stratified_split(labels, config.split.to_dict(), config.seed)
     elif result.split_scheme == "folds":
         df["split"] = "cv"
     # "official": the loader already set the split
@@ -64,12 +51,11 @@ def summarise(result: LoadResult, name: str) -> dict[str, Any]:
     }
 
 
-def run(params: dict[str, Any], paths: PreparePaths) -> dict[str, Any]:
+def run(config: Config, paths: PreparePaths) -> dict[str, Any]:
     """Load, validate, split and write; nothing is written unless the whole dataset loaded."""
-    name = str(get(params, "data.dataset"))
-    root = Path(str(get(params, "data.root")))
-    result = load_dataset(name, root, loader_options(params))
-    assign_splits(result, params)
+    name, root = config.data.dataset, Path(config.data.root)
+    result = load_dataset(name, root, LoaderOptions.from_config(config))
+    assign_splits(result, config.prepare)
     summary = summarise(result, name)
 
     skipped = io.StringIO()

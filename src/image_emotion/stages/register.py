@@ -1,6 +1,6 @@
 """Stage ``register``: log the model to MLflow, register it, alias ``challenger``; ``champion`` only if better.
 
-The model is the MLflow pyfunc of ``serve.py`` (detector + head as artifacts, the package as code, a
+The model is the MLflow pyfunc of ``tracking/pyfunc.py`` (detector + head as artifacts, the package as code, a
 signature and an input example of two test images). The new version always becomes ``challenger``; it
 takes ``champion`` when its test accuracy is at least ``register.min_accuracy`` and beats the current
 champion's (same dataset and label set; a champion of another dataset is never replaced automatically).
@@ -15,52 +15,20 @@ from typing import Any
 
 import pandas as pd
 
-from image_emotion import tracking
-from image_emotion.config import get
+from image_emotion.config import Config
 from image_emotion.data.torch_data import PreparedDataset
-from image_emotion.io import write_json_atomic
-from image_emotion.serve import EmotionModel, EmotionPredictor, encode_image_file
+from image_emotion.files import write_json_atomic
 from image_emotion.stages.paths import RegisterPaths
+from image_emotion.tracking import runs as tracking
+from image_emotion.tracking.pyfunc import EmotionModel, EmotionPredictor, encode_image_file
+from image_emotion.tracking.registry import current_champion, decide
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 
-def decide(candidate: dict[str, Any], champion: dict[str, Any] | None, min_accuracy: float) -> tuple[bool, str]:
-    """Whether ``candidate`` (accuracy, dataset, label_set) should become champion, and why."""
-    if candidate["accuracy"] < min_accuracy:
-        return False, f"test accuracy {candidate['accuracy']:.4f} is below register.min_accuracy {min_accuracy}"
-    if champion is None:
-        return True, "no champion yet"
-    if (champion.get("dataset"), champion.get("label_set")) != (candidate["dataset"], candidate["label_set"]):
-        return False, (
-            f"champion is for {champion.get('dataset')}/{champion.get('label_set')}, not comparable; "
-            "promote by hand if intended"
-        )
-    if candidate["accuracy"] > champion["accuracy"]:
-        return True, f"test accuracy {candidate['accuracy']:.4f} beats the champion's {champion['accuracy']:.4f}"
-    return False, f"test accuracy {candidate['accuracy']:.4f} does not beat the champion's {champion['accuracy']:.4f}"
-
-
-def current_champion(client, name: str) -> dict[str, Any] | None:
-    """The champion's version, accuracy, dataset and label set, or None when there is none."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        version = client.get_model_version_by_alias(name, "champion")
-    except MlflowException:
-        return None
-    return {
-        "version": version.version,
-        "accuracy": float(version.tags.get("test_accuracy", "nan")),
-        "dataset": version.tags.get("dataset"),
-        "label_set": version.tags.get("label_set"),
-    }
-
-
-def run(params: dict[str, Any], paths: RegisterPaths) -> dict[str, Any]:
+def run(config: Config, paths: RegisterPaths) -> dict[str, Any]:
     evaluation = json.loads(paths.evaluation.read_text())
-    name = str(get(params, "register.model_name", "image-emotion"))
-    min_accuracy = float(get(params, "register.min_accuracy", 0.0))
+    name, min_accuracy = config.register.model_name, config.register.min_accuracy
     candidate = {
         "accuracy": float(evaluation["test_accuracy"]),
         "dataset": evaluation["dataset"],
@@ -70,7 +38,7 @@ def run(params: dict[str, Any], paths: RegisterPaths) -> dict[str, Any]:
     examples = data.split("test").manifest["path"].head(2)
     input_example = pd.DataFrame({"image": [encode_image_file(data.root / p) for p in examples]})
 
-    with tracking.stage_run(params, "register", {"register": get(params, "register", {})}) as mlflow:
+    with tracking.stage_run(config, "register", ("register",)) as mlflow:
         from mlflow.models import infer_signature
 
         output_example = EmotionPredictor(paths.detector, paths.head, device="cpu").predict(input_example)
@@ -108,7 +76,7 @@ def run(params: dict[str, Any], paths: RegisterPaths) -> dict[str, Any]:
             "reason": reason,
             "model_uri": f"models:/{name}/{version.version}",
         }
-        mlflow.log_params({"promoted": promote, "reason": reason[:500], "model_version": version.version})
+        mlflow.set_tags({"promoted": promote, "reason": reason[:500], "model_version": version.version})
         tracking.log_metrics(
             {
                 "candidate_accuracy": candidate["accuracy"],

@@ -19,46 +19,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from image_emotion import tracking
-from image_emotion.checkpoint import save_checkpoint
-from image_emotion.config import get
-from image_emotion.data.emotions import BINARY, get_label_set
+from image_emotion.config import ClassifierConfig, Config
+from image_emotion.data.emotions import get_label_set
 from image_emotion.data.torch_data import PreparedDataset
-from image_emotion.errors import ConfigError
-from image_emotion.feature_cache import load_cache
-from image_emotion.head_training import HeadData, head_params, predict, train_head
-from image_emotion.io import write_json_atomic
+from image_emotion.files import write_json_atomic
 from image_emotion.metrics import accuracy, polarity_accuracy
-from image_emotion.models.multilevel import MODES, MultiLevelHead
+from image_emotion.models.multilevel import MODES, MultiLevelHead, save_head
 from image_emotion.stages.paths import ClassifierPaths
+from image_emotion.tracking import runs as tracking
+from image_emotion.training.heads import HeadData, load_head_data, predict, split_index, to_binary, train_head
 
-
-def load_head_data(prepared: Path, features: Path, p_default: float) -> tuple[PreparedDataset, HeadData, tuple]:
-    """The prepared dataset and its cached features, row-aligned; ``dims`` = (Dg, Dl, K)."""
-    data = PreparedDataset.load(prepared)
-    cache = load_cache(features)
-    if cache["paths"] != list(data.manifest["path"]):
-        raise ConfigError(
-            f"{features}: cached features are for another manifest; re-run `image-emotion extract-regions`"
-        )
-    feats = {k: cache[k] for k in ("global", "emotional", "object", "emotional_boxes")}  # boxes: for plots
-    head_data = HeadData(feats, data.labels(), data.distributions(p_default), data.label_probabilities(p_default))
-    dims = (feats["global"].shape[1], feats["emotional"].shape[2], feats["emotional"].shape[1])
-    return data, head_data, dims
-
-
-def to_binary(data: PreparedDataset, head_data: HeadData) -> HeadData:
-    """Polarity labels, distributions summed by polarity, and p* of the polarity."""
-    labels = get_label_set(data.label_set)
-    positive = torch.tensor([labels.polarity(x) == "positive" for x in labels.labels], dtype=torch.float32)
-    pos_mass = head_data.distributions @ positive
-    dist = torch.stack([1 - pos_mass, pos_mass], dim=1)
-    y = torch.tensor([BINARY.index(labels.polarity(x)) for x in data.manifest["label"]])
-    return head_data.with_targets(y, dist, dist.gather(1, y[:, None])[:, 0])
-
-
-def split_index(data: PreparedDataset, name: str) -> np.ndarray:
-    return np.flatnonzero(data.manifest["split"].to_numpy() == name)
+TRACKED_SECTIONS = ("classifier", "emotions")  # the config sections logged as the stage run's params
 
 
 def fit_and_score(
@@ -69,13 +40,13 @@ def fit_and_score(
     mode: str,
     loss: str,
     lam: float,
-    hp: dict[str, Any],
+    hp: ClassifierConfig,
     name: str,
     label_set: str | None = None,
 ) -> tuple[MultiLevelHead, dict[str, float]]:
     """Train on ``idx['train']`` and return the head with its val/test accuracy, logged as a nested run."""
     with tracking.child_run(name, {"mode": mode, "loss": loss, "lambda": lam}) as mlflow:
-        head = train_head(head_data.select(idx["train"]), dims, num_classes, mode, loss, lam, hp)
+        head = train_head(head_data.select(idx["train"]), dims, num_classes, mode, loss, lam, hp, hp.hidden)
         scores = {}
         for split in ("val", "test"):
             if len(idx[split]):
@@ -93,33 +64,6 @@ def fit_and_score(
     return head, scores
 
 
-def save_head(path: Path, head: MultiLevelHead, dims, label_set: str, extra: dict[str, Any]) -> None:
-    save_checkpoint(
-        path,
-        {
-            "state_dict": head.state_dict(),
-            "dims": list(dims),
-            "mode": head.mode,
-            "num_classes": head.fc2.out_features,
-            "hidden": head.fc1.out_features,
-            "label_set": label_set,
-            **extra,
-        },
-    )
-
-
-def load_head(path: Path) -> tuple[MultiLevelHead, dict[str, Any]]:
-    from image_emotion.checkpoint import load_checkpoint
-
-    state = load_checkpoint(path)
-    if state is None:
-        raise ConfigError(f"{path}: classifier head not found; run `image-emotion train-classifier` first")
-    dg, dl, k = state["dims"]
-    head = MultiLevelHead(dg, dl, k, state["num_classes"], mode=state["mode"], hidden=state["hidden"])
-    head.load_state_dict(state["state_dict"])
-    return head.eval(), state
-
-
 @dataclass
 class ClassifierInputs:
     """What every training of the stage reads: the data, its cached features, the splits, the settings."""
@@ -130,26 +74,17 @@ class ClassifierInputs:
     idx: dict[str, np.ndarray]
     num_classes: int
     mode: str
-    hp: dict[str, Any]
+    hp: ClassifierConfig
 
 
-def load_inputs(params: dict[str, Any], prepared: Path, features: Path) -> ClassifierInputs:
-    section = get(params, "classifier", {}) or {}
-    p_default = float(get(params, "emotions.dominant_probability", 0.7))
-    data, head_data, dims = load_head_data(prepared, features, p_default)
+def load_inputs(config: Config, prepared: Path, features: Path) -> ClassifierInputs:
+    """The prepared dataset with its cached features, split indices and the classifier settings."""
+    data, head_data, dims = load_head_data(prepared, features, config.emotions.dominant_probability)
     idx = {s: split_index(data, s) for s in ("train", "val", "test")}
     if not len(idx["val"]):
         idx["val"] = idx["test"]  # official splits without validation images (EmotionROI): select on test
     n_classes = len(get_label_set(data.label_set))
-    return ClassifierInputs(
-        data, head_data, dims, idx, n_classes, str(section.get("mode", "global+emotional")), head_params(section)
-    )
-
-
-def lambdas(params: dict[str, Any]) -> list[float]:
-    """The λ sweep of params ``classifier.lambdas`` (default 0.0, 0.1, ..., 1.0)."""
-    section = get(params, "classifier", {}) or {}
-    return [float(x) for x in section.get("lambdas", [round(0.1 * i, 1) for i in range(11)])]
+    return ClassifierInputs(data, head_data, dims, idx, n_classes, config.classifier.mode, config.classifier)
 
 
 def sweep_point(inputs: ClassifierInputs, lam: float) -> tuple[MultiLevelHead, dict[str, Any]]:
@@ -236,12 +171,12 @@ def write_outputs(
     return metrics
 
 
-def run(params: dict[str, Any], paths: ClassifierPaths) -> dict[str, Any]:
+def run(config: Config, paths: ClassifierPaths) -> dict[str, Any]:
     """The whole stage: sweep, select λ*, variants at λ*, outputs."""
-    inputs = load_inputs(params, paths.prepared, paths.features)
-    with tracking.stage_run(params, "train_classifier", {"classifier": get(params, "classifier", {}) or {}}):
+    inputs = load_inputs(config, paths.prepared, paths.features)
+    with tracking.stage_run(config, "train_classifier", TRACKED_SECTIONS):
         heads, sweep = {}, []
-        for lam in lambdas(params):
+        for lam in config.classifier.lambdas:
             heads[lam], row = sweep_point(inputs, lam)
             sweep.append(row)
         best = select_lambda(sweep)

@@ -1,6 +1,6 @@
 """Stage ``transfer_cv``: from the trained model to a small dataset, one-against-all, 5-fold CV.
 
-The target (params ``transfer``: IAPSsubset, ArtPhoto, Abstract or EmotionROI layouts, or the embedded small
+The target (params ``transfer``: IAPSsubset, ArtPhoto, Abstract or EmotionROI layouts, or the synthetic small
 set) is prepared with stratified folds and its region features extracted by the trained detector. For each
 fold k, a head whose hidden layer starts from the trained classifier's (the transfer) is trained on the other
 folds with one sigmoid output per class - one-against-all: each output is a binary "this emotion vs the
@@ -19,25 +19,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from image_emotion import tracking
-from image_emotion.config import get
+from image_emotion.config import Config, HeadTraining
 from image_emotion.data.emotions import get_label_set
 from image_emotion.data.torch_data import PreparedDataset
-from image_emotion.head_training import HeadData, fit, head_params
-from image_emotion.io import write_json_atomic
+from image_emotion.files import write_json_atomic
 from image_emotion.metrics import accuracy, per_class_accuracy
-from image_emotion.models.multilevel import MultiLevelHead
+from image_emotion.models.multilevel import MultiLevelHead, load_head
 from image_emotion.stages.paths import TransferPaths
-from image_emotion.stages.train_classifier import load_head, load_head_data
+from image_emotion.tracking import runs as tracking
+from image_emotion.training.heads import HeadData, fit, load_head_data
+
+TRACKED_SECTIONS = ("transfer",)  # the config sections logged as the stage run's params
 
 
-def train_one_vs_all(data: HeadData, init: MultiLevelHead, dims, num_classes: int, hp: dict[str, Any]):
+def train_one_vs_all(data: HeadData, init: MultiLevelHead, dims, num_classes: int, hp: HeadTraining):
     """One logistic output per class (BCE on one-vs-rest targets) over a hidden layer started from ``init``."""
-    torch.manual_seed(int(hp["seed"]))
+    torch.manual_seed(hp.seed)
     dg, dl, k = dims
-    head = MultiLevelHead(
-        dg, dl, k, num_classes, mode=init.mode, hidden=init.fc1.out_features, dropout=float(hp["dropout"])
-    )
+    head = MultiLevelHead(dg, dl, k, num_classes, mode=init.mode, hidden=init.fc1.out_features, dropout=hp.dropout)
     head.norm.load_state_dict(init.norm.state_dict())
     head.fc1.load_state_dict(init.fc1.state_dict())
     return fit(
@@ -56,19 +55,17 @@ class TransferInputs:
     head_data: HeadData
     dims: tuple[int, int, int]
     init: MultiLevelHead
-    hp: dict[str, Any]
+    hp: HeadTraining
 
     @property
     def folds(self) -> list[int]:
         return sorted(set(self.data.manifest["fold"].tolist()) - {-1})
 
 
-def load_inputs(params: dict[str, Any], prepared: Path, features: Path, head: Path) -> TransferInputs:
-    section = get(params, "transfer", {}) or {}
-    hp = head_params({**(get(params, "classifier", {}) or {}), **(section.get("head", {}) or {})})
-    p_default = float(get(params, "emotions.dominant_probability", 0.7))
-    data, head_data, dims = load_head_data(prepared, features, p_default)
-    return TransferInputs(data, head_data, dims, load_head(head)[0], hp)
+def load_inputs(config: Config, prepared: Path, features: Path, head: Path) -> TransferInputs:
+    """The target's data and cached features, the trained head to start from, the transfer's head settings."""
+    data, head_data, dims = load_head_data(prepared, features, config.emotions.dominant_probability)
+    return TransferInputs(data, head_data, dims, load_head(head)[0], config.transfer.head)
 
 
 def run_fold(inputs: TransferInputs, k: int) -> dict[str, Any]:
@@ -110,11 +107,16 @@ def summarize(data_name: str, label_set: str, results: list[dict[str, Any]]) -> 
     }
 
 
-def run(params: dict[str, Any], paths: TransferPaths) -> dict[str, Any]:
-    inputs = load_inputs(params, paths.prepared, paths.features, paths.head)
-    with tracking.stage_run(params, "transfer_cv", {"transfer": get(params, "transfer", {}) or {}, "head": inputs.hp}):
+def log_summary(metrics: dict[str, Any]) -> None:
+    """The fold summary as metrics of the active (stage) run."""
+    tracking.log_metrics({"accuracy_mean": metrics["accuracy_mean"], "accuracy_std": metrics["accuracy_std"]})
+
+
+def run(config: Config, paths: TransferPaths) -> dict[str, Any]:
+    inputs = load_inputs(config, paths.prepared, paths.features, paths.head)
+    with tracking.stage_run(config, "transfer_cv", TRACKED_SECTIONS):
         results = [run_fold(inputs, k) for k in inputs.folds]
         metrics = summarize(inputs.data.name, inputs.data.label_set, results)
-        tracking.log_metrics({"accuracy_mean": metrics["accuracy_mean"], "accuracy_std": metrics["accuracy_std"]})
+        log_summary(metrics)
     write_json_atomic(paths.metrics, metrics)
     return metrics

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from image_emotion.data.datasets import abstract, artphoto, embedded, emotion6, emotionroi, fi, iaps, twitter
+from image_emotion.data.datasets import abstract, artphoto, emotion6, emotionroi, fi, iaps, synthetic, twitter
 from image_emotion.data.datasets.base import LoaderOptions, LoadResult, Skipped
 from image_emotion.errors import ConfigError
 
 LOADERS: dict[str, Callable[[Path, LoaderOptions], LoadResult]] = {
-    "embedded": embedded.load,
+    "synthetic": synthetic.load,
     "fi": fi.load,
     "emotionroi": emotionroi.load,
     "iaps": iaps.load,

@@ -45,6 +45,8 @@ def read_votes(csv_path: Path) -> list[tuple[str, dict[str, float]]]:
             votes = {e: float(row[i]) for e, i in cols.items()}
         except (ValueError, IndexError):
             raise DatasetError(f"{csv_path} line {n}: vote counts must be numbers, got {row}") from None
+        if any(v < 0 or v != v for v in votes.values()):
+            raise DatasetError(f"{csv_path} line {n}: vote counts must be non-negative numbers, got {row}")
         out.append((row[0].strip().strip("'\""), votes))
     return out
 

@@ -17,9 +17,10 @@ from typing import Any, Literal
 
 import pandas as pd
 
+from image_emotion.config import Config, DataConfig
 from image_emotion.data.images import DEFAULT_MAX_PIXELS, is_image_name, load_image
 from image_emotion.data.manifest import make_manifest
-from image_emotion.errors import ConfigError, DatasetError, ImageDecodeError
+from image_emotion.errors import DatasetError, ImageDecodeError
 
 OnError = Literal["raise", "skip"]
 SplitScheme = Literal["random", "folds", "official"]
@@ -29,16 +30,23 @@ LABEL_ALIASES = {"sad": "sadness", "content": "contentment", "happiness": "joy",
 
 @dataclass(frozen=True)
 class LoaderOptions:
-    """How strict a loader is. ``extra`` holds dataset-specific options (params.yaml ``data.<name>``)."""
+    """How strict a loader is: params ``data`` (on_error, check_images, per-dataset options such as
+    ``data.emotionroi``) and ``images.max_pixels``."""
 
-    on_error: OnError = "raise"
-    check_images: bool = True
+    data: DataConfig = field(default_factory=DataConfig)
     max_pixels: int = DEFAULT_MAX_PIXELS
-    extra: dict[str, Any] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        if self.on_error not in ("raise", "skip"):
-            raise ConfigError(f"data.on_error must be 'raise' or 'skip', got {self.on_error!r}")
+    @classmethod
+    def from_config(cls, config: Config) -> LoaderOptions:
+        return cls(config.data, config.images.max_pixels)
+
+    @property
+    def on_error(self) -> OnError:
+        return self.data.on_error
+
+    @property
+    def check_images(self) -> bool:
+        return self.data.check_images
 
 
 @dataclass

@@ -18,7 +18,7 @@ from image_emotion.data.datasets.base import (
     require_file,
 )
 from image_emotion.data.emotions import EMOTION6, distribution_from_votes, dominant_label
-from image_emotion.errors import DatasetError
+from image_emotion.errors import ConfigError, DatasetError
 
 
 def load(root: Path, options: LoaderOptions) -> LoadResult:
@@ -42,5 +42,9 @@ def load(root: Path, options: LoaderOptions) -> LoadResult:
         if label is None:
             collector.skip(path, "top probability is tied (dropped)", bad=False)
             continue
-        collector.add(path, label, "emotion6", distribution=distribution_from_votes(probs).tolist())
+        try:
+            distribution = distribution_from_votes(probs).tolist()
+        except ConfigError as exc:
+            raise DatasetError(f"{gt} line {n}: {exc}") from None
+        collector.add(path, label, "emotion6", distribution=distribution)
     return collector.result("random", "Emotion6")

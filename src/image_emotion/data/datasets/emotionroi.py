@@ -55,8 +55,7 @@ def _read_split(path: Path) -> set[str]:
 
 def load(root: Path, options: LoaderOptions) -> LoadResult:
     """Manifest of every EmotionROI image, with heat-map boxes and the official split."""
-    threshold = float(options.extra.get("threshold", 0.5))
-    min_area = float(options.extra.get("min_area", 0.005))
+    threshold, min_area = options.data.emotionroi.threshold, options.data.emotionroi.min_area
     images = require_dir(root / "images", "EmotionROI's images/<emotion>/<n>.jpg")
     heatmaps = require_dir(root / "ground_truth", "EmotionROI's ground_truth/<emotion>/<n>.jpg heat maps")
     split_dir = root / "training_testing_split"

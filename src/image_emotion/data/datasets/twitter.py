@@ -16,16 +16,12 @@ from image_emotion.data.datasets.base import (
     require_dir,
     require_file,
 )
-from image_emotion.errors import ConfigError, DatasetError
-
-AGREEMENTS = ("five", "four", "three")
+from image_emotion.errors import DatasetError
 
 
 def load(root: Path, options: LoaderOptions) -> LoadResult:
     """Manifest of the Twitter I images at the chosen agreement level."""
-    agreement = str(options.extra.get("agreement", "five"))
-    if agreement not in AGREEMENTS:
-        raise ConfigError(f"data.twitter.agreement must be one of {', '.join(AGREEMENTS)}, got {agreement!r}")
+    agreement = options.data.twitter.agreement
     base = first_existing_dir(require_dir(root, "the Twitter I dataset"), "twitter1", "Twitter_I")
     agree = require_file(base / f"{agreement}_agree.txt", f"Twitter I's {agreement}_agree.txt")
     images = first_existing_dir(base, "images")

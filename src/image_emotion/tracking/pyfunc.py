@@ -36,9 +36,8 @@ class EmotionPredictor:
 
     def __init__(self, detector_path: str | Path, head_path: str | Path, device: str = "auto") -> None:
         from image_emotion.device import pick_device
-        from image_emotion.models.multilevel import MultiLevelClassifier
+        from image_emotion.models.multilevel import MultiLevelClassifier, load_head
         from image_emotion.models.region_detector import load_detector
-        from image_emotion.stages.train_classifier import load_head
 
         self.device = pick_device(device)
         head, state = load_head(Path(head_path))

@@ -23,9 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from image_emotion.checkpoint import file_sha256, save_checkpoint
 from image_emotion.errors import ImageEmotionError
-from image_emotion.io import write_json_atomic
+from image_emotion.files import file_sha256, save_checkpoint, write_json_atomic
 
 FLOAT_KEYS = ("global", "emotional", "object")
 

@@ -13,15 +13,17 @@ from pathlib import Path
 from image_emotion.data.datasets.base import Collector, LoaderOptions, LoadResult, require_dir, require_file
 from image_emotion.data.emotions import distribution_from_votes
 from image_emotion.data.synthetic import ANNOTATIONS
-from image_emotion.errors import DatasetError
+from image_emotion.errors import ConfigError, DatasetError
 
 
 def load(root: Path, options: LoaderOptions) -> LoadResult:
-    """Manifest of every embedded image listed in ``annotations.csv``."""
-    ann = require_file(require_dir(root, "the embedded dataset") / ANNOTATIONS, "the embedded annotations.csv")
+    """Manifest of every synthetic image listed in ``annotations.csv``."""
+    ann = require_file(require_dir(root, "the synthetic dataset") / ANNOTATIONS, "the synthetic annotations.csv")
     collector = Collector(root, options)
     with ann.open(newline="", encoding="utf-8") as fh:
-        for n, row in enumerate(csv.DictReader(fh), start=2):
+        reader = csv.DictReader(fh)
+        for row in reader:
+            n = reader.line_num  # the file's line (blank lines counted), not the record's number
             try:
                 votes, boxes = json.loads(row["votes"]), json.loads(row["boxes"])
                 collector.add(
@@ -33,4 +35,6 @@ def load(root: Path, options: LoaderOptions) -> LoadResult:
                 )
             except (KeyError, TypeError, json.JSONDecodeError) as exc:
                 raise DatasetError(f"{ann} line {n}: expected path, label, votes, boxes columns ({exc})") from None
-    return collector.result("random", "embedded")
+            except ConfigError as exc:  # votes that are not counts
+                raise DatasetError(f"{ann} line {n}: {exc}") from None
+    return collector.result("random", "synthetic")

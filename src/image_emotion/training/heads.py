@@ -1,0 +1,116 @@
+"""Training the multi-level classifier head on cached features (the cheap part: λ sweep, ablations, transfer).
+
+``HeadData`` holds the cached features of some images with their labels, emotion distributions and label
+probabilities; ``train_head`` runs SGD (the paper's lr 1e-3, batch 128) with one of the losses of seed 000.
+``load_head_data`` reads a prepared dataset with its feature cache, row-aligned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from image_emotion.config import HeadTraining
+from image_emotion.data.emotions import BINARY, get_label_set
+from image_emotion.data.torch_data import PreparedDataset
+from image_emotion.errors import ConfigError
+from image_emotion.losses import emotion_loss
+from image_emotion.models.multilevel import MultiLevelHead
+from image_emotion.training.feature_cache import load_cache
+
+
+@dataclass
+class HeadData:
+    """Features of N images (``global`` ``(N, Dg)``, ``emotional``/``object`` ``(N, K, Dl)``) and targets."""
+
+    features: dict[str, Tensor]
+    labels: Tensor  # (N,)
+    distributions: Tensor  # (N, C)
+    p_star: Tensor  # (N,)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def select(self, index: Tensor | np.ndarray) -> HeadData:
+        idx = torch.as_tensor(index, dtype=torch.long)
+        return HeadData(
+            {k: v[idx] for k, v in self.features.items()}, self.labels[idx], self.distributions[idx], self.p_star[idx]
+        )
+
+    def with_targets(self, labels: Tensor, distributions: Tensor, p_star: Tensor) -> HeadData:
+        return HeadData(self.features, labels, distributions, p_star)
+
+
+def train_head(
+    data: HeadData,
+    dims: tuple[int, int, int],
+    num_classes: int,
+    mode: str,
+    loss: str,
+    lam: float,
+    hp: HeadTraining,
+    hidden: int,
+) -> MultiLevelHead:
+    """Train a fresh head on ``data`` with loss ``loss`` (and ``lam`` for L_multi). ``dims``: (Dg, Dl, K)."""
+    if len(data) == 0:
+        raise ConfigError("no training images for the classifier head; check the splits in the manifest")
+    torch.manual_seed(hp.seed)
+    dg, dl, k = dims
+    head = MultiLevelHead(dg, dl, k, num_classes, mode=mode, hidden=hidden, dropout=hp.dropout)
+    return fit(head, data, hp, lambda logits, b: emotion_loss(loss, logits, b.labels, b.distributions, b.p_star, lam))
+
+
+def fit(head: MultiLevelHead, data: HeadData, hp: HeadTraining, loss_fn) -> MultiLevelHead:
+    """SGD over seeded shuffled mini-batches; ``loss_fn(logits (B, C), batch: HeadData) -> scalar``."""
+    optimizer = torch.optim.SGD(head.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+    generator = torch.Generator().manual_seed(hp.seed)
+    n, batch = len(data), hp.batch_size
+    head.train()
+    for _ in range(hp.epochs):
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n, batch):
+            b = data.select(order[start : start + batch])
+            value = loss_fn(head(b.features), b)
+            optimizer.zero_grad()
+            value.backward()
+            optimizer.step()
+    return head.eval()
+
+
+def predict(head: MultiLevelHead, features: dict[str, Tensor]) -> Tensor:
+    """Class probabilities ``(N, C)``."""
+    with torch.inference_mode():
+        return head.eval()(features).softmax(-1)
+
+
+def load_head_data(prepared: Path, features: Path, p_default: float) -> tuple[PreparedDataset, HeadData, tuple]:
+    """The prepared dataset and its cached features, row-aligned; ``dims`` = (Dg, Dl, K)."""
+    data = PreparedDataset.load(prepared)
+    cache = load_cache(features)
+    if cache["paths"] != list(data.manifest["path"]):
+        raise ConfigError(
+            f"{features}: cached features are for another manifest; re-run `image-emotion extract-regions`"
+        )
+    feats = {k: cache[k] for k in ("global", "emotional", "object", "emotional_boxes")}  # boxes: for plots
+    head_data = HeadData(feats, data.labels(), data.distributions(p_default), data.label_probabilities(p_default))
+    dims = (feats["global"].shape[1], feats["emotional"].shape[2], feats["emotional"].shape[1])
+    return data, head_data, dims
+
+
+def to_binary(data: PreparedDataset, head_data: HeadData) -> HeadData:
+    """Polarity labels, distributions summed by polarity, and p* of the polarity."""
+    labels = get_label_set(data.label_set)
+    positive = torch.tensor([labels.polarity(x) == "positive" for x in labels.labels], dtype=torch.float32)
+    pos_mass = head_data.distributions @ positive
+    dist = torch.stack([1 - pos_mass, pos_mass], dim=1)
+    y = torch.tensor([BINARY.index(labels.polarity(x)) for x in data.manifest["label"]])
+    return head_data.with_targets(y, dist, dist.gather(1, y[:, None])[:, 0])
+
+
+def split_index(data: PreparedDataset, name: str) -> np.ndarray:
+    """Row indices of split ``name`` (train / val / test) in the manifest."""
+    return np.flatnonzero(data.manifest["split"].to_numpy() == name)
