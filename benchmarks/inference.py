@@ -30,7 +30,7 @@ from image_emotion.models.region_detector import RegionDetector
 def _images(n: int, size: int) -> list[torch.Tensor]:
     """``n`` synthetic-dataset images ``(3, size, size)`` in [0, 1] (drawn afresh, seeded)."""
     with tempfile.TemporaryDirectory() as tmp:
-        root = generate(Path(tmp) / "emb", SyntheticConfig(num_images=max(n, 16), image_size=size, seed=123))
+        root = generate(Path(tmp) / "emb", SyntheticConfig.one_set(num_images=max(n, 16), image_size=size, seed=123))
         return [to_tensor(load_image(p)) for p in sorted((root / "images").iterdir())[:n]]
 
 

@@ -34,7 +34,9 @@ def synthetic_small(tmp_path_factory):
     from image_emotion.data.images import load_image
     from image_emotion.data.synthetic import generate
 
-    root = generate(tmp_path_factory.mktemp("emb") / "synthetic", SyntheticConfig(num_images=64, image_size=128))
+    root = generate(
+        tmp_path_factory.mktemp("emb") / "synthetic", SyntheticConfig.one_set(num_images=64, image_size=128)
+    )
     df = load_dataset("synthetic", root).manifest
     images = [to_tensor(load_image(root / p)) for p in df["path"]]
     boxes = [torch.tensor(b, dtype=torch.float32) for b in df["boxes"]]
@@ -57,8 +59,9 @@ def mlflow_uri(mlflow_store, monkeypatch) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, mlflow_store):
-    """The pipeline's stages run in-process on the tiny config, up to evaluate; returns (workdir, config).
-    Read-only for tests: a test that changes files copies what it changes first."""
+    """The pipeline's stages run in-process on the tiny config, up to evaluate, with the paper's data roles
+    played by synthetic sets; returns (workdir, config). Read-only for tests: a test that changes files copies
+    what it changes first."""
     from tiny import tiny_config
 
     from image_emotion.stages import (
@@ -67,6 +70,7 @@ def tiny_run(tmp_path_factory, mlflow_store):
         finetune_detector,
         make_synthetic,
         prepare,
+        pretrain_objects,
         train_classifier,
         transfer_cv,
     )
@@ -74,31 +78,42 @@ def tiny_run(tmp_path_factory, mlflow_store):
     session_env = pytest.MonkeyPatch()
     session_env.setenv("MLFLOW_TRACKING_URI", mlflow_store)  # only while the stages run
     work = tmp_path_factory.mktemp("tiny")
-    params = tiny_config(**{"data.root": work / "synthetic"})
-    make_synthetic.run(params, make_synthetic.MakeSyntheticPaths(work / "synthetic"))
-    transfer_params = tiny_config(**{"synthetic.num_images": 40, "synthetic.seed": 1, "data.root": work / "transfer"})
-    make_synthetic.run(transfer_params, make_synthetic.MakeSyntheticPaths(work / "transfer"))
-    prepare.run(params, prepare.PreparePaths(work / "prepared", work / "metrics/prepare.json"))
-    prepare.run(transfer_params, prepare.PreparePaths(work / "prepared_transfer", work / "metrics/pt.json"))
+    syn = work / "synthetic"
+    config = tiny_config(**{"data.root": syn / "main", "pretrain.root": syn / "objects"})
+    make_synthetic.run(config, make_synthetic.MakeSyntheticPaths(syn))
+    for role, root in (("detector", syn / "regions"), ("main", syn / "main"), ("small", syn / "small")):
+        role_config = config.with_overrides([f"data.root={root}"])
+        prepare.run(role_config, prepare.PreparePaths(work / "prepared" / role, work / f"metrics/prepare_{role}.json"))
+    pretrain_objects.run(
+        config,
+        pretrain_objects.PretrainPaths(
+            work / "ckpt/objects.pt", work / "models/objects.pt", work / "metrics/objects.json"
+        ),
+    )
     finetune_detector.run(
-        params,
+        config,
         finetune_detector.FinetunePaths(
-            work / "prepared", work / "ckpt/last.pt", work / "models/detector.pt", work / "metrics/detector.json"
-        ),
-    )
-    extract_regions.run(
-        params,
-        extract_regions.ExtractPaths(
+            work / "prepared/detector",
+            work / "models/objects.pt",
+            work / "ckpt/last.pt",
             work / "models/detector.pt",
-            (work / "prepared", work / "prepared_transfer"),
-            (work / "features/main", work / "features/transfer"),
-            work / "metrics/extract.json",
+            work / "metrics/detector.json",
         ),
     )
+    for role in ("main", "small"):
+        extract_regions.run(
+            config,
+            extract_regions.ExtractPaths(
+                work / "models/detector.pt",
+                (work / "prepared" / role,),
+                (work / "features" / role,),
+                work / f"metrics/extract_{role}.json",
+            ),
+        )
     train_classifier.run(
-        params,
+        config,
         train_classifier.ClassifierPaths(
-            work / "prepared",
+            work / "prepared/main",
             work / "features/main",
             work / "models/classifier",
             work / "metrics/sweep.json",
@@ -107,27 +122,28 @@ def tiny_run(tmp_path_factory, mlflow_store):
         ),
     )
     transfer_cv.run(
-        params,
+        config,
         transfer_cv.TransferPaths(
-            work / "prepared_transfer",
-            work / "features/transfer",
+            "small",
+            work / "prepared/small",
+            work / "features/small",
             work / "models/classifier/head.pt",
-            work / "metrics/transfer.json",
+            work / "metrics/transfer/small.json",
         ),
     )
     evaluate.run(
-        params,
+        config,
         evaluate.EvaluatePaths(
-            work / "prepared",
+            work / "prepared/main",
             work / "features/main",
             work / "models/classifier/head.pt",
             work / "models/classifier/head_binary.pt",
             work / "metrics/sweep.json",
             work / "metrics/ablation.json",
-            work / "metrics/transfer.json",
+            work / "metrics/transfer",
             work / "metrics/evaluate.json",
             work / "plots",
         ),
     )
     session_env.undo()
-    return work, params
+    return work, config

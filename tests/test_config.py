@@ -81,5 +81,5 @@ def test_sections_built_directly_are_validated_too():
 def test_kfp_pipeline_defaults_come_from_the_schema():
     inputs = image_emotion_pipeline.component_spec.inputs
     assert inputs["lambdas"].default == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
-    assert inputs["folds"].default == [0, 1, 2, 3, 4]
+    assert inputs["transfer_sets"].default == ["small"]
     assert inputs["mlflow_experiment"].default == "image-emotion"

@@ -215,7 +215,7 @@ def test_a_bad_label_line_is_named_by_file_and_line_number(tmp_path, name):
 
 
 def _synthetic_with_line_3(tmp_path, votes):
-    root = generate(tmp_path / "synthetic", SyntheticConfig(num_images=16, image_size=64))
+    root = generate(tmp_path / "synthetic", SyntheticConfig.one_set(num_images=16, image_size=64))
     ann = root / "annotations.csv"
     lines = ann.read_text().splitlines()
     lines[2] = re.sub(r'"\[[^]]*\]"', f'"{votes}"', lines[2], count=1)  # line 3: the second image's votes
@@ -231,7 +231,7 @@ def test_synthetic_annotation_line_with_bad_json_is_named(tmp_path):
 
 
 def test_synthetic_annotation_line_number_counts_blank_lines(tmp_path):
-    root = generate(tmp_path / "synthetic", SyntheticConfig(num_images=16, image_size=64))
+    root = generate(tmp_path / "synthetic", SyntheticConfig.one_set(num_images=16, image_size=64))
     ann = _replace_line(root / "annotations.csv", 4, "images/00001.png,awe,[1,[]")
     with pytest.raises(DatasetError) as err:
         load_dataset("synthetic", root)

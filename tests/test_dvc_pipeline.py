@@ -18,13 +18,15 @@ from tiny import write_tiny_params
 pytestmark = pytest.mark.e2e
 STAGES = [
     "make_synthetic",
-    "make_synthetic_transfer",
-    "prepare",
-    "prepare_transfer",
+    "prepare_detector",
+    "prepare_main",
+    "prepare_transfer@0",
+    "pretrain_objects",
     "finetune_detector",
-    "extract_regions",
+    "extract_main",
+    "extract_transfer@0",
     "train_classifier",
-    "transfer_cv",
+    "transfer_cv@0",
     "evaluate",
     "register",
 ]
@@ -83,7 +85,7 @@ def s3():
 def test_repro_runs_the_graph_then_noop_then_only_what_lambda_changes(reproduced, project):
     assert _ran(reproduced[1]) == STAGES
     evaluation = json.loads((project / "metrics/evaluate.json").read_text())
-    test_rows = int((pd.read_csv(project / "data/prepared/manifest.csv")["split"] == "test").sum())
+    test_rows = int((pd.read_csv(project / "data/prepared/main/manifest.csv")["split"] == "test").sum())
     assert evaluation["num_test_images"] == test_rows and test_rows >= 8
     registered = json.loads((project / "metrics/register.json").read_text())
     assert (registered["version"], registered["model_name"], registered["promoted"]) == (1, "image-emotion", True)
@@ -95,7 +97,7 @@ def test_repro_runs_the_graph_then_noop_then_only_what_lambda_changes(reproduced
     params["classifier"]["lambdas"] = [0.0, 0.3, 1.0]
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     third = _dvc(project, "repro")
-    assert _ran(third) == ["train_classifier", "transfer_cv", "evaluate", "register"]
+    assert _ran(third) == ["train_classifier", "transfer_cv@0", "evaluate", "register"]
     assert [r["lambda"] for r in json.loads((project / "metrics/lambda_sweep.json").read_text())] == [0.0, 0.3, 1.0]
     assert json.loads((project / "metrics/register.json").read_text())["version"] == 2
 
@@ -104,13 +106,14 @@ def test_a_code_change_reruns_the_stages_that_import_it_and_no_others(project):
     heads = project / "src/image_emotion/training/heads.py"
     heads.write_text(heads.read_text() + "\n# a change to head fitting\n")
     ran = _ran(_dvc(project, "repro"))
-    assert ran[:3] == ["train_classifier", "transfer_cv", "evaluate"]
-    assert not set(ran) & set(STAGES[:6])  # data, detector and extraction do not import head fitting
+    assert ran[:3] == ["train_classifier", "transfer_cv@0", "evaluate"]
+    assert not set(ran) & set(STAGES[:8])  # data, detectors and extraction do not import head fitting
 
 
 def test_every_stage_depends_on_every_module_it_imports(repo_root):
     spec = yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"]
     for name, stage in spec.items():
+        stage = stage.get("do", stage)  # a foreach stage's template
         module = stage["cmd"].split()[1].replace("-", "_")
         deps = [d for d in stage.get("deps", []) if d.startswith("src/")]
         missing = [
@@ -152,12 +155,12 @@ def test_outputs_round_trip_through_an_s3_remote(project, s3):
     _dvc(project, "push")
     keys = [o["Key"] for o in boto3.client("s3", endpoint_url=s3).list_objects_v2(Bucket="emotion")["Contents"]]
     assert any(k.startswith("dvc/files/md5/") for k in keys)
-    manifest = (project / "data/prepared/manifest.csv").read_bytes()
+    manifest = (project / "data/prepared/main/manifest.csv").read_bytes()
     shutil.rmtree(project / "data/prepared")
     shutil.rmtree(project / "models")
     shutil.rmtree(project / ".dvc/cache")
     _dvc(project, "pull")
-    assert (project / "data/prepared/manifest.csv").read_bytes() == manifest
+    assert (project / "data/prepared/main/manifest.csv").read_bytes() == manifest
     assert (project / "models/detector/detector.pt").is_file()
     assert _ran(_dvc(project, "repro")) == []
 

@@ -26,7 +26,9 @@ def test_compiled_pipeline_requests_gpus_retries_and_fans_out(repo_root):
         for name, ex in executors.items()
         if "accelerator" in ex["container"].get("resources", {})
     }
-    assert set(gpu) == {"exec-finetune-detector-op", "exec-extract-regions-op"}
+    assert set(gpu) == {  # the extraction runs for the main data and, in the loop, for each transfer set
+        "exec-pretrain-objects-op", "exec-finetune-detector-op", "exec-extract-regions-op", "exec-extract-regions-op-2"
+    }  # fmt: skip
     for resources in gpu.values():
         assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
         assert resources["accelerator"]["resourceCount"] == "1"
@@ -36,18 +38,17 @@ def test_compiled_pipeline_requests_gpus_retries_and_fans_out(repo_root):
     tasks = spec["root"]["dag"]["tasks"]
     assert tasks["finetune-detector-op"]["retryPolicy"]["maxRetryCount"] == 2
     loops = {name: t for name, t in tasks.items() if "parameterIterator" in t}
-    assert len(loops) == 2  # the λ sweep and the transfer folds
+    assert len(loops) == 2  # the λ sweep and the transfer sets
     condition = next(t for t in tasks.values() if "triggerPolicy" in t)
     assert "min_accuracy" in condition["triggerPolicy"]["condition"]
     inputs = spec["root"]["inputDefinitions"]["parameters"]
-    assert {"mlflow_tracking_uri", "mlflow_experiment", "params_yaml", "lambdas", "folds", "min_accuracy"} <= set(
-        inputs
-    )
+    expected = {"mlflow_tracking_uri", "mlflow_experiment", "params_yaml", "lambdas", "transfer_sets", "min_accuracy"}
+    assert expected <= set(inputs)
 
 
 def test_pipeline_arguments_follow_params():
     args = pipeline_arguments(tiny_config())
-    assert args["lambdas"] == [0.0, 0.5, 1.0] and args["folds"] == [0, 1, 2, 3, 4]
+    assert args["lambdas"] == [0.0, 0.5, 1.0] and args["transfer_sets"] == ["small"]
     assert yaml.safe_load(args["params_yaml"])["detector"]["min_size"] == 96
 
 
@@ -78,10 +79,11 @@ def test_local_run_of_the_whole_pipeline_registers_a_model(tmp_path, monkeypatch
     stage_runs = {r.info.run_name: r.info.run_id for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id}
     # the same tree as under `dvc repro` (tests/test_pipeline_stages.py): one run per stage, λ and folds below
     assert sorted(stage_runs) == [
-        "evaluate", "extract_regions", "finetune_detector", "register", "train_classifier", "transfer_cv"
+        "evaluate", "extract_regions", "finetune_detector", "pretrain_objects", "register", "train_classifier",
+        "transfer_cv@small",
     ]  # fmt: skip
     lambda_runs = set(children[stage_runs["train_classifier"]])
     assert {"lambda=0.0", "lambda=0.5", "lambda=1.0", "loss=p", "mode=global", "binary"} <= lambda_runs
-    assert sorted(children[stage_runs["transfer_cv"]]) == [f"fold={k}" for k in range(5)]
-    transfer_metrics = client.get_run(stage_runs["transfer_cv"]).data.metrics
+    assert sorted(children[stage_runs["transfer_cv@small"]]) == [f"fold={k}" for k in range(5)]
+    transfer_metrics = client.get_run(stage_runs["transfer_cv@small"]).data.metrics
     assert {"accuracy_mean", "accuracy_std"} <= set(transfer_metrics)

@@ -24,7 +24,7 @@ def test_stage_outputs_are_complete_and_sane(tiny_run):
     assert [r["lambda"] for r in sweep] == [0.0, 0.5, 1.0]
     ablation = json.loads((work / "metrics/ablation.json").read_text())
     assert [r["mode"] for r in ablation] == ["global", "object", "emotional", "global+object", "global+emotional"]
-    transfer = json.loads((work / "metrics/transfer.json").read_text())
+    transfer = json.loads((work / "metrics/transfer/small.json").read_text())
     assert transfer["folds"] == 5 and len(transfer["accuracy_per_fold"]) == 5
     evaluation = json.loads((work / "metrics/evaluate.json").read_text())
     assert set(evaluation["table1"]) == {r["mode"] for r in ablation}
@@ -42,7 +42,7 @@ def test_stage_outputs_are_complete_and_sane(tiny_run):
     assert (work / "plots/regions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     confusion = pd.read_csv(work / "plots/confusion.csv")
     assert list(confusion.columns) == ["actual", "predicted"]
-    manifest = pd.read_csv(work / "prepared/manifest.csv")
+    manifest = pd.read_csv(work / "prepared/main/manifest.csv")
     assert len(confusion) == evaluation["num_test_images"] == (manifest["split"] == "test").sum()
     # the reported accuracy is the share of the confusion table's diagonal, and the λ* row of the sweep
     assert evaluation["test_accuracy"] == pytest.approx((confusion["actual"] == confusion["predicted"]).mean())
@@ -62,14 +62,16 @@ def test_mlflow_has_one_parent_with_nested_stage_and_lambda_runs(tiny_run, mlflo
     parent = parents[0]
     assert "params.resolved.json" in [a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id)]
     stages = {r.data.tags.get("stage"): r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
-    assert sorted(stages) == ["evaluate", "extract_regions", "finetune_detector", "train_classifier", "transfer_cv"]
+    assert sorted(stages) == [
+        "evaluate", "extract_regions", "finetune_detector", "pretrain_objects", "train_classifier", "transfer_cv@small"
+    ]  # fmt: skip
     train_id = stages["train_classifier"].info.run_id
     lambda_runs = [r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == train_id]
     assert {"lambda=0.0", "lambda=0.5", "lambda=1.0", "loss=p", "mode=global", "binary"} <= set(lambda_runs)
-    transfer_id = stages["transfer_cv"].info.run_id
+    transfer_id = stages["transfer_cv@small"].info.run_id
     folds = sorted(r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == transfer_id)
     assert folds == [f"fold={k}" for k in range(5)]  # the same tree as a kfp run's (tests/test_kubeflow.py)
-    assert "loss" in stages["finetune_detector"].data.metrics
+    assert "loss" in stages["finetune_detector"].data.metrics and "loss" in stages["pretrain_objects"].data.metrics
 
 
 def test_feature_cache_is_reused_and_corruption_is_recomputed_never_used(tiny_run, capsys, tmp_path, mlflow_uri):
@@ -77,7 +79,7 @@ def test_feature_cache_is_reused_and_corruption_is_recomputed_never_used(tiny_ru
     cache = tmp_path / "main"  # the result is keyed by the cache directory's name
     shutil.copytree(work / "features/main", cache)
     paths = extract_regions.ExtractPaths(
-        work / "models/detector.pt", (work / "prepared",), (cache,), tmp_path / "x.json"
+        work / "models/detector.pt", (work / "prepared/main",), (cache,), tmp_path / "x.json"
     )
     again = extract_regions.run(params, paths)["datasets"]["main"]
     assert again["shards_computed"] == 0 and again["shards_reused"] == 3
@@ -117,7 +119,7 @@ def test_registry_promotes_only_a_better_model_and_serves_the_champion(tiny_run,
         return register.run(
             params,
             register.RegisterPaths(
-                work / "prepared",
+                work / "prepared/main",
                 work / "models/detector.pt",
                 work / "models/classifier/head.pt",
                 path,
@@ -137,7 +139,7 @@ def test_registry_promotes_only_a_better_model_and_serves_the_champion(tiny_run,
     assert str(client.get_model_version_by_alias("tiny-emotion", "champion").version) == "3"
 
     model = mlflow.pyfunc.load_model("models:/tiny-emotion@champion")
-    image = next((work / "synthetic/images").iterdir())
+    image = next((work / "synthetic/main/images").iterdir())
     out = model.predict(pd.DataFrame({"image": [encode_image_file(image), encode_image_file(image)]}))
     assert list(out.columns[:1]) == ["label"] and len(out) == 2
     probs = out.drop(columns=["label", "regions"]).to_numpy()
@@ -149,7 +151,7 @@ def test_registry_promotes_only_a_better_model_and_serves_the_champion(tiny_run,
 
 def test_stage_reports_missing_inputs_clearly(tiny_run, tmp_path):
     work, params = tiny_run
-    shutil.copytree(work / "prepared", tmp_path / "prepared")
+    shutil.copytree(work / "prepared/main", tmp_path / "prepared")
     from image_emotion.stages import train_classifier
 
     paths = train_classifier.ClassifierPaths(
@@ -168,7 +170,7 @@ def test_predict_command_on_files_and_on_bad_input(tiny_run, capsys, tmp_path):
     from image_emotion.cli import main
 
     work, _ = tiny_run
-    image = next((work / "synthetic/images").iterdir())
+    image = next((work / "synthetic/main/images").iterdir())
     args = [
         "predict",
         str(image),

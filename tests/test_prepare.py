@@ -40,7 +40,7 @@ def test_prepare_synthetic_default_via_the_console_script(tmp_path, repo_root):
             "--out-dir",
             str(emb),
             "--set",
-            "synthetic.num_images=80",
+            "synthetic.sets={main: {num_images: 80, seed: 0}}",
             "--set",
             "synthetic.image_size=96",
         ],
@@ -58,7 +58,7 @@ def test_prepare_synthetic_default_via_the_console_script(tmp_path, repo_root):
             "--metrics",
             str(tmp_path / "metrics.json"),
             "--set",
-            f"data.root={emb}",
+            f"data.root={emb / 'main'}",
         ],
         check=True,
         capture_output=True,
@@ -69,7 +69,14 @@ def test_prepare_synthetic_default_via_the_console_script(tmp_path, repo_root):
     df = read_manifest(tmp_path / "prepared" / "manifest.csv")
     assert set(df["split"]) == {"train", "val", "test"} and set(df["fold"]) == set(range(5))
     info = json.loads((tmp_path / "prepared" / "dataset.json").read_text())
-    assert info == {"dataset": "synthetic", "root": emb.as_posix(), "label_set": "mikels8", "split_scheme": "random"}
+    assert sorted(p.name for p in emb.iterdir()) == ["main"]  # one directory a synthetic set
+    expected = {
+        "dataset": "synthetic",
+        "root": (emb / "main").as_posix(),
+        "label_set": "mikels8",
+        "split_scheme": "random",
+    }
+    assert info == expected
     assert json.loads((tmp_path / "metrics.json").read_text()) == summary
 
 

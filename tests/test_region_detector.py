@@ -120,30 +120,85 @@ def test_few_proposals_are_padded_with_the_whole_image(synthetic_small):
     torch.testing.assert_close(r.emotional_boxes[0, 2:], whole.expand(4, 4))
 
 
-def test_coco_checkpoint_initialises_backbone_heads_and_frozen_object_classifier(tmp_path):
+def test_coco_checkpoint_initialises_backbone_heads_and_frozen_object_classifier(tmp_path, capsys):
     coco = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91)
-    torch.save(coco.state_dict(), tmp_path / "fasterrcnn_resnet50_fpn_coco.pth")  # same keys as the real file
+    path = tmp_path / "fasterrcnn_resnet50_fpn_coco.pth"
+    torch.save(coco.state_dict(), path)  # the layout of torchvision's published COCO file
     det = RegionDetector(
         DetectorConfig(
             backbone="resnet50",
             backbone_weights=None,
-            object_weights=str(tmp_path / "fasterrcnn_resnet50_fpn_coco.pth"),
+            object_weights=str(path),
             fpn_channels=256,
             representation_size=1024,
             min_size=64,
             max_size=64,
         )
     )
-    ref = coco.state_dict()
+    ref = {k: v for k, v in coco.state_dict().items() if not k.endswith("num_batches_tracked")}  # BN counters
+    # everything loads but the RPN's two output layers: COCO has 3 anchor shapes a place, the paper's RPN one
+    skipped = {k for k in ref if k.startswith(("rpn.head.cls_logits.", "rpn.head.bbox_pred."))}
+    assert len(skipped) == 4
+    assert det.coco_loaded == (len(ref) - 4, len(ref))
+    assert f"{path}: loaded {len(ref) - 4} of {len(ref)} tensors" in capsys.readouterr().err
     assert bool(det.has_object_classifier)
     assert torch.equal(det.object_classifier.weight, ref["roi_heads.box_predictor.cls_score.weight"])
+    assert torch.equal(det.object_box_regressor.weight, ref["roi_heads.box_predictor.bbox_pred.weight"])
     assert torch.equal(det.backbone.body.layer3[0].conv1.weight, ref["backbone.body.layer3.0.conv1.weight"])
     assert torch.equal(det.backbone.fpn.inner_blocks[0][0].weight, ref["backbone.fpn.inner_blocks.0.0.weight"])
     assert torch.equal(det.roi_heads.box_head.fc6.weight, ref["roi_heads.box_head.fc6.weight"])
+    assert torch.equal(det.object_box_head.fc7.weight, ref["roi_heads.box_head.fc7.weight"])  # the frozen copy
+    assert not any(p.requires_grad for m in det.object_branch_modules() for p in m.parameters())
     det.eval()
     with torch.no_grad():
         r = det.detect([torch.rand(3, 64, 64)])
     assert r.object_scores.shape == (1, 10)
+
+
+def test_a_v2_checkpoint_whose_box_head_cannot_load_is_refused(tmp_path):
+    from torchvision.models.detection import fasterrcnn_resnet50_fpn_v2
+
+    path = tmp_path / "fasterrcnn_resnet50_fpn_v2_coco.pth"
+    torch.save(fasterrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None).state_dict(), path)
+    config = DetectorConfig(
+        backbone="resnet50", backbone_weights=None, object_weights=str(path), fpn_channels=256, representation_size=1024
+    )
+    with pytest.raises(ConfigError, match=f"{path}: the object branch did not load \\(object_box_head.fc6.weight"):
+        RegionDetector(config)
+
+
+def test_fine_tuning_the_emotional_branch_leaves_the_object_branch_unchanged(synthetic_small):
+    images, boxes, _ = synthetic_small
+    det = _detector(backbone_weights=None)
+    det.freeze_object_branch()
+    before = {k: v.clone() for m in det.object_branch_modules() for k, v in m.state_dict().items()}
+    det.start_emotional_from_objects()
+    assert torch.equal(det.roi_heads.box_head.fc6.weight, det.object_box_head.fc6.weight)
+    trainable = [p for p in det.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(trainable, lr=0.05, momentum=0.9)
+    det.train()
+    for _ in range(2):
+        loss = sum(det([im.clone() for im in images[:4]], [{"boxes": b.clone()} for b in boxes[:4]]).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = {k: v for m in det.object_branch_modules() for k, v in m.state_dict().items()}
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not torch.equal(det.roi_heads.box_head.fc6.weight, det.object_box_head.fc6.weight)  # the emotional one moved
+
+
+def test_object_pretraining_trains_the_object_branch_on_categories(synthetic_small):
+    images, boxes, _ = synthetic_small
+    det = _detector(backbone_weights=None)
+    for m in det.object_branch_modules():
+        m.requires_grad_(True)
+    targets = [{"boxes": b.clone(), "labels": torch.full((len(b),), 2, dtype=torch.int64)} for b in boxes[:4]]
+    det.train()
+    losses = det.object_losses([im.clone() for im in images[:4]], targets)
+    assert set(losses) == {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"}
+    sum(losses.values()).backward()
+    assert det.object_classifier.weight.grad is not None and det.object_classifier.weight.grad.abs().sum() > 0
+    assert det.roi_heads.box_predictor.cls_score.weight.grad is None  # the emotional branch waits
 
 
 def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
@@ -152,5 +207,5 @@ def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
     with pytest.raises(ConfigError, match="anchor_sizes"):
         DetectorConfig(anchor_sizes=[32, 64])
     torch.save({"x": torch.zeros(1)}, tmp_path / "not_coco.pth")
-    with pytest.raises(ConfigError, match="no object classifier"):
+    with pytest.raises(ConfigError, match="the object branch did not load"):
         RegionDetector(DetectorConfig(**SMALL, backbone_weights=None, object_weights=str(tmp_path / "not_coco.pth")))

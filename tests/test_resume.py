@@ -13,6 +13,7 @@ import torch
 from tiny import write_tiny_params
 
 from image_emotion.files import CheckpointError, load_checkpoint
+from image_emotion.models.region_detector import RegionDetector, save_detector
 from image_emotion.stages import finetune_detector, make_synthetic, prepare
 
 pytestmark = pytest.mark.e2e
@@ -20,12 +21,16 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 def project(tmp_path, mlflow_uri):
+    """A tiny project: the synthetic regions set prepared, and an object-pretrained detector to start from
+    (built untrained: what is resumed here is the fine-tuning)."""
     params = write_tiny_params(tmp_path / "params.yaml")
     from image_emotion.config import load_config
 
-    p = load_config(params, [f"data.root={tmp_path / 'synthetic'}"])
-    make_synthetic.run(p, make_synthetic.MakeSyntheticPaths(tmp_path / "synthetic"))
-    prepare.run(p, prepare.PreparePaths(tmp_path / "prepared", tmp_path / "prepare.json"))
+    config = load_config(params, [f"data.root={tmp_path / 'synthetic' / 'regions'}"])
+    make_synthetic.run(config, make_synthetic.MakeSyntheticPaths(tmp_path / "synthetic"))
+    prepare.run(config, prepare.PreparePaths(tmp_path / "prepared", tmp_path / "prepare.json"))
+    torch.manual_seed(0)
+    save_detector(RegionDetector(config.detector), tmp_path / "objects.pt")
     return tmp_path
 
 
@@ -39,6 +44,8 @@ def _cmd(project, *extra):
         str(project / "params.yaml"),
         "--prepared",
         str(project / "prepared"),
+        "--objects",
+        str(project / "objects.pt"),
         "--checkpoint",
         str(project / "ckpt/last.pt"),
         "--model",
@@ -87,19 +94,27 @@ def test_killed_training_resumes_from_the_last_checkpoint(project):
 def _config(project, *overrides):
     from image_emotion.config import load_config
 
-    return load_config(project / "params.yaml", [f"data.root={project / 'synthetic'}", *overrides])
+    return load_config(project / "params.yaml", [f"data.root={project / 'synthetic' / 'regions'}", *overrides])
 
 
 def _paths(project, name):
     return finetune_detector.FinetunePaths(
-        project / "prepared", project / name / "last.pt", project / name / "detector.pt", project / name / "m.json"
+        project / "prepared",
+        project / "objects.pt",
+        project / name / "last.pt",
+        project / name / "detector.pt",
+        project / name / "m.json",
     )
 
 
 def test_checkpoint_of_other_params_is_not_resumed_and_corrupt_one_is_a_clear_error(project, capsys):
     config = _config(project, "finetune.epochs=1")
     paths = finetune_detector.FinetunePaths(
-        project / "prepared", project / "ckpt/last.pt", project / "model/detector.pt", project / "detector.json"
+        project / "prepared",
+        project / "objects.pt",
+        project / "ckpt/last.pt",
+        project / "model/detector.pt",
+        project / "detector.json",
     )
     finetune_detector.run(config, paths)
     other = _config(project, "finetune.epochs=1", "finetune.lr=0.005")

@@ -11,8 +11,10 @@ from image_emotion.config import Config, load_config
 REPO = Path(__file__).resolve().parents[1]
 
 TINY_OVERRIDES = [
-    "synthetic.num_images=48",
+    "synthetic.sets={objects: {num_images: 16, seed: 2}, regions: {num_images: 32, seed: 3}, "
+    "main: {num_images: 48, seed: 0}, small: {num_images: 40, seed: 1}}",
     "synthetic.image_size=96",
+    "pretrain.epochs=1",
     "detector.min_size=96",
     "detector.max_size=96",
     "detector.fpn_channels=32",
@@ -22,10 +24,10 @@ TINY_OVERRIDES = [
     "finetune.max_images=16",
     "finetune.warmup_steps=2",
     "extract.shard_size=16",
+    "prepare.split={train: 0.6, val: 0.2, test: 0.2}",  # a validation image of every class (λ* is chosen there)
     "classifier.lambdas=[0.0, 0.5, 1.0]",
     "classifier.epochs=10",
     "classifier.hidden=32",
-    "transfer.synthetic={num_images: 40, seed: 1}",
     "transfer.head.epochs=5",
     "evaluate.num_overlays=4",
     "device=cpu",

@@ -26,10 +26,11 @@ STAGES = {
         "draw the synthetic default dataset (params: synthetic)",
     ),
     "prepare": ("prepare", "PreparePaths", "dataset layout -> validated manifest, splits, folds (params: data)"),
-    "finetune-detector": ("finetune_detector", "FinetunePaths", "train the emotional-region detector (resumes)"),
+    "pretrain-objects": ("pretrain_objects", "PretrainPaths", "the object-pretrained detector (COCO or synthetic)"),
+    "finetune-detector": ("finetune_detector", "FinetunePaths", "train the emotional-region branch (resumes)"),
     "extract-regions": ("extract_regions", "ExtractPaths", "cache global + top-K region features of every image"),
     "train-classifier": ("train_classifier", "ClassifierPaths", "λ sweep, loss variants, ablations, 8/2 classes"),
-    "transfer-cv": ("transfer_cv", "TransferPaths", "5-fold one-against-all transfer to a small dataset"),
+    "transfer-cv": ("transfer_cv", "TransferPaths", "5-fold one-against-all transfer to one small dataset"),
     "evaluate": (
         "evaluate",
         "EvaluatePaths",
@@ -51,7 +52,8 @@ def _add_path_options(parser: argparse.ArgumentParser, paths_cls) -> None:
                 help=f"repeatable (default: {' '.join(map(str, f.default))})",
             )
         else:
-            parser.add_argument(flag, type=Path, default=f.default, help=f"(default: {f.default})")
+            kind = Path if isinstance(f.default, Path) else type(f.default)
+            parser.add_argument(flag, type=kind, default=f.default, help=f"(default: {f.default})")
 
 
 def _run_stage(args: argparse.Namespace) -> dict:

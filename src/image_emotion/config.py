@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Sequence
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -70,8 +70,10 @@ class TwitterOptions(Section):
 
 
 class DataConfig(Section):
+    """The classifier's dataset (the paper: FI) and how strictly every role's dataset is read."""
+
     dataset: DatasetName = Field("synthetic", description=" | ".join(DATASETS))
-    root: str = Field("data/synthetic", description="the dataset's directory in its published layout (README)")
+    root: str = Field("data/synthetic/main", description="the dataset's directory in its published layout (README)")
     on_error: Literal["raise", "skip"] = Field(
         "raise", description="raise: stop on the first bad file | skip: leave bad files out (skipped.csv)"
     )
@@ -84,13 +86,41 @@ class ImagesConfig(Section):
     max_pixels: int = Field(50_000_000, gt=0, description="refuse larger images (decompression bombs)")
 
 
-class SyntheticConfig(Section):
-    """The generated default dataset (no download): a synthetic set whose classes live in small regions."""
+class SyntheticSet(Section):
+    num_images: int = Field(ge=16, description="at least 2 per class")
+    seed: int
 
-    num_images: int = Field(800, ge=16, description="at least 2 per class")
+
+class SyntheticConfig(Section):
+    """The generated default datasets (no download), one set a role of the paper's data flow."""
+
     image_size: int = Field(160, ge=64, le=1024, description="square images of this many pixels")
-    seed: int = 0
     votes_per_image: int = Field(20, ge=1, description="simulated viewers per image (the vote distribution)")
+    sets: dict[str, SyntheticSet] = Field(
+        {
+            "objects": SyntheticSet(num_images=160, seed=2),
+            "regions": SyntheticSet(num_images=400, seed=3),
+            "main": SyntheticSet(num_images=800, seed=0),
+            "small": SyntheticSet(num_images=240, seed=1),
+        },
+        description="drawn under data/synthetic/<name>: objects plays COCO, regions EmotionROI, main FI",
+    )
+
+    @classmethod
+    def one_set(cls, num_images: int, seed: int = 0, **rest: Any) -> SyntheticConfig:
+        """A config of the single set ``main`` (tests, benchmarks)."""
+        return cls(sets={"main": {"num_images": num_images, "seed": seed}}, **rest)
+
+
+class DatasetRef(Section):
+    """A dataset in one role of the data flow, read from its published layout."""
+
+    dataset: DatasetName = Field(description=" | ".join(DATASETS))
+    root: str = Field(description="the dataset's directory (README: Datasets)")
+
+
+class TransferSet(DatasetRef):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="names its outputs (data/prepared/<name>, ...)")
 
 
 class SplitFractions(Section):
@@ -145,8 +175,8 @@ class DetectorConfig(Section):
     top_k: int = Field(10, ge=1, description="K emotional regions per image")
 
 
-class FinetuneConfig(Section):
-    """Detector training (L_det* = L_emo + L_reg); a checkpoint every epoch, resumed when interrupted."""
+class DetectorTraining(Section):
+    """SGD with warm-up and gradient clipping; a checkpoint every epoch, resumed when interrupted."""
 
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(8, ge=1)
@@ -157,7 +187,20 @@ class FinetuneConfig(Section):
     grad_clip: float = Field(10.0, gt=0)
     seed: int = 0
     hflip: bool = True
+
+
+class FinetuneConfig(DetectorTraining):
+    """The emotional branch on detector_data's boxes (L_det* = L_emo + L_reg), the object branch frozen."""
+
     max_images: int | None = Field(320, ge=1, description="train on a seeded subset of this many (null: all)")
+
+
+class PretrainConfig(DetectorTraining):
+    """Object pre-training (COCO's role) on the synthetic objects set, when ``detector.object_weights`` is
+    null; otherwise the COCO checkpoint is loaded instead."""
+
+    root: str = Field("data/synthetic/objects", description="a synthetic set (every object boxed with its shape)")
+    epochs: int = Field(2, ge=1)
 
 
 class ExtractConfig(Section):
@@ -194,18 +237,22 @@ class ClassifierConfig(HeadTraining):
         return value
 
 
-class TransferSynthetic(Section):
-    num_images: int = Field(240, ge=16)
-    seed: int = Field(1, description="another seed: other images than the main set")
-
-
 class TransferConfig(Section):
-    """The small target dataset of the 5-fold one-against-all transfer (seed 000 Table 4)."""
+    """The small target datasets of the 5-fold one-against-all transfer (seed 000 Table 3)."""
 
-    dataset: DatasetName = Field("synthetic", description="iaps | artphoto | abstract | emotionroi | synthetic")
-    root: str = "data/synthetic_transfer"
-    synthetic: TransferSynthetic = Field(TransferSynthetic(), description="the synthetic small set")
+    sets: tuple[TransferSet, ...] = Field(
+        (TransferSet(name="small", dataset="synthetic", root="data/synthetic/small"),),
+        description="the paper: iaps, artphoto, abstract, emotionroi",
+    )
     head: HeadTraining = HeadTraining()
+
+    @field_validator("sets")
+    @classmethod
+    def _names_unique(cls, value: tuple[TransferSet, ...]) -> tuple[TransferSet, ...]:
+        names = [t.name for t in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"names must be unique, got {names}")
+        return value
 
 
 class EvaluateConfig(Section):
@@ -233,13 +280,18 @@ with warnings.catch_warnings():  # the section `register` shadows ABCMeta.regist
     class Config(Section):
         """Every setting of every stage (params.yaml)."""
 
+        synthetic: SyntheticConfig = SyntheticConfig()
+        detector_data: DatasetRef = Field(
+            DatasetRef(dataset="synthetic", root="data/synthetic/regions"),
+            description="the detector's emotional-region boxes (the paper: emotionroi)",
+        )
         data: DataConfig = DataConfig()
         images: ImagesConfig = ImagesConfig()
-        synthetic: SyntheticConfig = SyntheticConfig()
         prepare: PrepareConfig = PrepareConfig()
         emotions: EmotionsConfig = EmotionsConfig()
         device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available")
         detector: DetectorConfig = DetectorConfig()
+        pretrain: PretrainConfig = PretrainConfig()
         finetune: FinetuneConfig = FinetuneConfig()
         extract: ExtractConfig = ExtractConfig()
         classifier: ClassifierConfig = ClassifierConfig()
@@ -257,10 +309,16 @@ with warnings.catch_warnings():  # the section `register` shadows ABCMeta.regist
 
 
 def _model_at(model: type[BaseModel], loc: Sequence[Any]) -> type[BaseModel] | None:
-    """The section class that holds the key at ``loc[-1]`` (``None`` when the path leaves the schema)."""
-    for part in loc[:-1]:
-        field = model.model_fields.get(str(part))
+    """The section class that holds the key at ``loc[-1]`` (``None`` when the path leaves the schema); list
+    indices and mapping keys of ``tuple[Section, ...]`` / ``dict[str, Section]`` fields are stepped over."""
+    parts = list(loc[:-1])
+    while parts:
+        field = model.model_fields.get(str(parts.pop(0)))
         annotation = field.annotation if field else None
+        if get_origin(annotation) in (tuple, dict):
+            annotation = [a for a in get_args(annotation) if a is not Ellipsis][-1]
+            if parts:
+                parts.pop(0)  # the index or key
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return None
         model = annotation
@@ -353,6 +411,12 @@ def _render(model: BaseModel, indent: int) -> list[str]:
             )
             lines.append(f"{pad}{name}:" + (f"  # {comment}" if comment else ""))
             lines.extend(_render(value, indent + 1))
+        elif isinstance(value, tuple) and value and isinstance(value[0], BaseModel):
+            lines.append(f"{pad}{name}:{note}")
+            lines.extend(f"{pad}  - {_scalar(item.to_dict())}" for item in value)
+        elif isinstance(value, dict) and value and isinstance(next(iter(value.values())), BaseModel):
+            lines.append(f"{pad}{name}:{note}")
+            lines.extend(f"{pad}  {key}: {_scalar(item.to_dict())}" for key, item in value.items())
         else:
             shown = list(value) if isinstance(value, tuple) else value
             lines.append(f"{pad}{name}: {_scalar(shown)}{note}")

@@ -30,6 +30,7 @@ from PIL import Image, ImageDraw
 
 from image_emotion.config import SyntheticConfig
 from image_emotion.data.emotions import MIKELS8, WHEEL_ORDER, mikels_distance_matrix
+from image_emotion.errors import ConfigError, DatasetError
 from image_emotion.files import atomic_dir
 
 SHAPES = ("circle", "triangle", "square", "star")
@@ -67,6 +68,23 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box, fill, outline=None, 
         draw.ellipse(box, fill=fill, outline=outline, width=width)
     else:
         draw.rectangle(box, fill=fill, outline=outline, width=width)
+
+
+def read_objects(root: str | Path) -> list[tuple[str, list[list[float]]]]:
+    """``(image path relative to root, [[x1, y1, x2, y2, class], ...])`` of every image of a synthetic set:
+    what plays COCO's role (object boxes with categories) for the object pre-training."""
+    ann = Path(root) / ANNOTATIONS
+    if not ann.is_file():
+        raise DatasetError(f"{ann}: not found; the object pre-training reads a synthetic set (make-synthetic)")
+    with ann.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        out = []
+        for row in reader:
+            try:
+                out.append((row["path"], json.loads(row["objects"])))
+            except (KeyError, TypeError, json.JSONDecodeError) as exc:
+                raise DatasetError(f"{ann} line {reader.line_num}: expected an objects column ({exc})") from None
+    return out
 
 
 def _random_box(rng: np.random.Generator, size: int, area_lo: float, area_hi: float):
@@ -113,8 +131,12 @@ def _votes(rng: np.random.Generator, label_idx: int, n: int) -> list[int]:
     return [int(v) for v in rng.multinomial(n, probs)]
 
 
-def render_image(rng: np.random.Generator, label: str, size: int) -> tuple[Image.Image, list[list[float]]]:
-    """Draw one image of class ``label``; returns it and its motif boxes ``[[x1, y1, x2, y2], ...]``.
+def render_image(
+    rng: np.random.Generator, label: str, size: int
+) -> tuple[Image.Image, list[list[float]], list[list[float]]]:
+    """Draw one image of class ``label``; returns it, its motif boxes ``[[x1, y1, x2, y2], ...]`` and every
+    object drawn, motifs and distractors, as ``[[x1, y1, x2, y2, class], ...]`` (class = 1 + its index in
+    ``SHAPES``: the object detector's categories, 0 being the background).
 
     Distractors carry every single cue of a motif - any shape, any class hue, stripes *or* an outline - but
     never both: only the striped-and-outlined object is the emotional region, and only its shape and hue
@@ -123,10 +145,12 @@ def render_image(rng: np.random.Generator, label: str, size: int) -> tuple[Image
     img = _background(rng, size)
     draw = ImageDraw.Draw(img)
     outline_width = max(2, size // 64)
+    objects: list[list[float]] = []
     for _ in range(int(rng.integers(3, 6))):
         shape = SHAPES[int(rng.integers(len(SHAPES)))]
         _, colour = class_motif(WHEEL_ORDER[int(rng.integers(len(WHEEL_ORDER)))])
         box = _random_box(rng, size, 0.03, 0.10)
+        objects.append([box[0], box[1], min(box[2] + 1, size), min(box[3] + 1, size), 1 + SHAPES.index(shape)])
         style = rng.integers(3)  # 0 plain, 1 striped, 2 outlined
         if style == 1:
             mask = Image.new("L", (size, size), 0)
@@ -145,27 +169,40 @@ def render_image(rng: np.random.Generator, label: str, size: int) -> tuple[Image
         img.paste(pattern, (0, 0), mask)
         _draw_shape(draw, shape, box, fill=None, outline=(20, 20, 20), width=outline_width)
         boxes.append([box[0], box[1], min(box[2] + 1, size), min(box[3] + 1, size)])
+        objects.append([*boxes[-1], 1 + SHAPES.index(shape)])
     noise = rng.normal(0.0, 8.0, (size, size, 3))
     arr = np.clip(np.asarray(img, dtype=np.float64) + noise, 0, 255).astype(np.uint8)
-    return Image.fromarray(arr), boxes
+    return Image.fromarray(arr), boxes, objects
 
 
-def generate(out_dir: str | Path, config: SyntheticConfig) -> Path:
-    """Write the synthetic dataset to ``out_dir`` atomically (balanced classes, shuffled order)."""
-    rng = np.random.default_rng(config.seed)
-    labels = [MIKELS8.labels[i % len(MIKELS8)] for i in range(config.num_images)]
+def generate(out_dir: str | Path, config: SyntheticConfig, role: str = "main") -> Path:
+    """Write the synthetic set of ``role`` (``config.sets``) to ``out_dir`` atomically (balanced classes,
+    shuffled order): images, emotional-region boxes, votes and every object's box and category."""
+    if role not in config.sets:
+        raise ConfigError(f"synthetic.sets has no set {role!r}; defined: {', '.join(config.sets)}")
+    spec, size, votes_per_image = config.sets[role], config.image_size, config.votes_per_image
+    rng = np.random.default_rng(spec.seed)
+    labels = [MIKELS8.labels[i % len(MIKELS8)] for i in range(spec.num_images)]
     rng.shuffle(labels)
     with atomic_dir(out_dir) as tmp:
         (tmp / "images").mkdir()
         rows = []
         for i, label in enumerate(labels):
-            img, boxes = render_image(rng, label, config.image_size)
+            img, boxes, objects = render_image(rng, label, size)
             rel = f"images/{i:05d}.png"
             img.save(tmp / rel, optimize=False, compress_level=1)
-            votes = _votes(rng, MIKELS8.index(label), config.votes_per_image)
-            rows.append({"path": rel, "label": label, "votes": json.dumps(votes), "boxes": json.dumps(boxes)})
+            votes = _votes(rng, MIKELS8.index(label), votes_per_image)
+            rows.append(
+                {
+                    "path": rel,
+                    "label": label,
+                    "votes": json.dumps(votes),
+                    "boxes": json.dumps(boxes),
+                    "objects": json.dumps(objects),
+                }
+            )
         with (tmp / ANNOTATIONS).open("w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=["path", "label", "votes", "boxes"])
+            writer = csv.DictWriter(fh, fieldnames=["path", "label", "votes", "boxes", "objects"])
             writer.writeheader()
             writer.writerows(rows)
     return Path(out_dir)

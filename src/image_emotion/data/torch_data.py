@@ -86,19 +86,47 @@ def load_tensor_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) ->
 
 
 class DetectionDataset(Dataset):
-    """Images with their emotional-region boxes, for detector training; optional horizontal flips."""
+    """Images with their boxes (and, for objects, their categories) for detector training; optional
+    horizontal flips drawn from a generator whose state training checkpoints save."""
 
-    def __init__(self, data: PreparedDataset, hflip: bool = False, seed: int = 0) -> None:
+    def __init__(
+        self,
+        paths: list[Path],
+        boxes: list[list[list[float]]],
+        labels: list[list[int]] | None = None,
+        hflip: bool = False,
+        seed: int = 0,
+    ) -> None:
+        self.paths = list(paths)
+        self.boxes = [torch.tensor(b, dtype=torch.float32).reshape(-1, 4) for b in boxes]
+        self.labels = None if labels is None else [torch.tensor(x, dtype=torch.int64) for x in labels]
+        self.hflip = hflip
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @classmethod
+    def emotional_regions(cls, data: PreparedDataset, hflip: bool = False, seed: int = 0) -> DetectionDataset:
+        """The images of ``data`` that have emotional-region boxes."""
         rows = data.manifest[data.manifest["boxes"].map(len) > 0]
         if rows.empty:
             raise DatasetError(
                 f"{data.name}: no image has emotional-region boxes; the detector trains on a dataset with boxes "
-                "(EmotionROI or the synthetic dataset)"
+                "(detector_data: EmotionROI or the synthetic regions set)"
             )
-        self.paths = [data.root / p for p in rows["path"]]
-        self.boxes = [torch.tensor(b, dtype=torch.float32) for b in rows["boxes"]]
-        self.hflip = hflip
-        self.generator = torch.Generator().manual_seed(seed)  # the flips; its state goes into checkpoints
+        return cls([data.root / p for p in rows["path"]], list(rows["boxes"]), None, hflip, seed)
+
+    @classmethod
+    def objects(cls, root: Path, rows: list[tuple[str, list[list[float]]]], hflip: bool, seed: int):
+        """Object boxes with categories: ``rows`` of ``(path, [[x1, y1, x2, y2, category], ...])``."""
+        rows = [(p, objs) for p, objs in rows if objs]
+        if not rows:
+            raise DatasetError(f"{root}: no image has object boxes; the object pre-training needs them")
+        return cls(
+            [root / p for p, _ in rows],
+            [[o[:4] for o in objs] for _, objs in rows],
+            [[int(o[4]) for o in objs] for _, objs in rows],
+            hflip,
+            seed,
+        )
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -109,7 +137,10 @@ class DetectionDataset(Dataset):
             width = image.shape[-1]
             image = image.flip(-1)
             boxes[:, [0, 2]] = width - boxes[:, [2, 0]]
-        return image, {"boxes": boxes}
+        target = {"boxes": boxes}
+        if self.labels is not None:
+            target["labels"] = self.labels[i]
+        return image, target
 
 
 def collate_lists(batch):

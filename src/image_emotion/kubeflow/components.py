@@ -2,9 +2,9 @@
 
 Data flows through kfp artifacts (``Dataset`` directories, ``Model`` directories, ``Metrics``, ``HTML``),
 never through shared paths. Every component takes the pipeline's resolved ``params_yaml`` and its MLflow
-settings, so a stage behaves as under ``dvc repro``. The λ sweep and the transfer folds are split into one
-component call per λ / per fold (the pipeline fans them out with ``dsl.ParallelFor``); the stage modules
-expose those steps (``sweep_point``, ``run_fold``) so nothing is written twice.
+settings, so a stage behaves as under ``dvc repro``. The λ sweep is split into one component call per λ
+and the transfer into one call per transfer set (the pipeline fans them out with ``dsl.ParallelFor``); the
+stage modules expose those steps (``sweep_point``, ``select_lambda``, ``variants``) so nothing is written twice.
 """
 
 from typing import List, NamedTuple  # noqa: UP035 - kfp reads typing.List for collected artifacts
@@ -18,28 +18,51 @@ from image_emotion.kubeflow import IMAGE_CPU, IMAGE_CUDA
 @dsl.component(base_image=IMAGE_CPU)
 def prepare_op(
     params_yaml: str,
-    target: str,
+    role: str,
     mlflow_tracking_uri: str,
     mlflow_experiment: str,
     pipeline_run_id: str,
     dataset: Output[Dataset],
     metrics: Output[Metrics],
 ):
-    """``make_synthetic`` (for the synthetic dataset) + ``prepare`` of the main or the transfer dataset."""
+    """``prepare`` of one role's dataset: ``detector`` (detector_data), ``main`` (data) or a transfer set's
+    name. A synthetic set is drawn inside the artifact, so it travels with its manifest."""
     from pathlib import Path
 
     from image_emotion.kubeflow import runtime
-    from image_emotion.stages import make_synthetic, prepare
+    from image_emotion.stages import prepare
 
-    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
-    if target == "transfer":
-        config = runtime.transfer_config(config)
+    config = runtime.role_config(
+        runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id), role
+    )
     out = Path(dataset.path)
-    if config.data.dataset == "synthetic":  # drawn inside the artifact, so it travels with the manifest
-        config = config.with_overrides([f"data.root={out / 'images'}"])
-        make_synthetic.run(config, make_synthetic.MakeSyntheticPaths(out / "images"))
+    config = runtime.draw_if_synthetic(config, out / "images")
     summary = prepare.run(config, prepare.PreparePaths(out / "prepared", out / "prepare.json"))
     runtime.log_to_kfp(metrics, summary)
+
+
+@dsl.component(base_image=IMAGE_CUDA)
+def pretrain_objects_op(
+    params_yaml: str,
+    mlflow_tracking_uri: str,
+    mlflow_experiment: str,
+    pipeline_run_id: str,
+    objects: Output[Model],
+    metrics: Output[Metrics],
+):
+    """The object-pretrained detector: the COCO checkpoint, or training on the synthetic objects set (drawn
+    inside the artifact)."""
+    from pathlib import Path
+
+    from image_emotion.kubeflow import runtime
+    from image_emotion.stages import pretrain_objects
+
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
+    out = Path(objects.path)
+    if not config.detector.object_weights:
+        config = runtime.draw_objects(config, out / "synthetic")
+    paths = pretrain_objects.PretrainPaths(out / "checkpoint" / "last.pt", out / "detector.pt", out / "objects.json")
+    runtime.log_to_kfp(metrics, pretrain_objects.run(config, paths))
 
 
 @dsl.component(base_image=IMAGE_CUDA)
@@ -49,10 +72,11 @@ def finetune_detector_op(
     mlflow_experiment: str,
     pipeline_run_id: str,
     dataset: Input[Dataset],
+    objects: Input[Model],
     detector: Output[Model],
     metrics: Output[Metrics],
 ):
-    """Train the emotional-region detector (checkpoints every epoch beside the model)."""
+    """Train the emotional-region branch on the detector dataset (checkpoints every epoch beside the model)."""
     from pathlib import Path
 
     from image_emotion.kubeflow import runtime
@@ -61,7 +85,11 @@ def finetune_detector_op(
     config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
     out = Path(detector.path)
     paths = finetune_detector.FinetunePaths(
-        Path(dataset.path) / "prepared", out / "checkpoint" / "last.pt", out / "detector.pt", out / "detector.json"
+        Path(dataset.path) / "prepared",
+        Path(objects.path) / "detector.pt",
+        out / "checkpoint" / "last.pt",
+        out / "detector.pt",
+        out / "detector.json",
     )
     runtime.log_to_kfp(metrics, finetune_detector.run(config, paths))
 
@@ -73,12 +101,11 @@ def extract_regions_op(
     mlflow_experiment: str,
     pipeline_run_id: str,
     detector: Input[Model],
-    main: Input[Dataset],
-    transfer: Input[Dataset],
+    dataset: Input[Dataset],
     features: Output[Dataset],
     metrics: Output[Metrics],
 ):
-    """Global + top-K region features of every image of both datasets, as a shard cache."""
+    """Global + top-K region features of every image of one dataset, as a shard cache."""
     from pathlib import Path
 
     from image_emotion.kubeflow import runtime
@@ -87,10 +114,7 @@ def extract_regions_op(
     config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
     out = Path(features.path)
     paths = extract_regions.ExtractPaths(
-        Path(detector.path) / "detector.pt",
-        (Path(main.path) / "prepared", Path(transfer.path) / "prepared"),
-        (out / "main", out / "transfer"),
-        out / "extract.json",
+        Path(detector.path) / "detector.pt", (Path(dataset.path) / "prepared",), (out / "cache",), out / "extract.json"
     )
     runtime.log_to_kfp(metrics, extract_regions.run(config, paths))
 
@@ -115,7 +139,7 @@ def train_lambda_op(
     from image_emotion.tracking import runs as tracking
 
     config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
-    inputs = train_classifier.load_inputs(config, Path(main.path) / "prepared", Path(features.path) / "main")
+    inputs = train_classifier.load_inputs(config, Path(main.path) / "prepared", Path(features.path) / "cache")
     with tracking.stage_run(config, "train_classifier", train_classifier.TRACKED_SECTIONS):
         model, row = train_classifier.sweep_point(inputs, lam)
     out = Path(head.path)
@@ -145,7 +169,7 @@ def select_classifier_op(
     from image_emotion.tracking import runs as tracking
 
     config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
-    inputs = train_classifier.load_inputs(config, Path(main.path) / "prepared", Path(features.path) / "main")
+    inputs = train_classifier.load_inputs(config, Path(main.path) / "prepared", Path(features.path) / "cache")
     head_of = {}  # λ -> the directory of its head
     for h in heads:
         row = runtime.read_json(Path(h.path) / "row.json")
@@ -157,7 +181,7 @@ def select_classifier_op(
         losses, ablation, binary_head, binary = train_classifier.variants(inputs, sweep, best)
     out = Path(classifier.path)
     paths = train_classifier.ClassifierPaths(
-        Path(main.path) / "prepared", Path(features.path) / "main", out, out / "lambda_sweep.json",
+        Path(main.path) / "prepared", Path(features.path) / "cache", out, out / "lambda_sweep.json",
         out / "ablation.json", out / "classifier.json",
     )  # fmt: skip
     result = train_classifier.write_outputs(
@@ -167,60 +191,31 @@ def select_classifier_op(
 
 
 @dsl.component(base_image=IMAGE_CPU)
-def transfer_fold_op(
+def transfer_cv_op(
     params_yaml: str,
-    fold: int,
+    set_name: str,
     mlflow_tracking_uri: str,
     mlflow_experiment: str,
     pipeline_run_id: str,
-    transfer: Input[Dataset],
+    dataset: Input[Dataset],
     features: Input[Dataset],
     classifier: Input[Model],
     result: Output[Metrics],
 ):
-    """One fold of the one-against-all transfer: train on the other folds, test on ``fold``."""
+    """The 5-fold one-against-all transfer to one small set; its summary is the ``result`` artifact's file."""
     from pathlib import Path
 
     from image_emotion.kubeflow import runtime
     from image_emotion.stages import transfer_cv
-    from image_emotion.tracking import runs as tracking
 
     config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
-    inputs = transfer_cv.load_inputs(
-        config, Path(transfer.path) / "prepared", Path(features.path) / "transfer", Path(classifier.path) / "head.pt"
-    )
-    with tracking.stage_run(config, "transfer_cv", transfer_cv.TRACKED_SECTIONS):
-        row = transfer_cv.run_fold(inputs, fold)
-    runtime.write_json(result.path, row)  # the artifact's own file travels with it (cluster or local)
-    result.log_metric("accuracy", row["accuracy"])
-
-
-@dsl.component(base_image=IMAGE_CPU)
-def transfer_summary_op(
-    params_yaml: str,
-    mlflow_tracking_uri: str,
-    mlflow_experiment: str,
-    pipeline_run_id: str,
-    transfer: Input[Dataset],
-    results: Input[List[Metrics]],  # noqa: UP006
-    summary: Output[Metrics],
-):
-    """Mean ± std accuracy over the collected folds (logged to the transfer_cv stage run, as under DVC)."""
-    from pathlib import Path
-
-    from image_emotion.data.torch_data import PreparedDataset
-    from image_emotion.kubeflow import runtime
-    from image_emotion.stages import transfer_cv
-    from image_emotion.tracking import runs as tracking
-
-    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
-    data = PreparedDataset.load(Path(transfer.path) / "prepared")
-    rows = [runtime.read_json(r.path) for r in results]
-    with tracking.stage_run(config, "transfer_cv", transfer_cv.TRACKED_SECTIONS):
-        metrics = transfer_cv.summarize(data.name, data.label_set, rows)
-        transfer_cv.log_summary(metrics)
-    runtime.write_json(summary.path, metrics)
-    runtime.log_to_kfp(summary, metrics)
+    paths = transfer_cv.TransferPaths(
+        set_name, Path(dataset.path) / "prepared", Path(features.path) / "cache",
+        Path(classifier.path) / "head.pt", Path(result.path),
+    )  # fmt: skip
+    summary = transfer_cv.run(config, paths)  # writes the artifact's own file (it travels with it)
+    result.log_metric("accuracy_mean", summary["accuracy_mean"])
+    result.metadata["set"] = set_name
 
 
 @dsl.component(base_image=IMAGE_CPU)
@@ -232,7 +227,7 @@ def evaluate_op(
     main: Input[Dataset],
     features: Input[Dataset],
     classifier: Input[Model],
-    transfer_summary: Input[Metrics],
+    transfer: Input[List[Metrics]],  # noqa: UP006
     metrics: Output[Metrics],
     report: Output[HTML],
 ) -> float:
@@ -251,10 +246,13 @@ def evaluate_op(
 
     cls_dir = Path(classifier.path)
     plots = Path(tempfile.mkdtemp(prefix="plots-"))  # embedded in the HTML report below
+    transfer_dir = Path(tempfile.mkdtemp(prefix="transfer-"))  # <set>.json, as dvc.yaml's metrics/transfer/
+    for t in transfer:
+        summary = runtime.read_json(t.path)
+        runtime.write_json(transfer_dir / f"{summary['set']}.json", summary)
     paths = evaluate.EvaluatePaths(
-        Path(main.path) / "prepared", Path(features.path) / "main", cls_dir / "head.pt", cls_dir / "head_binary.pt",
-        cls_dir / "lambda_sweep.json", cls_dir / "ablation.json", Path(transfer_summary.path),
-        Path(metrics.path), plots,
+        Path(main.path) / "prepared", Path(features.path) / "cache", cls_dir / "head.pt", cls_dir / "head_binary.pt",
+        cls_dir / "lambda_sweep.json", cls_dir / "ablation.json", transfer_dir, Path(metrics.path), plots,
     )  # fmt: skip
     result = evaluate.run(config, paths)
     runtime.log_to_kfp(metrics, result)

@@ -1,8 +1,9 @@
 """The kfp v2 pipeline of the whole graph, its compilation and its local run (``kfp.local``).
 
-prepare (main, transfer) -> finetune_detector [GPU] -> extract_regions [GPU] -> ParallelFor λ: train_lambda
--> Collected -> select_classifier -> ParallelFor fold: transfer_fold -> Collected -> transfer_summary ->
-evaluate -> If test accuracy >= min_accuracy: register.
+pretrain_objects [GPU] + prepare detector data -> finetune_detector [GPU] -> prepare main data ->
+extract_regions [GPU] -> ParallelFor λ: train_lambda -> Collected -> select_classifier -> ParallelFor transfer
+set: prepare, extract_regions [GPU], transfer_cv -> Collected -> evaluate -> If test accuracy >= min_accuracy:
+register. The same graph as dvc.yaml.
 """
 
 from pathlib import Path
@@ -40,7 +41,7 @@ def _cpu(task: dsl.PipelineTask, cpu: str = "2", memory: str = "8G") -> dsl.Pipe
 def image_emotion_pipeline(
     params_yaml: str,
     lambdas: list = list(DEFAULTS.classifier.lambdas),  # noqa: B006 - kfp default, from the config schema
-    folds: list = list(range(DEFAULTS.prepare.folds)),  # noqa: B006
+    transfer_sets: list = [t.name for t in DEFAULTS.transfer.sets],  # noqa: B006
     min_accuracy: float = DEFAULTS.register.min_accuracy,
     mlflow_tracking_uri: str = "",
     mlflow_experiment: str = DEFAULTS.mlflow.experiment,
@@ -51,16 +52,16 @@ def image_emotion_pipeline(
         "mlflow_experiment": mlflow_experiment,
         "pipeline_run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER,
     }
-    main = _cpu(c.prepare_op(target="main", **common)).set_display_name("prepare")
-    transfer = _cpu(c.prepare_op(target="transfer", **common)).set_display_name("prepare transfer")
-    detector = _gpu(c.finetune_detector_op(dataset=main.outputs["dataset"], **common), "8", "32G")
+    objects = _gpu(c.pretrain_objects_op(**common), "8", "32G")
+    regions = _cpu(c.prepare_op(role="detector", **common)).set_display_name("prepare detector data")
+    main = _cpu(c.prepare_op(role="main", **common)).set_display_name("prepare main data")
+    detector = _gpu(
+        c.finetune_detector_op(dataset=regions.outputs["dataset"], objects=objects.outputs["objects"], **common),
+        "8",
+        "32G",
+    )
     features = _gpu(
-        c.extract_regions_op(
-            detector=detector.outputs["detector"],
-            main=main.outputs["dataset"],
-            transfer=transfer.outputs["dataset"],
-            **common,
-        ),
+        c.extract_regions_op(detector=detector.outputs["detector"], dataset=main.outputs["dataset"], **common),
         "8",
         "32G",
     )
@@ -76,27 +77,28 @@ def image_emotion_pipeline(
             **common,
         )
     )
-    with dsl.ParallelFor(items=folds, name="transfer-folds") as fold:
-        fold_task = _cpu(
-            c.transfer_fold_op(
-                fold=fold,
-                transfer=transfer.outputs["dataset"],
-                features=features.outputs["features"],
+    with dsl.ParallelFor(items=transfer_sets, name="transfer-sets") as set_name:
+        small = _cpu(c.prepare_op(role=set_name, **common)).set_display_name("prepare transfer set")
+        small_features = _gpu(
+            c.extract_regions_op(detector=detector.outputs["detector"], dataset=small.outputs["dataset"], **common),
+            "8",
+            "32G",
+        )
+        transfer = _cpu(
+            c.transfer_cv_op(
+                set_name=set_name,
+                dataset=small.outputs["dataset"],
+                features=small_features.outputs["features"],
                 classifier=classifier.outputs["classifier"],
                 **common,
             )
         )
-    summary = _cpu(
-        c.transfer_summary_op(
-            transfer=transfer.outputs["dataset"], results=dsl.Collected(fold_task.outputs["result"]), **common
-        )
-    )
     evaluation = _cpu(
         c.evaluate_op(
             main=main.outputs["dataset"],
             features=features.outputs["features"],
             classifier=classifier.outputs["classifier"],
-            transfer_summary=summary.outputs["summary"],
+            transfer=dsl.Collected(transfer.outputs["result"]),
             **common,
         )
     )
@@ -114,11 +116,11 @@ def image_emotion_pipeline(
 
 
 def pipeline_arguments(config: Config) -> dict[str, Any]:
-    """Pipeline arguments from a config (the λ list, folds and threshold follow params.yaml)."""
+    """Pipeline arguments from a config (the λ list, transfer sets and threshold follow params.yaml)."""
     return {
         "params_yaml": yaml.safe_dump(config.to_dict(), sort_keys=True),
         "lambdas": list(config.classifier.lambdas),
-        "folds": list(range(config.prepare.folds)),
+        "transfer_sets": [t.name for t in config.transfer.sets],
         "min_accuracy": config.register.min_accuracy,
         "mlflow_experiment": config.mlflow.experiment,
     }

@@ -10,6 +10,8 @@ from typing import Any
 import yaml
 
 from image_emotion.config import Config, validate
+from image_emotion.data.synthetic import generate
+from image_emotion.errors import ConfigError
 
 
 def setup(params_yaml: str, mlflow_tracking_uri: str, mlflow_experiment: str, pipeline_run_id: str) -> Config:
@@ -22,17 +24,34 @@ def setup(params_yaml: str, mlflow_tracking_uri: str, mlflow_experiment: str, pi
     return config.with_overrides([f"mlflow.experiment={mlflow_experiment}"] if mlflow_experiment else [])
 
 
-def transfer_config(config: Config) -> Config:
-    """The config the transfer target's make_synthetic/prepare see (as dvc.yaml's prepare_transfer sets it)."""
-    t = config.transfer
-    return config.with_overrides(
-        [
-            f"data.dataset={t.dataset}",
-            f"data.root={t.root}",
-            f"synthetic.num_images={t.synthetic.num_images}",
-            f"synthetic.seed={t.synthetic.seed}",
-        ]
-    )
+def role_config(config: Config, role: str) -> Config:
+    """The config that ``prepare`` of ``role`` sees, as dvc.yaml's prepare stages set it: ``data.dataset`` and
+    ``data.root`` are those of ``detector`` (detector_data), ``main`` (data) or the transfer set ``role``."""
+    if role == "main":
+        return config
+    if role == "detector":
+        ref = config.detector_data
+    else:
+        by_name = {t.name: t for t in config.transfer.sets}
+        if role not in by_name:
+            raise ConfigError(f"no transfer set {role!r} in transfer.sets ({', '.join(by_name)})")
+        ref = by_name[role]
+    return config.with_overrides([f"data.dataset={ref.dataset}", f"data.root={ref.root}"])
+
+
+def draw_if_synthetic(config: Config, out: Path) -> Config:
+    """For a synthetic ``data`` role: draw its set (the last part of ``data.root`` names it in
+    ``synthetic.sets``) into ``out`` and point ``data.root`` there; other datasets are left as they are."""
+    if config.data.dataset != "synthetic":
+        return config
+    generate(out, config.synthetic, Path(config.data.root).name)
+    return config.with_overrides([f"data.root={out}"])
+
+
+def draw_objects(config: Config, out: Path) -> Config:
+    """Draw the synthetic objects set of ``pretrain.root`` into ``out`` and point ``pretrain.root`` there."""
+    generate(out, config.synthetic, Path(config.pretrain.root).name)
+    return config.with_overrides([f"pretrain.root={out}"])
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -14,6 +14,7 @@ them: one backbone pass per image.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,31 +126,88 @@ class RegionDetector(nn.Module):
             nms_thresh=cfg.region_nms,
             detections_per_img=cfg.top_k,
         )
+        # the object branch: its own box head (a copy, so training the emotional one cannot move it), the
+        # object classifier and its box regression (used while pre-training on objects); frozen afterwards
+        self.object_box_head = TwoMLPHead(cfg.fpn_channels * 7 * 7, cfg.representation_size)
         self.object_classifier = nn.Linear(cfg.representation_size, cfg.num_object_classes)
-        self.object_classifier.requires_grad_(False)
+        self.object_box_regressor = nn.Linear(cfg.representation_size, cfg.num_object_classes * 4)
         self.register_buffer("has_object_classifier", torch.tensor(False))
+        self.freeze_object_branch(False)
+        self.coco_loaded: tuple[int, int] | None = None  # (tensors loaded, tensors in the file)
         if cfg.object_weights:
-            self.load_coco(cfg.object_weights)
+            self.coco_loaded = self.load_coco(cfg.object_weights)
 
-    def load_coco(self, path: str | Path) -> int:
-        """Load a torchvision COCO Faster R-CNN checkpoint: every tensor whose name and shape match, and its
-        class scores as the (frozen) object classifier. Returns how many tensors were loaded."""
-        state = load_state_dict_file(path)
-        renamed = {
-            k.replace("roi_heads.box_predictor.cls_score", "object_classifier"): v
-            for k, v in state.items()
-            if not k.startswith("roi_heads.box_predictor.bbox_pred")
-        }
+    def freeze_object_branch(self, trained: bool = True) -> None:
+        """Freeze the object branch (box head copy, classifier, regressor); ``trained``: p_obj now comes from
+        its classifier (after COCO weights or the object pre-training) instead of the RPN's objectness."""
+        for module in (self.object_box_head, self.object_classifier, self.object_box_regressor):
+            module.requires_grad_(False)
+        self.has_object_classifier.fill_(bool(trained) or bool(self.has_object_classifier))
+
+    def object_branch_modules(self) -> list[nn.Module]:
+        return [self.object_box_head, self.object_classifier, self.object_box_regressor]
+
+    def start_emotional_from_objects(self) -> None:
+        """The emotional branch's box head starts from the object branch's (fine-tuning from COCO)."""
+        self.roi_heads.box_head.load_state_dict(self.object_box_head.state_dict())
+
+    def load_coco(self, path: str | Path) -> tuple[int, int]:
+        """Load a torchvision COCO Faster R-CNN checkpoint (``fasterrcnn_resnet50_fpn`` key names): backbone,
+        FPN and RPN where names and shapes match, the box head into both branches, the class scores and box
+        regression into the (then frozen) object branch. Prints and returns (tensors loaded, tensors in file);
+        refuses a file whose box head or object classifier does not load."""
+        # BatchNorm's step counters are bookkeeping, not weights (the published file, with frozen BN, has none)
+        state = {k: v for k, v in load_state_dict_file(path).items() if not k.endswith("num_batches_tracked")}
+        renamed: dict[str, Tensor] = {}
+        for k, v in state.items():
+            if k.startswith("roi_heads.box_head."):
+                renamed[k] = v
+                renamed[k.replace("roi_heads.box_head.", "object_box_head.")] = v
+            elif k.startswith("roi_heads.box_predictor.cls_score."):
+                renamed[k.replace("roi_heads.box_predictor.cls_score.", "object_classifier.")] = v
+            elif k.startswith("roi_heads.box_predictor.bbox_pred."):
+                renamed[k.replace("roi_heads.box_predictor.bbox_pred.", "object_box_regressor.")] = v
+            else:
+                renamed[k] = v
         own = self.state_dict()
         loadable = {k: v for k, v in renamed.items() if k in own and own[k].shape == v.shape}
-        if "object_classifier.weight" not in loadable:
+        needed = [k for k in own if k.startswith(("object_box_head.", "object_classifier."))]
+        missing = [k for k in needed if k not in loadable]
+        if missing:
             raise ConfigError(
-                f"{path}: no object classifier of shape {tuple(own['object_classifier.weight'].shape)} "
-                "(roi_heads.box_predictor.cls_score); set detector.representation_size/num_object_classes to match"
+                f"{path}: the object branch did not load ({', '.join(missing[:3])}: missing or another shape); "
+                "give a torchvision fasterrcnn_resnet50_fpn checkpoint and set detector.representation_size / "
+                "num_object_classes to match it"
             )
         self.load_state_dict(loadable, strict=False)
-        self.has_object_classifier.fill_(True)
-        return len(loadable)
+        self.freeze_object_branch()
+        used = sum(1 for k in state if k in loadable or _coco_target(k) in loadable)
+        print(f"{path}: loaded {used} of {len(state)} tensors", file=sys.stderr)
+        return used, len(state)
+
+    def object_losses(self, images: list[Tensor], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """Object pre-training (COCO's role): RPN and the object branch trained on ``targets`` (``boxes (N, 4)``,
+        ``labels (N,)`` object categories >= 1). Returns the four Faster R-CNN losses."""
+        image_list, targets = self.transform(images, targets)
+        features = self.backbone(image_list.tensors)
+        proposals, _, rpn_losses = self.rpn.propose(image_list, features, targets)
+        predictor = FastRCNNPredictor(self.config.representation_size, self.config.num_object_classes)
+        predictor.cls_score, predictor.bbox_pred = self.object_classifier, self.object_box_regressor
+        heads = RoIHeads(
+            self.roi_pool,
+            self.object_box_head,
+            predictor,
+            fg_iou_thresh=0.5,
+            bg_iou_thresh=0.5,
+            batch_size_per_image=self.config.box_batch_size_per_image,
+            positive_fraction=0.25,
+            bbox_reg_weights=None,
+            score_thresh=0.05,
+            nms_thresh=0.5,
+            detections_per_img=100,
+        ).train()
+        _, roi_losses = heads(features, proposals, image_list.image_sizes, targets)
+        return {**rpn_losses, **roi_losses}
 
     @property
     def device(self) -> torch.device:
@@ -182,11 +240,11 @@ class RegionDetector(nn.Module):
         image_list, _ = self.transform(images)
         features = self.backbone(image_list.tensors)
         proposals, rpn_scores, _ = self.rpn.propose(image_list, features)
-        box_features = self.roi_heads.box_head(self.roi_pool(features, proposals, image_list.image_sizes))
-        logits, deltas = self.roi_heads.box_predictor(box_features)
+        pooled = self.roi_pool(features, proposals, image_list.image_sizes)
+        logits, deltas = self.roi_heads.box_predictor(self.roi_heads.box_head(pooled))
         p_emo = logits.softmax(-1)[:, 1]
         if bool(self.has_object_classifier):
-            p_obj = 1.0 - self.object_classifier(box_features).softmax(-1)[:, 0]
+            p_obj = 1.0 - self.object_classifier(self.object_box_head(pooled)).softmax(-1)[:, 0]
         else:
             p_obj = torch.cat(rpn_scores)
         regressed = self.roi_heads.box_coder.decode(deltas, proposals)[:, 1]
@@ -232,6 +290,13 @@ class RegionDetector(nn.Module):
             boxes = torch.cat([boxes, pad])
             scores = torch.cat([scores, scores.new_zeros(k - len(scores))])
         return boxes, scores
+
+
+def _coco_target(key: str) -> str:
+    """Where ``load_coco`` puts a checkpoint tensor (box head: the object branch's copy)."""
+    return key.replace("roi_heads.box_predictor.cls_score.", "object_classifier.").replace(
+        "roi_heads.box_predictor.bbox_pred.", "object_box_regressor."
+    )
 
 
 def region_recall(pred: Tensor, gt: Tensor, iou: float = 0.5) -> float:

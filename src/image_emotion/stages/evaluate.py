@@ -105,6 +105,12 @@ def region_overlays(root: Path, rows, boxes: torch.Tensor, true: list[str], pred
         grid.save(tmp, format="PNG")
 
 
+def read_transfer(path: Path) -> dict[str, dict[str, Any]]:
+    """The transfer results by set name: ``path`` is one ``<set>.json`` or a directory of them."""
+    files = sorted(path.glob("*.json")) if path.is_dir() else [path] if path.is_file() else []
+    return {f.stem: json.loads(f.read_text()) for f in files}
+
+
 def run(config: Config, paths: EvaluatePaths) -> dict[str, Any]:
     data, head_data, _ = load_head_data(paths.prepared, paths.features, config.emotions.dominant_probability)
     labels = get_label_set(data.label_set)
@@ -121,7 +127,7 @@ def run(config: Config, paths: EvaluatePaths) -> dict[str, Any]:
     )
     sweep = json.loads(paths.sweep.read_text())
     ablation = json.loads(paths.ablation.read_text())
-    transfer = json.loads(paths.transfer.read_text()) if paths.transfer.is_file() else None
+    transfer = read_transfer(paths.transfer)
     table1 = {r["mode"]: r["test_accuracy"] for r in ablation}
     metrics = {
         "dataset": data.name,
@@ -134,8 +140,10 @@ def run(config: Config, paths: EvaluatePaths) -> dict[str, Any]:
         "num_test_images": report["num_samples"],
         "table1": table1,
         "emotional_over_global": table1.get("emotional", 0.0) - table1.get("global", 0.0),
-        "transfer_accuracy_mean": transfer["accuracy_mean"] if transfer else None,
-        "transfer_accuracy_std": transfer["accuracy_std"] if transfer else None,
+        "transfer": {  # Table 3: each transfer set, mean ± std over its folds
+            name: {k: t[k] for k in ("dataset", "label_set", "accuracy_mean", "accuracy_std")}
+            for name, t in transfer.items()
+        },
         "chance_accuracy": 1.0 / len(labels),
     }
 

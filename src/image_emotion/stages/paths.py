@@ -20,13 +20,23 @@ class MakeSyntheticPaths:
 class PreparePaths:
     """Where ``prepare`` writes."""
 
-    out_dir: Path = Path("data/prepared")
-    metrics: Path = Path("metrics/prepare.json")
+    out_dir: Path = Path("data/prepared/main")
+    metrics: Path = Path("metrics/prepare/main.json")
+
+
+@dataclass(frozen=True)
+class PretrainPaths:
+    """The object-pretrained detector (COCO's role)."""
+
+    checkpoint: Path = Path("checkpoints/objects/last.pt")
+    model: Path = Path("models/objects/detector.pt")
+    metrics: Path = Path("metrics/objects.json")
 
 
 @dataclass(frozen=True)
 class FinetunePaths:
-    prepared: Path = Path("data/prepared")
+    prepared: Path = Path("data/prepared/detector")
+    objects: Path = Path("models/objects/detector.pt")
     checkpoint: Path = Path("checkpoints/detector/last.pt")
     model: Path = Path("models/detector/detector.pt")
     metrics: Path = Path("metrics/detector.json")
@@ -35,14 +45,14 @@ class FinetunePaths:
 @dataclass(frozen=True)
 class ExtractPaths:
     detector: Path = Path("models/detector/detector.pt")
-    prepared: tuple[Path, ...] = (Path("data/prepared"),)  # one cache directory per prepared dataset
+    prepared: tuple[Path, ...] = (Path("data/prepared/main"),)  # one cache directory per prepared dataset
     features: tuple[Path, ...] = (Path("data/features/main"),)
-    metrics: Path = Path("metrics/extract.json")
+    metrics: Path = Path("metrics/extract/main.json")
 
 
 @dataclass(frozen=True)
 class ClassifierPaths:
-    prepared: Path = Path("data/prepared")
+    prepared: Path = Path("data/prepared/main")
     features: Path = Path("data/features/main")
     out_dir: Path = Path("models/classifier")
     sweep: Path = Path("metrics/lambda_sweep.json")
@@ -52,28 +62,29 @@ class ClassifierPaths:
 
 @dataclass(frozen=True)
 class TransferPaths:
-    prepared: Path = Path("data/prepared_transfer")
-    features: Path = Path("data/features/transfer")
+    set_name: str = "small"  # the transfer set (params transfer.sets): its MLflow run and its metrics' name
+    prepared: Path = Path("data/prepared/small")
+    features: Path = Path("data/features/small")
     head: Path = Path("models/classifier/head.pt")
-    metrics: Path = Path("metrics/transfer.json")
+    metrics: Path = Path("metrics/transfer/small.json")
 
 
 @dataclass(frozen=True)
 class EvaluatePaths:
-    prepared: Path = Path("data/prepared")
+    prepared: Path = Path("data/prepared/main")
     features: Path = Path("data/features/main")
     head: Path = Path("models/classifier/head.pt")
     head_binary: Path = Path("models/classifier/head_binary.pt")
     sweep: Path = Path("metrics/lambda_sweep.json")
     ablation: Path = Path("metrics/ablation.json")
-    transfer: Path = Path("metrics/transfer.json")
+    transfer: Path = Path("metrics/transfer")  # one <set>.json a transfer set
     metrics: Path = Path("metrics/evaluate.json")
     plots: Path = Path("plots")
 
 
 @dataclass(frozen=True)
 class RegisterPaths:
-    prepared: Path = Path("data/prepared")
+    prepared: Path = Path("data/prepared/main")
     detector: Path = Path("models/detector/detector.pt")
     head: Path = Path("models/classifier/head.pt")
     evaluation: Path = Path("metrics/evaluate.json")

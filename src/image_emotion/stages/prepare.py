@@ -3,8 +3,9 @@
 Outputs (all written atomically): ``manifest.csv`` (see ``data/manifest.py``), ``dataset.json`` (name,
 image root, label set, split scheme), ``skipped.csv`` (every file left out and why) and the summary
 metrics JSON. Split schemes: ``random`` (stratified ``prepare.split`` fractions, FI-style 80/5/15),
-``folds`` (small datasets: split ``cv``), ``official`` (EmotionROI's files). Every row also gets a
-stratified fold 0..k-1, so any dataset can serve 5-fold transfer.
+``folds`` (small datasets: split ``cv``), ``official`` (EmotionROI's files; a seeded stratified validation
+part is carved out of the official training list, in the proportion val : train of ``prepare.split``).
+Every row also gets a stratified fold 0..k-1, so any dataset can serve 5-fold transfer.
 """
 
 from __future__ import annotations
@@ -32,7 +33,11 @@ def assign_splits(result: LoadResult, config: PrepareConfig) -> None:
         df["split"] = stratified_split(labels, config.split.to_dict(), config.seed)
     elif result.split_scheme == "folds":
         df["split"] = "cv"
-    # "official": the loader already set the split
+    else:  # "official" (EmotionROI): the loader set train/test; validation is carved out of train, stratified
+        train = df.index[df["split"] == "train"]
+        share = config.split.val / (config.split.train + config.split.val)
+        carved = stratified_split(df.loc[train, "label"].tolist(), {"train": 1 - share, "val": share}, config.seed)
+        df.loc[train, "split"] = carved
 
 
 def summarise(result: LoadResult, name: str) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import torch
 from image_emotion.config import ClassifierConfig, Config
 from image_emotion.data.emotions import get_label_set
 from image_emotion.data.torch_data import PreparedDataset
+from image_emotion.errors import ConfigError
 from image_emotion.files import write_json_atomic
 from image_emotion.metrics import accuracy, polarity_accuracy
 from image_emotion.models.multilevel import MODES, MultiLevelHead, save_head
@@ -81,8 +82,13 @@ def load_inputs(config: Config, prepared: Path, features: Path) -> ClassifierInp
     """The prepared dataset with its cached features, split indices and the classifier settings."""
     data, head_data, dims = load_head_data(prepared, features, config.emotions.dominant_probability)
     idx = {s: split_index(data, s) for s in ("train", "val", "test")}
-    if not len(idx["val"]):
-        idx["val"] = idx["test"]  # official splits without validation images (EmotionROI): select on test
+    labels = data.manifest["label"].to_numpy()
+    unseen = sorted(set(labels[idx["train"]]) - set(labels[idx["val"]]))
+    if unseen:  # λ is chosen on validation only: never fall back to the test split
+        raise ConfigError(
+            f"{prepared}: no validation image of {', '.join(unseen)}; λ is chosen on validation, so raise "
+            "prepare.split.val (or give the dataset more images of these classes)"
+        )
     n_classes = len(get_label_set(data.label_set))
     return ClassifierInputs(data, head_data, dims, idx, n_classes, config.classifier.mode, config.classifier)
 

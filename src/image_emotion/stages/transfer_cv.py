@@ -107,6 +107,11 @@ def summarize(data_name: str, label_set: str, results: list[dict[str, Any]]) -> 
     }
 
 
+def stage_name(set_name: str) -> str:
+    """The MLflow stage run of one transfer set (``dvc.yaml``'s foreach stages are named alike)."""
+    return f"transfer_cv@{set_name}"
+
+
 def log_summary(metrics: dict[str, Any]) -> None:
     """The fold summary as metrics of the active (stage) run."""
     tracking.log_metrics({"accuracy_mean": metrics["accuracy_mean"], "accuracy_std": metrics["accuracy_std"]})
@@ -114,9 +119,9 @@ def log_summary(metrics: dict[str, Any]) -> None:
 
 def run(config: Config, paths: TransferPaths) -> dict[str, Any]:
     inputs = load_inputs(config, paths.prepared, paths.features, paths.head)
-    with tracking.stage_run(config, "transfer_cv", TRACKED_SECTIONS):
+    with tracking.stage_run(config, stage_name(paths.set_name), TRACKED_SECTIONS):
         results = [run_fold(inputs, k) for k in inputs.folds]
-        metrics = summarize(inputs.data.name, inputs.data.label_set, results)
+        metrics = {"set": paths.set_name, **summarize(inputs.data.name, inputs.data.label_set, results)}
         log_summary(metrics)
     write_json_atomic(paths.metrics, metrics)
     return metrics
