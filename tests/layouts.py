@@ -95,8 +95,9 @@ def make_emotionroi(root: Path, per_class: int = 4) -> Path:
 EMOTION6_CLASSES = ("anger", "disgust", "fear", "joy", "sadness", "surprise", "neutral")
 
 
-def make_emotion6(root: Path, per_class: int = 4) -> Path:
-    """``images/<emo>/<n>.jpg`` + tab-separated ``ground_truth.txt`` with a header."""
+def make_emotion6(root: Path, per_class: int = 4, neutral: int = 0) -> Path:
+    """``images/<emo>/<n>.jpg`` + tab-separated ``ground_truth.txt`` with a header; ``neutral`` images whose
+    top probability is neutral (no polarity)."""
     lines = [
         "[image_filename]\t[valence]\t[arousal]\t[prob. anger]\t[prob. disgust]\t[prob. fear]\t"
         "[prob. joy]\t[prob. sadness]\t[prob. surprise]\t[prob. neutral]"
@@ -107,6 +108,10 @@ def make_emotion6(root: Path, per_class: int = 4) -> Path:
             probs = [0.05] * 7
             probs[c] = 0.7
             lines.append("\t".join([f"{emo}/{i + 1}.jpg", "5.1", "4.2", *(f"{p:.2f}" for p in probs)]))
+    for i in range(neutral):
+        save_image(root / "images" / "neutral" / f"{i + 1}.jpg", 900 + i)
+        probs = [0.05] * 6 + [0.7]
+        lines.append("\t".join([f"neutral/{i + 1}.jpg", "5.0", "3.0", *(f"{p:.2f}" for p in probs)]))
     (root / "ground_truth.txt").write_text("\n".join(lines) + "\n")
     return root
 

@@ -149,6 +149,25 @@ def import_closure(src, module: str) -> set[str]:
     return seen
 
 
+def test_a_second_repro_from_scratch_gives_identical_metrics(reproduced, tmp_path):
+    first = reproduced[0]
+    again = tmp_path / "again"
+    again.mkdir()
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(first / name, again / name)
+    shutil.copytree(first / "src", again / "src")
+    subprocess.run(["git", "init", "-q"], cwd=again, check=True)
+    _dvc(again, "init", "-q")
+    _dvc(again, "repro")
+    files = sorted(p.relative_to(first) for p in (first / "metrics").rglob("*.json"))
+    assert len(files) == 13 and files == sorted(p.relative_to(again) for p in (again / "metrics").rglob("*.json"))
+    for rel in files:
+        a, b = json.loads((first / rel).read_text()), json.loads((again / rel).read_text())
+        if isinstance(a, dict):  # wall-clock time is the one thing allowed to differ
+            a.pop("seconds", None), b.pop("seconds", None)
+        assert a == b, rel
+
+
 def test_outputs_round_trip_through_an_s3_remote(project, s3):
     _dvc(project, "remote", "add", "-d", "store", "s3://emotion/dvc")
     _dvc(project, "remote", "modify", "store", "endpointurl", s3)

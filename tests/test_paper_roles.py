@@ -10,7 +10,7 @@ import subprocess
 import pandas as pd
 import pytest
 import yaml
-from layouts import make_abstract, make_artphoto, make_emotionroi, make_fi
+from layouts import make_abstract, make_artphoto, make_emotion6, make_emotionroi, make_fi
 from tiny import tiny_config
 
 pytestmark = pytest.mark.e2e
@@ -32,6 +32,7 @@ def paper_project(tmp_path_factory, repo_root):
     fi = make_fi(data / "FI", per_class=10)
     artphoto = make_artphoto(data / "ArtPhoto", per_class=5)
     abstract = make_abstract(data / "Abstract", per_class=5)
+    emotion6 = make_emotion6(data / "Emotion6", per_class=5, neutral=5)
     _break(emotionroi / "images/fear/2.jpg", "truncated")
     _break(fi / "emotion_dataset/awe/awe_4.JPG", "truncated")
     _break(fi / "emotion_dataset/fear/fear_5.png", "text")
@@ -48,7 +49,8 @@ def paper_project(tmp_path_factory, repo_root):
             "data.root": fi,
             "data.on_error": "skip",
             "transfer.sets": f"[{{name: artphoto, dataset: artphoto, root: {artphoto}}}, "
-            f"{{name: abstract, dataset: abstract, root: {abstract}}}]",
+            f"{{name: abstract, dataset: abstract, root: {abstract}}}, "
+            f"{{name: emotion6, dataset: emotion6, root: {emotion6}}}]",
             "synthetic.sets": "{objects: {num_images: 16, seed: 2}}",  # COCO's role stays synthetic
             "finetune.max_images": "null",
         }
@@ -72,8 +74,9 @@ def test_every_stage_ran_in_the_papers_roles(paper_project):
     assert sorted(ran) == sorted(
         [
             "make_synthetic", "prepare_detector", "prepare_main", "prepare_transfer@0", "prepare_transfer@1",
-            "pretrain_objects", "finetune_detector", "extract_main", "extract_transfer@0", "extract_transfer@1",
-            "train_classifier", "transfer_cv@0", "transfer_cv@1", "evaluate", "register",
+            "prepare_transfer@2", "pretrain_objects", "finetune_detector", "extract_main", "extract_transfer@0",
+            "extract_transfer@1", "extract_transfer@2", "train_classifier", "transfer_cv@0", "transfer_cv@1",
+            "transfer_cv@2", "evaluate", "register",
         ]
     )  # fmt: skip
     assert _json(root / "metrics/objects.json")["images"] == 16  # the synthetic objects set played COCO
@@ -110,12 +113,20 @@ def test_classifier_on_fi_and_transfer_to_artphoto_and_abstract(paper_project):
     classifier = _json(root / "metrics/classifier.json")
     assert (classifier["dataset"], classifier["label_set"]) == ("fi", "mikels8")
     assert [r["lambda"] for r in _json(root / "metrics/lambda_sweep.json")] == [0.0, 0.5, 1.0]
-    for name in ("artphoto", "abstract"):
+    for name in ("artphoto", "abstract", "emotion6"):
         transfer = _json(root / f"metrics/transfer/{name}.json")
         assert (transfer["set"], transfer["dataset"], transfer["folds"]) == (name, name, 5)
-        assert len(transfer["accuracy_per_fold"]) == 5
+        assert len(transfer["accuracy_per_fold"]) == len(transfer["accuracy_2class_per_fold"]) == 5
+        # Table 3's two columns: own classes and 2-class, each the mean of its folds
+        assert transfer["accuracy_mean"] == pytest.approx(sum(transfer["accuracy_per_fold"]) / 5)
+        assert transfer["accuracy_2class_mean"] == pytest.approx(sum(transfer["accuracy_2class_per_fold"]) / 5)
+    emotion6 = _json(root / "metrics/transfer/emotion6.json")
+    assert emotion6["label_set"] == "emotion6" and emotion6["images_without_polarity"] == 5  # neutral, left out
+    assert _json(root / "metrics/transfer/artphoto.json")["images_without_polarity"] == 0
+    classifier_paper = classifier["paper_lambda"]
+    assert classifier_paper is None  # λ = 0.4 is not in the tiny sweep (0, 0.5, 1)
     evaluation = _json(root / "metrics/evaluate.json")
-    assert sorted(evaluation["transfer"]) == ["abstract", "artphoto"]
+    assert sorted(evaluation["transfer"]) == ["abstract", "artphoto", "emotion6"]
     assert (
         evaluation["dataset"] == "fi"
         and evaluation["num_test_images"]

@@ -144,6 +144,9 @@ class PrepareConfig(Section):
 
 class EmotionsConfig(Section):
     dominant_probability: float = Field(0.7, gt=0, le=1, description="p* of eq. 4 where an image has no votes")
+    target: Literal["eq4", "votes", "onehot"] = Field(
+        "eq4", description="L_ed's target: eq. 4 (p* = the label's vote share) | the votes | one-hot"
+    )
 
 
 # --- models and training ------------------------------------------------------------------------------------

@@ -19,6 +19,18 @@ emotions from high to low arousal, closing the circle::
 so that same-polarity emotions are neighbours, the two high-arousal ends (excitement, anger) meet, and so
 do the two low-arousal ends (sadness, contentment). ``dis(i, j) = 1 + steps(i, j)`` around the wheel (the
 definition of seed 002), hence ``dis(i, i) = 1`` and the largest distance is 5.
+
+Other label sets
+----------------
+Eq. 4 needs a distance between categories. Ekman's six basic emotions are six of the eight primaries on
+Plutchik's wheel (Plutchik 1980)::
+
+    joy - (trust) - fear - surprise - sadness - disgust - anger - (anticipation) - (joy)
+
+so ``ekman6`` uses ``dis = 1 + steps`` on that wheel (the opposites joy/sadness and fear/anger are 5 apart,
+neighbours 2). ``emotion6``'s neutral sits at the wheel's centre, half-way to everything (``dis = 3``).
+``binary``: the other polarity is at ``dis = 2``. Without a distance, eq. 4 would put the same share on
+every other class and L_ed would only smooth the labels.
 """
 
 from __future__ import annotations
@@ -149,15 +161,42 @@ def mikels_distance_matrix() -> np.ndarray:
     return np.array([[mikels_distance(a, b) for b in labels] for a in labels], dtype=np.float64)
 
 
-def emotion_distribution(dominant: int | str, p_star: float) -> np.ndarray:
+PLUTCHIK_WHEEL: tuple[str, ...] = ("joy", "trust", "fear", "surprise", "sadness", "disgust", "anger", "anticipation")
+
+
+def _plutchik_distance(a: str, b: str) -> int:
+    d = abs(PLUTCHIK_WHEEL.index(a) - PLUTCHIK_WHEEL.index(b))
+    return 1 + min(d, len(PLUTCHIK_WHEEL) - d)
+
+
+def distance_matrix(label_set: str) -> np.ndarray:
+    """``dis`` between the classes of ``label_set`` (see the module docstring). Shape ``(C, C)``."""
+    if label_set == "mikels8":
+        return mikels_distance_matrix()
+    labels = get_label_set(label_set).labels
+    if label_set == "binary":
+        return np.array([[1.0, 2.0], [2.0, 1.0]])
+
+    def dis(a: str, b: str) -> float:
+        if a == b:
+            return 1.0
+        if "neutral" in (a, b):
+            return 3.0
+        return float(_plutchik_distance(a, b))
+
+    return np.array([[dis(a, b) for b in labels] for a in labels], dtype=np.float64)
+
+
+def emotion_distribution(dominant: int | str, p_star: float, label_set: str = "mikels8") -> np.ndarray:
     """Seed 000 eq. 4: ``p_star`` on the dominant class, the rest shared in proportion to ``1 / dis``.
 
-    Returns a Mikels-8 distribution of shape ``(8,)`` that sums to 1.
+    Returns a distribution over ``label_set`` (Mikels-8 by default) of shape ``(C,)`` that sums to 1.
     """
     if not 0.0 < p_star <= 1.0:
         raise ConfigError(f"dominant probability p* must be in (0, 1], got {p_star}")
-    j = MIKELS8.index(dominant) if isinstance(dominant, str) else int(dominant)
-    inv = 1.0 / mikels_distance_matrix()[j]
+    labels = get_label_set(label_set)
+    j = labels.index(dominant) if isinstance(dominant, str) else int(dominant)
+    inv = 1.0 / distance_matrix(label_set)[j]
     inv[j] = 0.0
     f = inv / inv.sum() * (1.0 - p_star)
     f[j] = p_star

@@ -55,17 +55,28 @@ class PreparedDataset:
         labels = get_label_set(self.label_set)
         return torch.tensor([labels.index(x) for x in self.manifest["label"]], dtype=torch.long)
 
-    def distributions(self, p_star: float) -> Tensor:
-        """Emotion distributions ``(N, C)``: the votes where there are any, else eq. 4 (Mikels-8) or one-hot."""
+    def distributions(self, p_star: float, target: str = "eq4") -> Tensor:
+        """The training targets of L_ed ``(N, C)`` (params ``emotions.target``):
+
+        - ``eq4``: seed 000 eq. 4 - the label's share of the votes (``p_star`` where there are none, as in FI)
+          on the label, the rest spread by ``1 / dis`` over the label set's wheel;
+        - ``votes``: the vote distribution itself where there are votes, else eq. 4;
+        - ``onehot``: the label alone (L_ed is then L_cls).
+        """
         labels = get_label_set(self.label_set)
         rows = []
-        for label, dist in zip(self.manifest["label"], self.manifest["distribution"], strict=True):
-            if dist is not None:
-                rows.append(np.asarray(dist, dtype=np.float64))
-            elif self.label_set == "mikels8":
-                rows.append(emotion_distribution(label, p_star))
-            else:
+        for label, dist, p in zip(
+            self.manifest["label"],
+            self.manifest["distribution"],
+            self.label_probabilities(p_star).tolist(),
+            strict=True,
+        ):
+            if target == "onehot":
                 rows.append(np.eye(len(labels))[labels.index(label)])
+            elif target == "votes" and dist is not None:
+                rows.append(np.asarray(dist, dtype=np.float64))
+            else:
+                rows.append(emotion_distribution(label, p if p > 0 else p_star, self.label_set))
         return torch.tensor(np.stack(rows), dtype=torch.float32)
 
     def label_probabilities(self, p_star: float) -> Tensor:

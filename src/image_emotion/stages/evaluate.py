@@ -105,6 +105,17 @@ def region_overlays(root: Path, rows, boxes: torch.Tensor, true: list[str], pred
         grid.save(tmp, format="PNG")
 
 
+TRANSFER_COLUMNS = (  # Table 3: own classes and 2-class, mean ± std over the folds
+    "dataset",
+    "label_set",
+    "accuracy_mean",
+    "accuracy_std",
+    "accuracy_2class_mean",
+    "accuracy_2class_std",
+    "images_without_polarity",
+)
+
+
 def read_transfer(path: Path) -> dict[str, dict[str, Any]]:
     """The transfer results by set name: ``path`` is one ``<set>.json`` or a directory of them."""
     files = sorted(path.glob("*.json")) if path.is_dir() else [path] if path.is_file() else []
@@ -112,7 +123,7 @@ def read_transfer(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def run(config: Config, paths: EvaluatePaths) -> dict[str, Any]:
-    data, head_data, _ = load_head_data(paths.prepared, paths.features, config.emotions.dominant_probability)
+    data, head_data, _ = load_head_data(paths.prepared, paths.features, config.emotions)
     labels = get_label_set(data.label_set)
     test = split_index(data, "test")
     head, head_state = load_head(paths.head)
@@ -141,8 +152,7 @@ def run(config: Config, paths: EvaluatePaths) -> dict[str, Any]:
         "table1": table1,
         "emotional_over_global": table1.get("emotional", 0.0) - table1.get("global", 0.0),
         "transfer": {  # Table 3: each transfer set, mean ± std over its folds
-            name: {k: t[k] for k in ("dataset", "label_set", "accuracy_mean", "accuracy_std")}
-            for name, t in transfer.items()
+            name: {k: t.get(k) for k in TRANSFER_COLUMNS} for name, t in transfer.items()
         },
         "chance_accuracy": 1.0 / len(labels),
     }

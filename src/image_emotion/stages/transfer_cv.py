@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from image_emotion.config import Config, HeadTraining
-from image_emotion.data.emotions import get_label_set
+from image_emotion.data.emotions import BINARY, get_label_set
 from image_emotion.data.torch_data import PreparedDataset
+from image_emotion.errors import ConfigError
 from image_emotion.files import write_json_atomic
 from image_emotion.metrics import accuracy, per_class_accuracy
 from image_emotion.models.multilevel import MultiLevelHead, load_head
@@ -64,28 +65,61 @@ class TransferInputs:
 
 def load_inputs(config: Config, prepared: Path, features: Path, head: Path) -> TransferInputs:
     """The target's data and cached features, the trained head to start from, the transfer's head settings."""
-    data, head_data, dims = load_head_data(prepared, features, config.emotions.dominant_probability)
+    data, head_data, dims = load_head_data(prepared, features, config.emotions)
     return TransferInputs(data, head_data, dims, load_head(head)[0], config.transfer.head)
 
 
+def polarity_labels(data: PreparedDataset) -> np.ndarray:
+    """Each image's polarity class (0 negative, 1 positive; ``BINARY`` order), -1 where its label has none
+    (Emotion6's neutral): those images are left out of the 2-class figures. Shape ``(N,)``."""
+    labels = get_label_set(data.label_set)
+    out = []
+    for label in data.manifest["label"]:
+        try:
+            out.append(BINARY.index(labels.polarity(label)))
+        except ConfigError:
+            out.append(-1)
+    return np.array(out, dtype=np.int64)
+
+
+def _fit_and_test(inputs: TransferInputs, data: HeadData, train, test, num_classes: int) -> tuple[float, list]:
+    head = train_one_vs_all(data.select(train), inputs.init, inputs.dims, num_classes, inputs.hp)
+    sub = data.select(test)
+    with torch.inference_mode():
+        pred = head(sub.features).argmax(1)
+    return accuracy(sub.labels.tolist(), pred.tolist()), per_class_accuracy(
+        sub.labels.tolist(), pred.tolist(), num_classes
+    )
+
+
 def run_fold(inputs: TransferInputs, k: int) -> dict[str, Any]:
-    """Train on every fold but ``k``, test on ``k``: accuracy and per-class true-positive rate (a nested run)."""
+    """Train on every fold but ``k``, test on ``k`` (a nested run): the accuracy on the set's own classes with
+    the per-class true-positive rate, and the 2-class (polarity) accuracy of a one-against-all polarity head
+    (Table 3's two columns)."""
     num_classes = len(get_label_set(inputs.data.label_set))
     folds = inputs.data.manifest["fold"].to_numpy()
     with tracking.child_run(f"fold={k}") as mlflow:
         train, test = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
-        head = train_one_vs_all(inputs.head_data.select(train), inputs.init, inputs.dims, num_classes, inputs.hp)
-        sub = inputs.head_data.select(test)
-        with torch.inference_mode():
-            pred = head(sub.features).argmax(1)
-        acc = accuracy(sub.labels.tolist(), pred.tolist())
-        mlflow.log_metric("accuracy", acc)
-    tpr = per_class_accuracy(sub.labels.tolist(), pred.tolist(), num_classes)
-    return {"fold": k, "accuracy": acc, "true_positive_rate": [None if np.isnan(v) else float(v) for v in tpr]}
+        acc, tpr = _fit_and_test(inputs, inputs.head_data, train, test, num_classes)
+        row = {"fold": k, "accuracy": acc, "true_positive_rate": [None if np.isnan(v) else float(v) for v in tpr]}
+        if inputs.data.label_set == "binary":
+            row["accuracy_2class"] = acc
+        else:
+            polarity = polarity_labels(inputs.data)
+            keep = polarity >= 0
+            data = inputs.head_data.with_targets(
+                torch.as_tensor(np.where(keep, polarity, 0)), inputs.head_data.distributions, inputs.head_data.p_star
+            )
+            row["accuracy_2class"], _ = _fit_and_test(inputs, data, train[keep[train]], test[keep[test]], 2)
+        mlflow.log_metrics({"accuracy": acc, "accuracy_2class": row["accuracy_2class"]})
+    return row
 
 
-def summarize(data_name: str, label_set: str, results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean ± std accuracy over folds and the mean per-class true-positive rate."""
+def summarize(
+    data_name: str, label_set: str, results: list[dict[str, Any]], images_without_polarity: int = 0
+) -> dict[str, Any]:
+    """Mean ± std accuracy over folds, own classes and 2-class, and the mean per-class true-positive rate;
+    ``images_without_polarity`` (Emotion6's neutral) were left out of the 2-class figures."""
     labels = get_label_set(label_set)
     results = sorted(results, key=lambda r: r["fold"])
     accs = [r["accuracy"] for r in results]
@@ -93,6 +127,7 @@ def summarize(data_name: str, label_set: str, results: list[dict[str, Any]]) -> 
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         mean_tpr = np.nanmean(tpr, axis=0)
+    binary = [r["accuracy_2class"] for r in results]
     return {
         "dataset": data_name,
         "label_set": label_set,
@@ -100,6 +135,10 @@ def summarize(data_name: str, label_set: str, results: list[dict[str, Any]]) -> 
         "accuracy_per_fold": accs,
         "accuracy_mean": float(np.mean(accs)),
         "accuracy_std": float(np.std(accs)),
+        "accuracy_2class_per_fold": binary,
+        "accuracy_2class_mean": float(np.mean(binary)),
+        "accuracy_2class_std": float(np.std(binary)),
+        "images_without_polarity": images_without_polarity,
         "true_positive_rate_per_class": {
             label: (None if np.isnan(v) else float(v)) for label, v in zip(labels.labels, mean_tpr, strict=True)
         },
@@ -114,14 +153,15 @@ def stage_name(set_name: str) -> str:
 
 def log_summary(metrics: dict[str, Any]) -> None:
     """The fold summary as metrics of the active (stage) run."""
-    tracking.log_metrics({"accuracy_mean": metrics["accuracy_mean"], "accuracy_std": metrics["accuracy_std"]})
+    tracking.log_metrics({k: metrics[k] for k in ("accuracy_mean", "accuracy_std", "accuracy_2class_mean")})
 
 
 def run(config: Config, paths: TransferPaths) -> dict[str, Any]:
     inputs = load_inputs(config, paths.prepared, paths.features, paths.head)
     with tracking.stage_run(config, stage_name(paths.set_name), TRACKED_SECTIONS):
         results = [run_fold(inputs, k) for k in inputs.folds]
-        metrics = {"set": paths.set_name, **summarize(inputs.data.name, inputs.data.label_set, results)}
+        without = int((polarity_labels(inputs.data) < 0).sum())
+        metrics = {"set": paths.set_name, **summarize(inputs.data.name, inputs.data.label_set, results, without)}
         log_summary(metrics)
     write_json_atomic(paths.metrics, metrics)
     return metrics

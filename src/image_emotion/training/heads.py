@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from image_emotion.config import HeadTraining
+from image_emotion.config import EmotionsConfig, HeadTraining
 from image_emotion.data.emotions import BINARY, get_label_set
 from image_emotion.data.torch_data import PreparedDataset
 from image_emotion.errors import ConfigError
@@ -87,8 +87,9 @@ def predict(head: MultiLevelHead, features: dict[str, Tensor]) -> Tensor:
         return head.eval()(features).softmax(-1)
 
 
-def load_head_data(prepared: Path, features: Path, p_default: float) -> tuple[PreparedDataset, HeadData, tuple]:
-    """The prepared dataset and its cached features, row-aligned; ``dims`` = (Dg, Dl, K)."""
+def load_head_data(prepared: Path, features: Path, emotions: EmotionsConfig) -> tuple[PreparedDataset, HeadData, tuple]:
+    """The prepared dataset and its cached features, row-aligned, with the targets ``emotions`` asks for;
+    ``dims`` = (Dg, Dl, K)."""
     data = PreparedDataset.load(prepared)
     cache = load_cache(features)
     if cache["paths"] != list(data.manifest["path"]):
@@ -96,7 +97,9 @@ def load_head_data(prepared: Path, features: Path, p_default: float) -> tuple[Pr
             f"{features}: cached features are for another manifest; re-run `image-emotion extract-regions`"
         )
     feats = {k: cache[k] for k in ("global", "emotional", "object", "emotional_boxes")}  # boxes: for plots
-    head_data = HeadData(feats, data.labels(), data.distributions(p_default), data.label_probabilities(p_default))
+    p_star = emotions.dominant_probability
+    targets = data.distributions(p_star, emotions.target)
+    head_data = HeadData(feats, data.labels(), targets, data.label_probabilities(p_star))
     dims = (feats["global"].shape[1], feats["emotional"].shape[2], feats["emotional"].shape[1])
     return data, head_data, dims
 
