@@ -155,16 +155,27 @@ def test_coco_checkpoint_initialises_backbone_heads_and_frozen_object_classifier
     assert r.object_scores.shape == (1, 10)
 
 
-def test_a_v2_checkpoint_whose_box_head_cannot_load_is_refused(tmp_path):
+def test_a_v2_checkpoint_loads_into_the_v2_layout_and_is_refused_by_v1(tmp_path, capsys):
     from torchvision.models.detection import fasterrcnn_resnet50_fpn_v2
 
+    coco = fasterrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None)
     path = tmp_path / "fasterrcnn_resnet50_fpn_v2_coco.pth"
-    torch.save(fasterrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None).state_dict(), path)
+    torch.save(coco.state_dict(), path)
     config = DetectorConfig(
         backbone="resnet50", backbone_weights=None, object_weights=str(path), fpn_channels=256, representation_size=1024
     )
-    with pytest.raises(ConfigError, match=f"{path}: the object branch did not load \\(object_box_head.fc6.weight"):
+    with pytest.raises(ConfigError, match=f"{path}: a v2 checkpoint .*; set detector.layout: v2"):
         RegionDetector(config)
+    det = RegionDetector(config.model_copy(update={"layout": "v2", "min_size": 64, "max_size": 64}))
+    ref = {k: v for k, v in coco.state_dict().items() if not k.endswith("num_batches_tracked")}
+    assert det.coco_loaded == (len(ref) - 4, len(ref))  # all but the RPN's 3-anchor output layers
+    assert f"{path}: loaded {len(ref) - 4} of {len(ref)} tensors" in capsys.readouterr().err
+    assert torch.equal(det.object_box_head[0][0].weight, ref["roi_heads.box_head.0.0.weight"])  # conv box head
+    assert torch.equal(det.rpn.head.conv[1][0].weight, ref["rpn.head.conv.1.0.weight"])  # 2-conv RPN
+    assert torch.equal(det.backbone.fpn.inner_blocks[0][1].weight, ref["backbone.fpn.inner_blocks.0.1.weight"])
+    det.eval()
+    with torch.no_grad():
+        assert det.detect([torch.rand(3, 64, 64)]).object_scores.shape == (1, 10)
 
 
 def test_fine_tuning_the_emotional_branch_leaves_the_object_branch_unchanged(synthetic_small):

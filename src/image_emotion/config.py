@@ -156,6 +156,11 @@ class DetectorConfig(Section):
     """The emotional-region detector (seed 000 §4.1). CPU-sized defaults; the paper: resnet101, 800 px."""
 
     backbone: Literal["efficientnet_lite0", "resnet50", "resnet101"] = "efficientnet_lite0"
+    layout: Literal["v1", "v2"] = Field(
+        "v1",
+        description="torchvision's heads: v1 two-FC box head, 1-conv RPN (fasterrcnn_resnet50_fpn) | v2 4-conv+FC "
+        "box head, 2-conv RPN, FPN with BatchNorm (fasterrcnn_resnet50_fpn_v2)",
+    )
     backbone_weights: str | None = Field(
         "imagenet", description="imagenet (Lite0, ships offline) | a local .pth path | null (random)"
     )

@@ -209,12 +209,15 @@ def build_fpn_backbone(
     weights: str | Path | None = "imagenet",
     out_channels: int = 128,
     trainable_layers: int = 3,
+    fpn_norm: bool = False,
 ) -> FPNBackbone:
     """An FPN backbone by name: ``efficientnet_lite0`` | ``resnet50`` | ``resnet101``.
 
     ``trainable_layers`` (0-5) counts backbone stages from the top that stay trainable; the rest, and every
-    BatchNorm, are frozen (as torchvision's detection references do).
+    BatchNorm, are frozen (as torchvision's detection references do). ``fpn_norm``: BatchNorm in the FPN's
+    convolutions (torchvision's v2 Faster R-CNN).
     """
+    norm = nn.BatchNorm2d if fpn_norm else None
     if not 0 <= trainable_layers <= 5:
         raise ConfigError(f"trainable_layers must be in 0..5, got {trainable_layers}")
     if name == "efficientnet_lite0":
@@ -226,7 +229,7 @@ def build_fpn_backbone(
         frozen = tuple(f"_blocks.{i}." for i in range(first_trainable))
         _freeze_prefixes(net, frozen + (("_conv_stem", "_bn0") if trainable_layers < 5 else ()))
         body = _Lite0Body(freeze_batchnorm(net))
-        fpn = FeaturePyramidNetwork(list(LITE0_CHANNELS), out_channels)
+        fpn = FeaturePyramidNetwork(list(LITE0_CHANNELS), out_channels, norm_layer=norm)
         return FPNBackbone(body, fpn, out_channels, LITE_MEAN, LITE_STD)
     if name in ("resnet50", "resnet101"):
         if weights == "imagenet":
@@ -240,7 +243,11 @@ def build_fpn_backbone(
         _freeze_prefixes(net, tuple(n for n, _ in net.named_parameters() if not n.startswith(layers)))
         # torchvision's own body + FPN (its extra max-pooled P6 is dropped by FPNBackbone)
         built = BackboneWithFPN(
-            net, {"layer1": "c2", "layer2": "c3", "layer3": "c4", "layer4": "c5"}, [256, 512, 1024, 2048], out_channels
+            net,
+            {"layer1": "c2", "layer2": "c3", "layer3": "c4", "layer4": "c5"},
+            [256, 512, 1024, 2048],
+            out_channels,
+            norm_layer=norm,
         )
         return FPNBackbone(built.body, built.fpn, out_channels, IMAGENET_MEAN, IMAGENET_STD)
     raise ConfigError(f"unknown backbone {name!r}; expected efficientnet_lite0, resnet50 or resnet101")

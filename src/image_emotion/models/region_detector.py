@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead, concat_box_prediction_layers
@@ -95,14 +95,17 @@ class RegionDetector(nn.Module):
     def __init__(self, config: DetectorConfig | None = None) -> None:
         super().__init__()
         cfg = self.config = config or DetectorConfig()
-        self.backbone = build_fpn_backbone(cfg.backbone, cfg.backbone_weights, cfg.fpn_channels, cfg.trainable_layers)
+        v2 = cfg.layout == "v2"
+        self.backbone = build_fpn_backbone(
+            cfg.backbone, cfg.backbone_weights, cfg.fpn_channels, cfg.trainable_layers, fpn_norm=v2
+        )
         self.transform = GeneralizedRCNNTransform(
             cfg.min_size, cfg.max_size, self.backbone.image_mean, self.backbone.image_std
         )
         anchors = AnchorGenerator(tuple((s,) for s in cfg.anchor_sizes), ((1.0,),) * len(cfg.anchor_sizes))
         self.rpn = ScoredRPN(
             anchors,
-            RPNHead(cfg.fpn_channels, 1),
+            RPNHead(cfg.fpn_channels, 1, conv_depth=2 if v2 else 1),
             fg_iou_thresh=0.7,
             bg_iou_thresh=0.3,
             batch_size_per_image=256,
@@ -112,7 +115,7 @@ class RegionDetector(nn.Module):
             nms_thresh=0.7,
         )
         self.roi_pool = MultiScaleRoIAlign(list(LEVELS), output_size=7, sampling_ratio=2)
-        box_head = TwoMLPHead(cfg.fpn_channels * 7 * 7, cfg.representation_size)
+        box_head = _box_head(cfg)
         self.roi_heads = RoIHeads(
             self.roi_pool,
             box_head,
@@ -128,7 +131,7 @@ class RegionDetector(nn.Module):
         )
         # the object branch: its own box head (a copy, so training the emotional one cannot move it), the
         # object classifier and its box regression (used while pre-training on objects); frozen afterwards
-        self.object_box_head = TwoMLPHead(cfg.fpn_channels * 7 * 7, cfg.representation_size)
+        self.object_box_head = _box_head(cfg)
         self.object_classifier = nn.Linear(cfg.representation_size, cfg.num_object_classes)
         self.object_box_regressor = nn.Linear(cfg.representation_size, cfg.num_object_classes * 4)
         self.register_buffer("has_object_classifier", torch.tensor(False))
@@ -152,7 +155,8 @@ class RegionDetector(nn.Module):
         self.roi_heads.box_head.load_state_dict(self.object_box_head.state_dict())
 
     def load_coco(self, path: str | Path) -> tuple[int, int]:
-        """Load a torchvision COCO Faster R-CNN checkpoint (``fasterrcnn_resnet50_fpn`` key names): backbone,
+        """Load a torchvision COCO Faster R-CNN checkpoint (``fasterrcnn_resnet50_fpn`` key names, or ``_v2``'s
+        with ``detector.layout: v2``): backbone,
         FPN and RPN where names and shapes match, the box head into both branches, the class scores and box
         regression into the (then frozen) object branch. Prints and returns (tensors loaded, tensors in file);
         refuses a file whose box head or object classifier does not load."""
@@ -171,13 +175,21 @@ class RegionDetector(nn.Module):
                 renamed[k] = v
         own = self.state_dict()
         loadable = {k: v for k, v in renamed.items() if k in own and own[k].shape == v.shape}
-        needed = [k for k in own if k.startswith(("object_box_head.", "object_classifier."))]
+        needed = [
+            k
+            for k in own
+            if k.startswith(("object_box_head.", "object_classifier.")) and not k.endswith("num_batches_tracked")
+        ]
         missing = [k for k in needed if k not in loadable]
+        if missing and self.config.layout == "v1" and any(k.startswith("roi_heads.box_head.0.") for k in state):
+            raise ConfigError(
+                f"{path}: a v2 checkpoint (fasterrcnn_resnet50_fpn_v2: conv box head); set detector.layout: v2"
+            )
         if missing:
             raise ConfigError(
                 f"{path}: the object branch did not load ({', '.join(missing[:3])}: missing or another shape); "
-                "give a torchvision fasterrcnn_resnet50_fpn checkpoint and set detector.representation_size / "
-                "num_object_classes to match it"
+                "give a torchvision fasterrcnn_resnet50_fpn(_v2) checkpoint and set detector.layout / "
+                "representation_size / num_object_classes to match it"
             )
         self.load_state_dict(loadable, strict=False)
         self.freeze_object_branch()
@@ -290,6 +302,15 @@ class RegionDetector(nn.Module):
             boxes = torch.cat([boxes, pad])
             scores = torch.cat([scores, scores.new_zeros(k - len(scores))])
         return boxes, scores
+
+
+def _box_head(cfg: DetectorConfig) -> nn.Module:
+    """The RoI box head of ``cfg.layout``: v1 two FC layers, v2 four 3x3 convolutions (BatchNorm) and one FC."""
+    if cfg.layout == "v2":
+        return FastRCNNConvFCHead(
+            (cfg.fpn_channels, 7, 7), [256, 256, 256, 256], [cfg.representation_size], norm_layer=nn.BatchNorm2d
+        )
+    return TwoMLPHead(cfg.fpn_channels * 7 * 7, cfg.representation_size)
 
 
 def _coco_target(key: str) -> str:
