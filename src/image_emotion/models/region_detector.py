@@ -164,14 +164,8 @@ class RegionDetector(nn.Module):
         state = {k: v for k, v in load_state_dict_file(path).items() if not k.endswith("num_batches_tracked")}
         renamed: dict[str, Tensor] = {}
         for k, v in state.items():
-            if k.startswith("roi_heads.box_head."):
-                renamed[k] = v
-                renamed[k.replace("roi_heads.box_head.", "object_box_head.")] = v
-            elif k.startswith("roi_heads.box_predictor.cls_score."):
-                renamed[k.replace("roi_heads.box_predictor.cls_score.", "object_classifier.")] = v
-            elif k.startswith("roi_heads.box_predictor.bbox_pred."):
-                renamed[k.replace("roi_heads.box_predictor.bbox_pred.", "object_box_regressor.")] = v
-            else:
+            renamed[_coco_target(k)] = v
+            if k.startswith("roi_heads.box_head."):  # the box head also starts the emotional branch
                 renamed[k] = v
         own = self.state_dict()
         loadable = {k: v for k, v in renamed.items() if k in own and own[k].shape == v.shape}
@@ -314,10 +308,15 @@ def _box_head(cfg: DetectorConfig) -> nn.Module:
 
 
 def _coco_target(key: str) -> str:
-    """Where ``load_coco`` puts a checkpoint tensor (box head: the object branch's copy)."""
-    return key.replace("roi_heads.box_predictor.cls_score.", "object_classifier.").replace(
-        "roi_heads.box_predictor.bbox_pred.", "object_box_regressor."
-    )
+    """Where ``load_coco`` puts a checkpoint tensor: the box head and predictor go to the object branch."""
+    for source, target in (
+        ("roi_heads.box_head.", "object_box_head."),
+        ("roi_heads.box_predictor.cls_score.", "object_classifier."),
+        ("roi_heads.box_predictor.bbox_pred.", "object_box_regressor."),
+    ):
+        if key.startswith(source):
+            return target + key[len(source) :]
+    return key
 
 
 def region_recall(pred: Tensor, gt: Tensor, iou: float = 0.5) -> float:

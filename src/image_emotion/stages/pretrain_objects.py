@@ -44,8 +44,7 @@ def run(config: Config, paths: PretrainPaths) -> dict[str, Any]:
         else:
             for module in detector.object_branch_modules():
                 module.requires_grad_(True)
-            for module in (detector.roi_heads,):  # the emotional branch waits for finetune_detector
-                module.requires_grad_(False)
+            detector.roi_heads.requires_grad_(False)  # the emotional branch waits for finetune_detector
             root = Path(hp.root)
             dataset = DetectionDataset.objects(root, synthetic.read_objects(root), hp.hflip, hp.seed)
             code = source_fingerprint(sys.modules[__name__], detection, region_detector, backbones, torch_data)
