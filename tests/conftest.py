@@ -83,7 +83,7 @@ def tiny_run(tmp_path_factory, mlflow_store):
     make_synthetic.run(config, make_synthetic.MakeSyntheticPaths(syn))
     for role, root in (("detector", syn / "regions"), ("main", syn / "main"), ("small", syn / "small")):
         role_config = config.with_overrides([f"data.root={root}"])
-        prepare.run(role_config, prepare.PreparePaths(work / "prepared" / role, work / f"metrics/prepare_{role}.json"))
+        prepare.run(role_config, prepare.PreparePaths(work / "prepared" / role, work / f"metrics/prepare/{role}.json"))
     pretrain_objects.run(
         config,
         pretrain_objects.PretrainPaths(

@@ -28,6 +28,7 @@ STAGES = [
     "train_classifier",
     "transfer_cv@0",
     "evaluate",
+    "report",
     "register",
 ]
 
@@ -97,7 +98,7 @@ def test_repro_runs_the_graph_then_noop_then_only_what_lambda_changes(reproduced
     params["classifier"]["lambdas"] = [0.0, 0.3, 1.0]
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     third = _dvc(project, "repro")
-    assert _ran(third) == ["train_classifier", "transfer_cv@0", "evaluate", "register"]
+    assert _ran(third) == ["train_classifier", "transfer_cv@0", "evaluate", "report", "register"]
     assert [r["lambda"] for r in json.loads((project / "metrics/lambda_sweep.json").read_text())] == [0.0, 0.3, 1.0]
     assert json.loads((project / "metrics/register.json").read_text())["version"] == 2
 

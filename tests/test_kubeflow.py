@@ -60,8 +60,13 @@ def test_local_run_of_the_whole_pipeline_registers_a_model(tmp_path, monkeypatch
     config = tiny_config(**{"register.model_name": "kfp-emotion"})
     run_dir = Path(run_local(config, tmp_path / "root", mlflow_tracking_uri=uri)["run_dir"])
     assert run_dir.parent == tmp_path / "root"
-    report = next(run_dir.glob("evaluate-op/report"))
-    assert "test accuracy" in Path(report).read_text()
+    page = Path(next(run_dir.glob("report-op/html"))).read_text()
+    markdown = Path(next(run_dir.glob("report-op/markdown"))).read_text()
+    evaluation = json.loads(Path(next(run_dir.glob("evaluate-op/metrics"))).read_text())
+    # the report's Table 3 main row carries the evaluate step's test accuracy, next to FI's published 75.46
+    main_row = next(line for line in markdown.splitlines() if line.startswith("| main (synthetic)"))
+    assert main_row.split(" | ")[3:5] == [f"{100 * evaluation['test_accuracy']:.1f}", "75.46"]
+    assert "Not the paper's data." in page and 'src="data:image/png;base64,' in page  # one self-contained file
     selected = json.loads(next(run_dir.glob("select-classifier-op/executor_output.json")).read_text())
     assert selected  # the λ selection step wrote its outputs
     client = mlflow.MlflowClient(uri)
@@ -79,8 +84,8 @@ def test_local_run_of_the_whole_pipeline_registers_a_model(tmp_path, monkeypatch
     stage_runs = {r.info.run_name: r.info.run_id for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id}
     # the same tree as under `dvc repro` (tests/test_pipeline_stages.py): one run per stage, λ and folds below
     assert sorted(stage_runs) == [
-        "evaluate", "extract_regions", "finetune_detector", "pretrain_objects", "register", "train_classifier",
-        "transfer_cv@small",
+        "evaluate", "extract_regions", "finetune_detector", "pretrain_objects", "register", "report",
+        "train_classifier", "transfer_cv@small",
     ]  # fmt: skip
     lambda_runs = set(children[stage_runs["train_classifier"]])
     assert {"lambda=0.0", "lambda=0.5", "lambda=1.0", "loss=p", "mode=global", "binary"} <= lambda_runs

@@ -76,7 +76,7 @@ def test_every_stage_ran_in_the_papers_roles(paper_project):
             "make_synthetic", "prepare_detector", "prepare_main", "prepare_transfer@0", "prepare_transfer@1",
             "prepare_transfer@2", "pretrain_objects", "finetune_detector", "extract_main", "extract_transfer@0",
             "extract_transfer@1", "extract_transfer@2", "train_classifier", "transfer_cv@0", "transfer_cv@1",
-            "transfer_cv@2", "evaluate", "register",
+            "transfer_cv@2", "evaluate", "report", "register",
         ]
     )  # fmt: skip
     assert _json(root / "metrics/objects.json")["images"] == 16  # the synthetic objects set played COCO
@@ -133,3 +133,18 @@ def test_classifier_on_fi_and_transfer_to_artphoto_and_abstract(paper_project):
         == (pd.read_csv(root / "data/prepared/main/manifest.csv")["split"] == "test").sum()
     )
     assert _json(root / "metrics/register.json")["version"] == 1
+
+
+def test_report_sets_the_papers_figures_beside_the_datasets_it_has_and_flags_the_one_it_lacks(paper_project):
+    root, _ = paper_project
+    md = (root / "reports/paper.md").read_text()
+    banner = next(line for line in md.splitlines() if "Not the paper's data" in line)
+    assert "transfer: emotion6 = emotion6 (" in banner  # Emotion6 is not among the paper's transfer sets
+    assert "classifier (main)" not in banner and "detector" not in banner  # FI and EmotionROI are the paper's
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in md.splitlines() if line.startswith("| ")}
+    artphoto = _json(root / "metrics/transfer/artphoto.json")
+    assert rows["artphoto (artphoto)"][3:5] == [
+        f"{100 * artphoto['accuracy_mean']:.1f} ± {100 * artphoto['accuracy_std']:.1f}",
+        "74.58",
+    ]
+    assert rows["abstract (abstract)"][4] == "70.77" and rows["emotion6 (emotion6)"][4] == "—"

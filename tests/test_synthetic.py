@@ -29,21 +29,60 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
     assert _digest(a) == _digest(b) != _digest(c)
 
 
-def test_annotations_are_balanced_with_votes_and_boxes_inside(tmp_path):
-    cfg = SyntheticConfig.one_set(num_images=32, image_size=96, seed=0, votes_per_image=20)
+def test_labels_are_the_top_vote_with_boxes_inside(tmp_path):
+    cfg = SyntheticConfig.one_set(num_images=64, image_size=96, seed=0, votes_per_image=20)
     root = generate(tmp_path / "emb", cfg)
     ann = pd.read_csv(root / "annotations.csv")
-    assert ann["label"].value_counts().to_dict() == dict.fromkeys(MIKELS8.labels, 4)
-    for votes, boxes in zip(ann["votes"].map(json.loads), ann["boxes"].map(json.loads), strict=True):
+    for label, votes, boxes in zip(
+        ann["label"], ann["votes"].map(json.loads), ann["boxes"].map(json.loads), strict=True
+    ):
         assert sum(votes) == 20 and len(votes) == 8
+        assert votes[MIKELS8.index(label)] == max(votes)  # FI's rule: the single label is the top vote
         assert 1 <= len(boxes) <= 2
         for x1, y1, x2, y2 in boxes:
             assert 0 <= x1 < x2 <= 96 and 0 <= y1 < y2 <= 96
             area = (x2 - x1) * (y2 - y1) / 96**2
             assert 0.04 <= area <= 0.18
-    # the true class has the most votes for most images (agreement >= 0.45)
-    top = [MIKELS8.labels[int(np.argmax(json.loads(v)))] for v in ann["votes"]]
-    assert np.mean(np.array(top) == ann["label"].to_numpy()) > 0.8
+    # drawn around 8 emotions x 8 images; top votes move a few labels to a neighbour, none disappears
+    counts = ann["label"].value_counts()
+    assert set(counts.index) == set(MIKELS8.labels) and counts.max() <= 14
+
+
+def _motif_label(shape_class: int, box, image) -> str:
+    """The emotion whose motif colour dominates ``box`` of ``image`` (the motif's stripes are the class hue)."""
+    x1, y1, x2, y2 = (int(v) for v in box)
+    crop = np.asarray(image)[y1:y2, x1:x2].reshape(-1, 3).astype(int)
+    candidates = [x for x in MIKELS8.labels if 1 + SHAPES.index(class_motif(x)[0]) == shape_class]
+    return max(candidates, key=lambda x: (np.abs(crop - np.array(class_motif(x)[1])).sum(1) < 40).mean())
+
+
+def test_ambiguous_images_show_two_neighbouring_emotions_and_split_the_votes(tmp_path):
+    from PIL import Image
+
+    from image_emotion.data.emotions import wheel_steps
+
+    cfg = SyntheticConfig.one_set(num_images=80, image_size=128, seed=1, ambiguous_fraction=0.5)
+    root = generate(tmp_path / "emb", cfg)
+    ann = pd.read_csv(root / "annotations.csv")
+    ambiguous = ann[ann["ambiguous"] == 1]
+    assert 25 <= len(ambiguous) <= 55  # about half of 80
+    label_is_larger_motif, top_two_are_the_motifs = [], []
+    for _, row in ambiguous.iterrows():
+        objects = json.loads(row["objects"])[-2:]  # the two motifs, drawn last
+        image = Image.open(root / row["path"])
+        shown = [_motif_label(int(o[4]), o[:4], image) for o in objects]
+        assert wheel_steps(*shown) == 1, shown  # neighbours on Mikels' wheel
+        votes = np.array(json.loads(row["votes"]))
+        top_two = {MIKELS8.labels[i] for i in np.argsort(-votes, kind="stable")[:2]}
+        top_two_are_the_motifs.append(top_two == set(shown))
+        areas = [(o[2] - o[0]) * (o[3] - o[1]) for o in objects]
+        label_is_larger_motif.append(row["label"] == shown[int(np.argmax(areas))])
+        assert row["label"] in shown
+    # viewers split between the two motifs, by their areas: the label is noisy, but leans to the larger one
+    assert np.mean(top_two_are_the_motifs) > 0.8
+    assert 0.55 < np.mean(label_is_larger_motif) < 0.95
+    clear = ann[ann["ambiguous"] == 0]
+    assert all(len(json.loads(b)) in (1, 2) for b in clear["boxes"])
 
 
 @pytest.mark.parametrize("label", MIKELS8.labels)
@@ -57,7 +96,7 @@ def test_motif_colour_sits_inside_the_boxes(label):
     for x1, y1, x2, y2 in boxes:
         inside[int(y1) : int(y2), int(x1) : int(x2)] = True
     # the striped motif is the class colour in its box; outside, the colour is at most background noise
-    assert close[inside].mean() > 0.1 and close[inside].mean() > 2 * close[~inside].mean()
+    assert close[inside].mean() > 0.08 and close[inside].mean() > 2 * close[~inside].mean()
 
 
 def test_motifs_differ_per_class():
@@ -72,6 +111,7 @@ def test_motifs_differ_per_class():
             {"sets": {"main": {"num_images": 4, "seed": 0}}},
             "sets.main.num_images: Input should be greater than or equal to 16, got 4",
         ),
+        ({"ambiguous_fraction": 1.5}, "ambiguous_fraction: Input should be less than or equal to 1, got 1.5"),
         ({"image_size": 16}, "image_size: Input should be greater than or equal to 64, got 16"),
         ({"votes_per_image": 0}, "votes_per_image: Input should be greater than or equal to 1, got 0"),
     ],
@@ -86,12 +126,13 @@ def test_every_object_is_annotated_with_its_shape_for_the_object_pretraining(tmp
     rows = read_objects(root)
     ann = pd.read_csv(root / "annotations.csv")
     assert [p for p, _ in rows] == list(ann["path"])
-    for (_, objects), label, boxes in zip(rows, ann["label"], ann["boxes"].map(json.loads), strict=True):
-        shape, _ = class_motif(label)
-        motif_class = 1 + SHAPES.index(shape)
+    rows_ann = zip(rows, ann["label"], ann["boxes"].map(json.loads), ann["ambiguous"], strict=True)
+    for (_, objects), label, boxes, ambiguous in rows_ann:
         assert 3 + len(boxes) <= len(objects) <= 5 + len(boxes)  # 3-5 distractors plus the motifs
         assert [o[:4] for o in objects[-len(boxes) :]] == boxes  # the motifs, drawn last, with their boxes
-        assert all(o[4] == motif_class for o in objects[-len(boxes) :])
+        if not ambiguous:  # an ambiguous image's motifs are its label's and a neighbour's (tested above)
+            motif_class = 1 + SHAPES.index(class_motif(label)[0])
+            assert all(o[4] == motif_class for o in objects[-len(boxes) :])
         assert all(1 <= o[4] <= len(SHAPES) and o[0] < o[2] <= 96 and o[1] < o[3] <= 96 for o in objects)
 
 

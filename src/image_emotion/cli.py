@@ -36,6 +36,7 @@ STAGES = {
         "EvaluatePaths",
         "test metrics, confusion matrix, λ curve, ablation table, region overlays",
     ),
+    "report": ("report", "ReportPaths", "the paper's tables beside this run's figures: reports/paper.md and .html"),
     "register": ("register", "RegisterPaths", "log + register the model in MLflow; promote to champion if better"),
 }
 

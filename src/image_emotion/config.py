@@ -96,6 +96,12 @@ class SyntheticConfig(Section):
 
     image_size: int = Field(160, ge=64, le=1024, description="square images of this many pixels")
     votes_per_image: int = Field(20, ge=1, description="simulated viewers per image (the vote distribution)")
+    ambiguous_fraction: float = Field(
+        0.4,
+        ge=0.0,
+        le=1.0,
+        description="images showing two neighbouring emotions on Mikels' wheel, labelled by their noisy top vote",
+    )
     sets: dict[str, SyntheticSet] = Field(
         {
             "objects": SyntheticSet(num_images=160, seed=2),
@@ -200,7 +206,8 @@ class DetectorTraining(Section):
 class FinetuneConfig(DetectorTraining):
     """The emotional branch on detector_data's boxes (L_det* = L_emo + L_reg), the object branch frozen."""
 
-    max_images: int | None = Field(320, ge=1, description="train on a seeded subset of this many (null: all)")
+    epochs: int = Field(2, ge=1)
+    max_images: int | None = Field(256, ge=1, description="train on a seeded subset of this many (null: all)")
 
 
 class PretrainConfig(DetectorTraining):

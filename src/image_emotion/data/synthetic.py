@@ -1,6 +1,6 @@
 """The synthetic default dataset (params ``synthetic``): drawn images whose emotion is carried by *regions*.
 
-Why it is a fair test of seed 000's claim (regions beat global features):
+Why it is a fair test of seed 000's claims (regions beat global features; the emotion distribution helps):
 
 - Each Mikels-8 class has a motif: a shape and a hue (hue = 45 degrees x the class's place on Mikels'
   wheel, so neighbouring emotions look alike, as they are confused alike). One or two motif objects
@@ -9,12 +9,16 @@ Why it is a fair test of seed 000's claim (regions beat global features):
 - Backgrounds (gradients, clutter, noise) and 3-5 distractor objects are drawn independently of the class:
   any shape, any class hue, plain, striped or outlined (never both), so every single cue of a motif also
   appears away from it, and global colour/shape statistics are weak evidence of the class.
-- 20 simulated viewers vote per image: the true class with a per-image agreement in [0.45, 0.9], else a
-  class drawn in proportion to ``1/dis^2`` on Mikels' wheel. Votes give the distribution; some images
-  are ambiguous, as in real data.
+- 20 simulated viewers vote per image. A *clear* image shows motifs of one emotion: each viewer picks it
+  with a per-image agreement in [0.45, 0.9], else a class drawn in proportion to ``1/dis^2`` on the wheel.
+  An *ambiguous* image (``ambiguous_fraction`` of them) shows one motif of an emotion and one of its
+  neighbour on the wheel; viewers split between the two in proportion to the motifs' areas. As in FI, the
+  single label is the top vote (ties broken at random), so on ambiguous images it is noisy, and the vote
+  distribution carries what a one-hot label lacks.
 
 Written in a published-like layout: ``images/<id>.png`` and ``annotations.csv`` (``path, label, votes,
-boxes``; votes in Mikels-8 order). Everything follows from the seed: the same params give the same bytes.
+boxes, objects, ambiguous``; votes in Mikels-8 order). Everything follows from the seed: the same params
+give the same bytes.
 """
 
 from __future__ import annotations
@@ -121,22 +125,37 @@ def _striped(colour: tuple[int, int, int], size: int, phase: int) -> Image.Image
     return Image.fromarray(arr.astype(np.uint8))
 
 
-def _votes(rng: np.random.Generator, label_idx: int, n: int) -> list[int]:
-    """Vote counts in Mikels-8 order, centred on ``label_idx`` and spread along the wheel."""
+def _vote_probabilities(rng: np.random.Generator, shares: dict[int, float]) -> np.ndarray:
+    """What one viewer votes, in Mikels-8 order: for each shown emotion (index -> share of the evidence), its
+    share times [agreement on it, the rest spread as ``1/dis^2`` around it on the wheel]."""
     agreement = rng.uniform(0.45, 0.9)
-    others = 1.0 / mikels_distance_matrix()[label_idx] ** 2
-    others[label_idx] = 0.0
-    probs = others / others.sum() * (1 - agreement)
-    probs[label_idx] = agreement
-    return [int(v) for v in rng.multinomial(n, probs)]
+    dis = mikels_distance_matrix()
+    probs = np.zeros(len(dis))
+    for idx, share in shares.items():
+        others = 1.0 / dis[idx] ** 2
+        others[idx] = 0.0
+        probs += share * (1 - agreement) * others / others.sum()
+        probs[idx] += share * agreement
+    return probs
+
+
+def top_vote(rng: np.random.Generator, votes: list[int]) -> int:
+    """The index of the most voted class; ties broken at random (seeded)."""
+    best = np.flatnonzero(np.asarray(votes) == max(votes))
+    return int(best[rng.integers(len(best))]) if len(best) > 1 else int(best[0])
+
+
+def _box_area(box: list[float]) -> float:
+    return (box[2] - box[0]) * (box[3] - box[1])
 
 
 def render_image(
-    rng: np.random.Generator, label: str, size: int
+    rng: np.random.Generator, motifs: str | tuple[str, ...], size: int
 ) -> tuple[Image.Image, list[list[float]], list[list[float]]]:
-    """Draw one image of class ``label``; returns it, its motif boxes ``[[x1, y1, x2, y2], ...]`` and every
-    object drawn, motifs and distractors, as ``[[x1, y1, x2, y2, class], ...]`` (class = 1 + its index in
-    ``SHAPES``: the object detector's categories, 0 being the background).
+    """Draw one image showing ``motifs``: a label (one or two motifs of it) or a tuple of labels (one motif
+    each, in that order). Returns the image, the motif boxes ``[[x1, y1, x2, y2], ...]`` in drawing order and
+    every object drawn, distractors then motifs, as ``[[x1, y1, x2, y2, class], ...]`` (class = 1 + its index
+    in ``SHAPES``: the object detector's categories, 0 being the background).
 
     Distractors carry every single cue of a motif - any shape, any class hue, stripes *or* an outline - but
     never both: only the striped-and-outlined object is the emotional region, and only its shape and hue
@@ -159,14 +178,15 @@ def render_image(
         else:
             outline = (20, 20, 20) if style == 2 else None
             _draw_shape(draw, shape, box, fill=colour, outline=outline, width=outline_width if style == 2 else 0)
-    shape, colour = class_motif(label)
-    pattern = _striped(colour, size, int(rng.integers(0, 10)))
+    if isinstance(motifs, str):
+        motifs = (motifs,) * (1 if rng.random() < 0.6 else 2)
     boxes: list[list[float]] = []
-    for _ in range(1 if rng.random() < 0.6 else 2):
+    for label in motifs:
+        shape, colour = class_motif(label)
         box = _random_box(rng, size, 0.05, 0.14)
         mask = Image.new("L", (size, size), 0)
         _draw_shape(ImageDraw.Draw(mask), shape, box, fill=255)
-        img.paste(pattern, (0, 0), mask)
+        img.paste(_striped(colour, size, int(rng.integers(0, 10))), (0, 0), mask)
         _draw_shape(draw, shape, box, fill=None, outline=(20, 20, 20), width=outline_width)
         boxes.append([box[0], box[1], min(box[2] + 1, size), min(box[3] + 1, size)])
         objects.append([*boxes[-1], 1 + SHAPES.index(shape)])
@@ -175,34 +195,52 @@ def render_image(
     return Image.fromarray(arr), boxes, objects
 
 
+def draw_example(
+    rng: np.random.Generator, emotion: str, size: int, votes_per_image: int, ambiguous: bool
+) -> tuple[Image.Image, dict]:
+    """One image drawn around ``emotion`` and its annotation row (``label`` = the top vote). An ambiguous
+    image also shows a neighbour of ``emotion`` on the wheel; viewers split by the two motifs' areas."""
+    if ambiguous:
+        pos = WHEEL_ORDER.index(emotion)
+        neighbour = WHEEL_ORDER[(pos + (1 if rng.random() < 0.5 else -1)) % len(WHEEL_ORDER)]
+        img, boxes, objects = render_image(rng, (emotion, neighbour), size)
+        area = [_box_area(b) for b in boxes]
+        shares = {MIKELS8.index(emotion): area[0] / sum(area), MIKELS8.index(neighbour): area[1] / sum(area)}
+    else:
+        img, boxes, objects = render_image(rng, emotion, size)
+        shares = {MIKELS8.index(emotion): 1.0}
+    votes = [int(v) for v in rng.multinomial(votes_per_image, _vote_probabilities(rng, shares))]
+    row = {
+        "label": MIKELS8.labels[top_vote(rng, votes)],
+        "votes": json.dumps(votes),
+        "boxes": json.dumps(boxes),
+        "objects": json.dumps(objects),
+        "ambiguous": int(ambiguous),
+    }
+    return img, row
+
+
 def generate(out_dir: str | Path, config: SyntheticConfig, role: str = "main") -> Path:
-    """Write the synthetic set of ``role`` (``config.sets``) to ``out_dir`` atomically (balanced classes,
-    shuffled order): images, emotional-region boxes, votes and every object's box and category."""
+    """Write the synthetic set of ``role`` (``config.sets``) to ``out_dir`` atomically (images drawn around
+    balanced emotions in shuffled order): images, top-vote labels, votes, emotional-region boxes and every
+    object's box and category."""
     if role not in config.sets:
         raise ConfigError(f"synthetic.sets has no set {role!r}; defined: {', '.join(config.sets)}")
-    spec, size, votes_per_image = config.sets[role], config.image_size, config.votes_per_image
+    spec, size = config.sets[role], config.image_size
     rng = np.random.default_rng(spec.seed)
-    labels = [MIKELS8.labels[i % len(MIKELS8)] for i in range(spec.num_images)]
-    rng.shuffle(labels)
+    emotions = [MIKELS8.labels[i % len(MIKELS8)] for i in range(spec.num_images)]
+    rng.shuffle(emotions)
+    ambiguous = rng.random(spec.num_images) < config.ambiguous_fraction
     with atomic_dir(out_dir) as tmp:
         (tmp / "images").mkdir()
         rows = []
-        for i, label in enumerate(labels):
-            img, boxes, objects = render_image(rng, label, size)
+        for i, (emotion, is_ambiguous) in enumerate(zip(emotions, ambiguous, strict=True)):
+            img, row = draw_example(rng, emotion, size, config.votes_per_image, bool(is_ambiguous))
             rel = f"images/{i:05d}.png"
             img.save(tmp / rel, optimize=False, compress_level=1)
-            votes = _votes(rng, MIKELS8.index(label), votes_per_image)
-            rows.append(
-                {
-                    "path": rel,
-                    "label": label,
-                    "votes": json.dumps(votes),
-                    "boxes": json.dumps(boxes),
-                    "objects": json.dumps(objects),
-                }
-            )
+            rows.append({"path": rel, **row})
         with (tmp / ANNOTATIONS).open("w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=["path", "label", "votes", "boxes", "objects"])
+            writer = csv.DictWriter(fh, fieldnames=["path", "label", "votes", "boxes", "objects", "ambiguous"])
             writer.writeheader()
             writer.writerows(rows)
     return Path(out_dir)

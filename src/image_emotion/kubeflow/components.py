@@ -10,7 +10,7 @@ stage modules expose those steps (``sweep_point``, ``select_lambda``, ``variants
 from typing import List, NamedTuple  # noqa: UP035 - kfp reads typing.List for collected artifacts
 
 from kfp import dsl
-from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Dataset, Input, Markdown, Metrics, Model, Output
 
 from image_emotion.kubeflow import IMAGE_CPU, IMAGE_CUDA
 
@@ -39,6 +39,7 @@ def prepare_op(
     config = runtime.draw_if_synthetic(config, out / "images")
     summary = prepare.run(config, prepare.PreparePaths(out / "prepared", out / "prepare.json"))
     runtime.log_to_kfp(metrics, summary)
+    runtime.write_json(metrics.path, {"role": role, **summary})  # the report reads the sizes from here
 
 
 @dsl.component(base_image=IMAGE_CUDA)
@@ -229,43 +230,75 @@ def evaluate_op(
     classifier: Input[Model],
     transfer: Input[List[Metrics]],  # noqa: UP006
     metrics: Output[Metrics],
-    report: Output[HTML],
+    plots: Output[Dataset],
 ) -> float:
-    """Test metrics and plots; an HTML report with the λ curve, the confusion matrix and region overlays.
+    """Test metrics and plots (the λ curve, the confusion matrix, region overlays: the ``plots`` directory).
 
     Returns the test accuracy (the pipeline's register condition reads it).
     """
-    import base64
+    import tempfile
     from pathlib import Path
 
     from image_emotion.kubeflow import runtime
     from image_emotion.stages import evaluate
 
     config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
-    import tempfile
-
     cls_dir = Path(classifier.path)
-    plots = Path(tempfile.mkdtemp(prefix="plots-"))  # embedded in the HTML report below
     transfer_dir = Path(tempfile.mkdtemp(prefix="transfer-"))  # <set>.json, as dvc.yaml's metrics/transfer/
-    for t in transfer:
-        summary = runtime.read_json(t.path)
-        runtime.write_json(transfer_dir / f"{summary['set']}.json", summary)
+    runtime.collect_transfer(transfer, transfer_dir)
     paths = evaluate.EvaluatePaths(
         Path(main.path) / "prepared", Path(features.path) / "cache", cls_dir / "head.pt", cls_dir / "head_binary.pt",
-        cls_dir / "lambda_sweep.json", cls_dir / "ablation.json", transfer_dir, Path(metrics.path), plots,
+        cls_dir / "lambda_sweep.json", cls_dir / "ablation.json", transfer_dir, Path(metrics.path), Path(plots.path),
     )  # fmt: skip
     result = evaluate.run(config, paths)
     runtime.log_to_kfp(metrics, result)
-    images = "".join(
-        f'<h3>{name}</h3><img src="data:image/png;base64,{base64.b64encode((plots / name).read_bytes()).decode()}"/>'
-        for name in ("lambda_curve.png", "confusion.png", "regions.png")
-    )
-    table = "".join(f"<tr><td>{m}</td><td>{a:.3f}</td></tr>" for m, a in result["table1"].items())
-    Path(report.path).write_text(
-        f"<html><body><h2>image-emotion: test accuracy {result['test_accuracy']:.3f}</h2>"
-        f"<table><tr><th>features</th><th>test accuracy</th></tr>{table}</table>{images}</body></html>"
-    )
     return float(result["test_accuracy"])
+
+
+@dsl.component(base_image=IMAGE_CPU)
+def report_op(
+    params_yaml: str,
+    mlflow_tracking_uri: str,
+    mlflow_experiment: str,
+    pipeline_run_id: str,
+    prepared_detector: Input[Metrics],
+    prepared_main: Input[Metrics],
+    prepared_transfer: Input[List[Metrics]],  # noqa: UP006
+    detector: Input[Model],
+    classifier: Input[Model],
+    transfer: Input[List[Metrics]],  # noqa: UP006
+    evaluation: Input[Metrics],
+    plots: Input[Dataset],
+    html: Output[HTML],
+    markdown: Output[Markdown],
+):
+    """The paper's tables beside this run's figures: the HTML and Markdown artifacts the kfp UI shows (figures
+    inlined), also logged to the MLflow parent run."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from image_emotion.kubeflow import runtime
+    from image_emotion.stages import report
+
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
+    results = Path(tempfile.mkdtemp(prefix="results-"))  # the run's result files, in dvc.yaml's layout
+    for prepared in (prepared_detector, prepared_main, *prepared_transfer):
+        summary = runtime.read_json(prepared.path)
+        runtime.write_json(results / "prepare" / f"{summary['role']}.json", summary)
+    runtime.collect_transfer(transfer, results / "transfer")
+    for name in ("classifier.json", "lambda_sweep.json", "ablation.json"):
+        shutil.copy(Path(classifier.path) / name, results / name)
+    shutil.copy(Path(detector.path) / "detector.json", results / "detector.json")
+    shutil.copy(evaluation.path, results / "evaluate.json")
+    out = Path(tempfile.mkdtemp(prefix="report-"))
+    paths = report.ReportPaths(
+        results / "prepare", results / "detector.json", results / "classifier.json", results / "lambda_sweep.json",
+        results / "ablation.json", results / "transfer", results / "evaluate.json", results, Path(plots.path), out,
+    )  # fmt: skip
+    report.write_report(config, paths, inline_figures=True)
+    shutil.copy(out / "paper.html", html.path)
+    shutil.copy(out / "paper.md", markdown.path)
 
 
 @dsl.component(base_image=IMAGE_CPU)

@@ -2,8 +2,8 @@
 
 pretrain_objects [GPU] + prepare detector data -> finetune_detector [GPU] -> prepare main data ->
 extract_regions [GPU] -> ParallelFor λ: train_lambda -> Collected -> select_classifier -> ParallelFor transfer
-set: prepare, extract_regions [GPU], transfer_cv -> Collected -> evaluate -> If test accuracy >= min_accuracy:
-register. The same graph as dvc.yaml.
+set: prepare, extract_regions [GPU], transfer_cv -> Collected -> evaluate -> report (HTML + Markdown artifacts)
+and, if test accuracy >= min_accuracy, register. The same graph as dvc.yaml.
 """
 
 from pathlib import Path
@@ -99,6 +99,19 @@ def image_emotion_pipeline(
             features=features.outputs["features"],
             classifier=classifier.outputs["classifier"],
             transfer=dsl.Collected(transfer.outputs["result"]),
+            **common,
+        )
+    )
+    _cpu(
+        c.report_op(
+            prepared_detector=regions.outputs["metrics"],
+            prepared_main=main.outputs["metrics"],
+            prepared_transfer=dsl.Collected(small.outputs["metrics"]),
+            detector=detector.outputs["detector"],
+            classifier=classifier.outputs["classifier"],
+            transfer=dsl.Collected(transfer.outputs["result"]),
+            evaluation=evaluation.outputs["metrics"],
+            plots=evaluation.outputs["plots"],
             **common,
         )
     )

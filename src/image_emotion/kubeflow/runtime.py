@@ -63,6 +63,14 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def collect_transfer(results: list[Any], out: Path) -> None:
+    """The collected transfer results (kfp ``Metrics`` artifacts whose files are ``transfer_cv``'s summaries) as
+    ``out/<set>.json``, the layout of dvc.yaml's ``metrics/transfer/``."""
+    for result in results:
+        summary = read_json(result.path)
+        write_json(Path(out) / f"{summary['set']}.json", summary)
+
+
 def log_to_kfp(metrics_artifact: Any, values: dict[str, Any]) -> None:
     """Every finite number of ``values`` (flattened) as a kfp Metrics entry."""
     from image_emotion.tracking.runs import flatten

@@ -83,6 +83,22 @@ class EvaluatePaths:
 
 
 @dataclass(frozen=True)
+class ReportPaths:
+    """What the report reads (every result file of the run) and where it writes ``paper.md`` / ``paper.html``."""
+
+    prepare: Path = Path("metrics/prepare")  # <role>.json for detector, main and each transfer set
+    detector: Path = Path("metrics/detector.json")
+    classifier: Path = Path("metrics/classifier.json")
+    sweep: Path = Path("metrics/lambda_sweep.json")
+    ablation: Path = Path("metrics/ablation.json")
+    transfer: Path = Path("metrics/transfer")  # <set>.json a transfer set
+    evaluation: Path = Path("metrics/evaluate.json")
+    extras: Path = Path("metrics")  # retrieval.json (seed 002), generative.json (seed 001) when present
+    plots: Path = Path("plots")  # lambda_curve.png, confusion.png, regions.png (evaluate)
+    out_dir: Path = Path("reports")
+
+
+@dataclass(frozen=True)
 class RegisterPaths:
     prepared: Path = Path("data/prepared/main")
     detector: Path = Path("models/detector/detector.pt")

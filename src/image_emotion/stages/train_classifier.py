@@ -170,6 +170,7 @@ def write_outputs(
         "test_polarity_accuracy": best.get("test_polarity_accuracy"),
         "binary_test_accuracy": binary["test_accuracy"],
         "loss_variants_test_accuracy": {k: v["test_accuracy"] for k, v in losses.items()},
+        "loss_variants_test_polarity_accuracy": {k: v.get("test_polarity_accuracy") for k, v in losses.items()},
         # the paper fixes λ = 0.4 (its Fig. 8, on FI's validation set); λ* above is chosen on this run's
         "paper_lambda": next(({**r, "lambda": PAPER_LAMBDA} for r in sweep if r["lambda"] == PAPER_LAMBDA), None),
         "chance_accuracy": 1.0 / inputs.num_classes,

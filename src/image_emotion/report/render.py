@@ -1,0 +1,154 @@
+"""``Report`` -> Markdown (images linked) and a self-contained HTML page (images inlined, no external files)."""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Callable
+from pathlib import Path
+
+from image_emotion.report.tables import EXTRAS, Claim, Report, Table
+
+FIGURES = (  # (file under plots/, heading): the λ curve (Fig. 8), the confusion matrix, the region overlays
+    ("lambda_curve.png", "Fig. 8: accuracy by λ"),
+    ("confusion.png", "Confusion matrix of the full method (test split)"),
+    ("regions.png", "Emotional regions (red, the best first and thickest) and ground truth (green) on test images"),
+)
+TITLE = "image-emotion: seed 000's tables, this run beside the paper"
+
+
+def _claim_verdict(holds: bool | None) -> str:
+    return "n/a" if holds is None else "holds" if holds else "does not hold"
+
+
+def _claim_value(c: Claim) -> str:
+    if c.ours is None:
+        return "—"
+    return f"λ* = {c.ours:g}" if c.key == "lambda_inside" else f"{c.ours:+.1f} points"
+
+
+def _paper_value(c: Claim) -> str:
+    return f"λ = {c.paper:g}" if c.key == "lambda_inside" else f"{c.paper:+.2f} points"
+
+
+def claims_table(report: Report) -> Table:
+    rows = [[c.text, _claim_value(c), _claim_verdict(c.holds), _paper_value(c)] for c in report.claims]
+    return Table(
+        "The paper's claims on this run",
+        "Differences in test accuracy (8 classes) between the rows each claim compares.",
+        ["claim", "this run", "verdict", "the paper"],
+        rows,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- Markdown
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def md_table(table: Table, level: int = 2) -> str:
+    lines = [f"{'#' * level} {table.title}", "", table.caption, ""]
+    lines.append("| " + " | ".join(_md_cell(c) for c in table.columns) + " |")
+    lines.append("|" + "|".join("---" for _ in table.columns) + "|")
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in table.rows]
+    lines += [""] + [f"- {n}" for n in table.notes] + ([""] if table.notes else [])
+    return "\n".join(lines)
+
+
+def markdown(report: Report, figure_src: Callable[[str], str]) -> str:
+    """The report as GitHub Markdown; ``figure_src(file name under plots/)`` gives each figure's link."""
+    out = [f"# {TITLE}", ""]
+    out += [f"- **{k}**: {v}" for k, v in report.header] + [""]
+    if report.banner:
+        out += ["> **Not the paper's data.** " + " ".join(report.banner), ""]
+    out.append(md_table(report.datasets))
+    if report.differences:
+        out += ["Differences from the paper's setup:", ""] + [f"- {d}" for d in report.differences] + [""]
+    out.append(md_table(claims_table(report)))
+    out += [md_table(t) for t in report.tables]
+    out.append(md_table(report.lambda_table))
+    out += ["## Emotional-region detector", ""] + [f"- {k}: {v}" for k, v in report.detector] + [""]
+    out += ["## Figures", ""] + [f"![{title}]({figure_src(name)})" for name, title in FIGURES] + [""]
+    for name, table in report.extras.items():
+        out.append(md_table(table) if table else f"## {EXTRAS[name]}\n\nNot run in this pipeline yet.\n")
+    return "\n".join(out).rstrip() + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- HTML
+
+CSS = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222; padding: 0 1em; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: .5em 0; } p.caption { color: #555; margin-bottom: .3em; }
+th, td { border: 1px solid #ccc; padding: .25em .6em; text-align: right; }
+th:first-child, td:first-child, td.text { text-align: left; }
+td.paper, th.paper { background: #f3f6fb; color: #345; }
+.banner { background: #fff4d6; border: 1px solid #e0b84a; padding: .6em 1em; border-radius: 4px; }
+.holds { color: #1a7f37; font-weight: 600; } .fails { color: #b42318; font-weight: 600; }
+dl.header { display: grid; grid-template-columns: max-content auto; gap: .2em 1em; }
+dl.header dt { font-weight: 600; } dl.header dd { margin: 0; font-family: ui-monospace, monospace; }
+img { max-width: 100%; border: 1px solid #eee; } ul.notes { color: #555; margin-top: 0; }
+"""
+
+
+def _cell(column: str, value: str) -> str:
+    classes = ["paper"] if "paper" in column else []
+    if not any(ch.isdigit() for ch in value) and value != "—":
+        classes.append("text")  # words align left, figures right
+    if value in ("holds", "does not hold"):
+        classes = ["holds" if value == "holds" else "fails"]
+    return f'<td class="{" ".join(classes)}">{html.escape(value)}</td>' if classes else f"<td>{html.escape(value)}</td>"
+
+
+def html_table(table: Table) -> str:
+    head = "".join(f'<th class="{"paper" if "paper" in c else ""}">{html.escape(c)}</th>' for c in table.columns)
+    body = "".join(
+        "<tr>" + "".join(_cell(c, v) for c, v in zip(table.columns, row, strict=True)) + "</tr>" for row in table.rows
+    )
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in table.notes)
+    return (
+        f'<h2>{html.escape(table.title)}</h2><p class="caption">{html.escape(table.caption)}</p><table>'
+        f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        + (f'<ul class="notes">{notes}</ul>' if notes else "")
+    )
+
+
+def inline_png(path: Path) -> str:
+    """A PNG file as a ``data:`` URI (a page that needs no other file)."""
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def html_page(report: Report, plots: Path) -> str:
+    """The report as one self-contained HTML page: figures under ``plots`` inlined (a missing one is said so)."""
+    parts = [f"<h1>{html.escape(TITLE)}</h1>"]
+    parts.append(
+        '<dl class="header">'
+        + "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in report.header)
+        + "</dl>"
+    )
+    if report.banner:
+        parts.append(
+            '<p class="banner"><strong>Not the paper\'s data.</strong> ' + html.escape(" ".join(report.banner)) + "</p>"
+        )
+    parts.append(html_table(report.datasets))
+    if report.differences:
+        items = "".join(f"<li>{html.escape(d)}</li>" for d in report.differences)
+        parts.append(f"<p>Differences from the paper's setup:</p><ul>{items}</ul>")
+    parts.append(html_table(claims_table(report)))
+    parts += [html_table(t) for t in report.tables]
+    parts.append(html_table(report.lambda_table))
+    items = "".join(f"<li>{html.escape(k)}: {html.escape(v)}</li>" for k, v in report.detector)
+    parts.append(f"<h2>Emotional-region detector</h2><ul>{items}</ul>")
+    for name, title in FIGURES:
+        path = plots / name
+        body = f'<img alt="{html.escape(title)}" src="{inline_png(path)}"/>' if path.is_file() else "(not written)"
+        parts.append(f"<h2>{html.escape(title)}</h2>{body}")
+    for name, table in report.extras.items():
+        missing = f"<h2>{html.escape(EXTRAS[name])}</h2><p>Not run in this pipeline yet.</p>"
+        parts.append(html_table(table) if table else missing)
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"/>'
+        f"<title>{html.escape(TITLE)}</title><style>{CSS}</style></head><body>" + "\n".join(parts) + "</body></html>\n"
+    )
