@@ -7,6 +7,7 @@ probabilities; ``train_head`` runs SGD (the paper's lr 1e-3, batch 128) with one
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,16 +65,24 @@ def train_head(
     return fit(head, data, hp, lambda logits, b: emotion_loss(loss, logits, b.labels, b.distributions, b.p_star, lam))
 
 
+def batches(n: int, batch_size: int, generator: torch.Generator) -> list[Tensor]:
+    """One epoch's shuffled mini-batches of ``0..n-1``: ``ceil(n / batch_size)`` batches of near-equal size.
+
+    Never a last batch of a few images: with momentum, the large gradient of a one-image batch steers the
+    next several steps (seen here: 641 training images in batches of 128 trained to 35% instead of 95%).
+    """
+    order = torch.randperm(n, generator=generator)
+    return list(torch.tensor_split(order, max(1, math.ceil(n / batch_size))))
+
+
 def fit(head: MultiLevelHead, data: HeadData, hp: HeadTraining, loss_fn) -> MultiLevelHead:
     """SGD over seeded shuffled mini-batches; ``loss_fn(logits (B, C), batch: HeadData) -> scalar``."""
     optimizer = torch.optim.SGD(head.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
     generator = torch.Generator().manual_seed(hp.seed)
-    n, batch = len(data), hp.batch_size
     head.train()
     for _ in range(hp.epochs):
-        order = torch.randperm(n, generator=generator)
-        for start in range(0, n, batch):
-            b = data.select(order[start : start + batch])
+        for index in batches(len(data), hp.batch_size, generator):
+            b = data.select(index)
             value = loss_fn(head(b.features), b)
             optimizer.zero_grad()
             value.backward()
