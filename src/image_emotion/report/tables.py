@@ -360,16 +360,12 @@ def claims(run: RunFigures) -> list[Claim]:
 
 
 def detector_summary(run: RunFigures) -> list[tuple[str, str]]:
+    """The detector's device, training size and region recall at each K it was measured at (ascending)."""
     d = run.detector
     items = [("device", str(d.get("device", DASH))), ("training images", str(d.get("train_images", DASH)))]
-    for k in sorted(d):
-        if k.startswith("recall_at_"):
-            items.append(
-                (
-                    f"recall@{k.removeprefix('recall_at_')} of the ground-truth regions ({d.get('holdout_split')})",
-                    pct(d[k]),
-                )
-            )
+    ks = sorted(int(k.removeprefix("recall_at_")) for k in d if k.startswith("recall_at_"))
+    holdout = d.get("holdout_split")
+    items += [(f"recall@{k} of the ground-truth regions ({holdout})", pct(d[f"recall_at_{k}"])) for k in ks]
     return items
 
 
