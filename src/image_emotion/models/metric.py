@@ -1,0 +1,322 @@
+"""The sentiment-vector network of seed 002 (Yang et al., AAAI-18, "Retrieving and Classifying Affective Images via
+Deep Metric Learning"): texture features from Gram matrices of five convolutional layers, plus a classifier.
+
+For each of five intermediate feature maps ``F_l`` (spread over depth: one per resolution, strides 2-32) a 1×1
+convolution with 16 filters and a ReLU gives ``F'_l`` (B, 16, H_l, W_l); its Gram matrix
+``Φ_l[i, j] = Σ_k F'_l[k, i] F'_l[k, j] / (H_l · W_l)`` is 16×16, and its lower triangle with the diagonal, read
+row by row (``Φ11, Φ21, Φ22, Φ31, ...``, the paper's eq. 5 order; equal to the upper triangle read column by
+column), gives 136 values. The five are concatenated (680 values) and scaled to unit L2 norm: the paper's
+sentiment vector ``SV``, on which the sentiment loss and retrieval use Euclidean distances.
+
+Choices the paper leaves open, and ours:
+- which five layers (it uses GoogLeNet-Inception and names none): the last map of each resolution, see ``TAPS``;
+- which non-linearity after the 1×1 convolution ("adding the non-linear activation"): ReLU, as in its GoogLeNet;
+- the Gram normalisation: the paper's Φ is the plain sum over the ``M_l = W_l × H_l`` positions; we divide by
+  ``H_l · W_l`` so that every layer's Gram is a mean, independent of input size, and the stride-2 layer does not
+  outweigh the stride-32 one by 256× before the joint L2 normalisation.
+- ``joint``: the paper does NOT join the sentiment vector with the FC feature; it retrieves with ``SV`` alone
+  (Table 1, "Feature: SV"; "uses the sentiment vector rather than the fully-connected feature vector to measure
+  the difference between affective images") and classifies with the softmax on the FC layer. ``joint`` is our
+  extension: ``[SV, embedding / ‖embedding‖] / √2`` (two unit vectors, equal weight, unit norm overall).
+
+Learning rates (paper: "The learning rates of the convolutional layers and the last fully-connected layer are
+initialized as 10^-4 and 10^-3"): ``param_groups`` puts every convolutional layer, the new 1×1 ones included
+(and the backbone's BatchNorms), at ``lr_conv`` and the fully-connected layers (the optional embedding FC and
+the classifier) at ``lr_last``.
+
+Backbones (``weights``: ``"imagenet"`` for Lite0 only, a local state-dict path, or None for random init):
+``efficientnet_lite0`` (inputs normalised with ``LITE_MEAN``/``LITE_STD``), ``resnet18|50|101`` and
+``googlenet`` (the paper's; ``IMAGENET_MEAN``/``IMAGENET_STD``; torchvision's ``transform_input=True``, as its
+ImageNet weights expect). All BatchNorms stay ordinary, trainable ``BatchNorm2d`` (the paper trains with
+batches of 128).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torchvision.models import GoogLeNet, resnet18, resnet50, resnet101
+
+from image_emotion.errors import ConfigError
+from image_emotion.files import load_checkpoint, save_checkpoint
+from image_emotion.models.backbones import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    LITE_MEAN,
+    LITE_STD,
+    EfficientNetLite0,
+    lite0_weights_path,
+    load_state_dict_file,
+)
+
+BACKBONES = ("efficientnet_lite0", "resnet18", "resnet50", "resnet101", "googlenet")
+NUM_LAYERS = 5
+SV_FILTERS = 16  # "The sentiment vector from each layer is 136 using 16 filters with kernel size of 1 × 1"
+
+# The five tapped feature maps (name in the backbone, channels, stride): the last map at each resolution.
+_RESNET_TAPS = ("relu", "layer1", "layer2", "layer3", "layer4")  # stem after BN+ReLU (before the max-pool)
+TAPS: dict[str, tuple[str, ...]] = {
+    "efficientnet_lite0": ("_blocks.0", "_blocks.2", "_blocks.4", "_blocks.10", "_blocks.15"),
+    "resnet18": _RESNET_TAPS,
+    "resnet50": _RESNET_TAPS,
+    "resnet101": _RESNET_TAPS,
+    "googlenet": ("conv1", "conv3", "inception3b", "inception4e", "inception5b"),
+}
+TAP_CHANNELS: dict[str, tuple[int, ...]] = {
+    "efficientnet_lite0": (16, 24, 40, 112, 320),
+    "resnet18": (64, 64, 128, 256, 512),
+    "resnet50": (64, 256, 512, 1024, 2048),
+    "resnet101": (64, 256, 512, 1024, 2048),
+    "googlenet": (64, 192, 480, 832, 1024),
+}
+TAP_STRIDES = (2, 4, 8, 16, 32)
+# Channels of the last feature map, global-average-pooled into the classification feature.
+FEATURE_DIMS = {"efficientnet_lite0": 1280, "resnet18": 512, "resnet50": 2048, "resnet101": 2048, "googlenet": 1024}
+
+
+def normalization(backbone: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) on [0, 1] RGB that ``backbone`` expects its inputs normalised with."""
+    _check_name(backbone)
+    return (LITE_MEAN, LITE_STD) if backbone == "efficientnet_lite0" else (IMAGENET_MEAN, IMAGENET_STD)
+
+
+def sentiment_dim(filters: int = SV_FILTERS, layers: int = NUM_LAYERS) -> int:
+    """Length of the sentiment vector: ``layers · filters (filters + 1) / 2`` (680 for 5 layers of 16)."""
+    return layers * filters * (filters + 1) // 2
+
+
+def gram_upper(features: Tensor) -> Tensor:
+    """``(B, C, H, W)`` -> ``(B, C (C + 1) / 2)``: the Gram matrix ``Φ = F Fᵀ / (H · W)`` of the C vectorised maps,
+    its independent entries in the paper's eq. 5 order ``Φ11, Φ21, Φ22, Φ31, Φ32, Φ33, ...`` (lower triangle row
+    by row = upper triangle column by column, Φ being symmetric)."""
+    b, c, h, w = features.shape
+    flat = features.reshape(b, c, h * w)
+    gram = torch.bmm(flat, flat.transpose(1, 2)) / (h * w)  # (B, C, C)
+    rows, cols = torch.tril_indices(c, c, device=features.device)
+    return gram[:, rows, cols]
+
+
+def _check_name(backbone: str) -> None:
+    if backbone not in BACKBONES:
+        raise ConfigError(f"unknown metric backbone {backbone!r}; expected one of {', '.join(BACKBONES)}")
+
+
+def _load_into(net: nn.Module, path: str | Path, what: str, optional: tuple[str, ...]) -> None:
+    """Load a state-dict file into ``net``; keys under ``optional`` (classifier heads) may be absent or differ."""
+    state = {k: v for k, v in load_state_dict_file(path).items() if not k.startswith(optional)}
+    try:
+        missing, _ = net.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        lines = str(exc).splitlines()
+        detail = lines[1].strip() if len(lines) > 1 else str(exc)
+        raise ConfigError(f"{path}: not {what} weights ({detail})") from None
+    missing = [m for m in missing if not m.startswith(optional)]
+    if missing:
+        raise ConfigError(f"{path}: not {what} weights (missing {missing[0]} and {len(missing) - 1} more)")
+
+
+class _Lite0Trunk(nn.Module):
+    """EfficientNet-Lite0 without its classifier: ``(B, 3, H, W)`` -> five taps and the 1280-channel head map."""
+
+    def __init__(self, weights: str | Path | None) -> None:
+        super().__init__()
+        net = EfficientNetLite0()
+        if weights is not None:
+            path = lite0_weights_path() if weights == "imagenet" else Path(weights)
+            _load_into(net, path, "EfficientNet-Lite0", optional=("_fc.",))
+        del net._fc
+        self.net = net
+        self.taps = {int(t.split(".")[1]) for t in TAPS["efficientnet_lite0"]}
+
+    def forward(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+        net, maps = self.net, []
+        x = net.act(net._bn0(net._conv_stem(x)))
+        for i, block in enumerate(net._blocks):
+            x = block(x)
+            if i in self.taps:
+                maps.append(x)
+        return maps, net.act(net._bn1(net._conv_head(x)))
+
+
+class _ResNetTrunk(nn.Module):
+    """A torchvision ResNet without ``fc``: five taps (stem, layer1-4) and layer4 as the last map."""
+
+    def __init__(self, name: str, weights: str | Path | None) -> None:
+        super().__init__()
+        if weights == "imagenet":
+            raise ConfigError(
+                f"no ImageNet {name} weights ship offline; give a local .pth path (torchvision's) or null"
+            )
+        net = {"resnet18": resnet18, "resnet50": resnet50, "resnet101": resnet101}[name](weights=None)
+        if weights is not None:
+            _load_into(net, weights, name, optional=("fc.",))
+        del net.fc, net.avgpool
+        self.net = net
+
+    def forward(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+        net = self.net
+        stem = net.relu(net.bn1(net.conv1(x)))
+        maps = [stem]
+        x = net.maxpool(stem)
+        for layer in (net.layer1, net.layer2, net.layer3, net.layer4):
+            x = layer(x)
+            maps.append(x)
+        return maps, x
+
+
+class _GoogLeNetTrunk(nn.Module):
+    """torchvision's GoogLeNet (Inception v1, the paper's), no aux heads or fc: taps conv1, conv3, inception3b,
+    inception4e, inception5b; inception5b is the last map. ``transform_input=True``: ImageNet-normalised inputs
+    are mapped to the (x - 0.5) / 0.5 scaling torchvision's weights were trained on."""
+
+    def __init__(self, weights: str | Path | None) -> None:
+        super().__init__()
+        if weights == "imagenet":
+            raise ConfigError(
+                "no ImageNet googlenet weights ship offline; give a local .pth path (torchvision's) or null"
+            )
+        net = GoogLeNet(aux_logits=False, transform_input=True, init_weights=weights is None)
+        if weights is not None:
+            _load_into(net, weights, "googlenet", optional=("fc.", "aux1.", "aux2."))
+        del net.fc, net.avgpool, net.dropout
+        self.net = net
+
+    def forward(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+        net = self.net
+        x = net._transform_input(x)
+        c1 = net.conv1(x)
+        c3 = net.conv3(net.conv2(net.maxpool1(c1)))
+        i3 = net.inception3b(net.inception3a(net.maxpool2(c3)))
+        x = net.maxpool3(i3)
+        for name in ("inception4a", "inception4b", "inception4c", "inception4d", "inception4e"):
+            x = getattr(net, name)(x)
+        i4 = x
+        i5 = net.inception5b(net.inception5a(net.maxpool4(i4)))
+        return [c1, c3, i3, i4, i5], i5
+
+
+def _build_trunk(backbone: str, weights: str | Path | None) -> nn.Module:
+    _check_name(backbone)
+    if backbone == "efficientnet_lite0":
+        return _Lite0Trunk(weights)
+    if backbone == "googlenet":
+        return _GoogLeNetTrunk(weights)
+    return _ResNetTrunk(backbone, weights)
+
+
+class SentimentVectorNet(nn.Module):
+    """Backbone -> (five 1×1 conv + ReLU + Gram upper triangles = sentiment vector; pooled last map [-> FC] ->
+    classifier).
+
+    ``forward(images (B, 3, H, W), normalised with ``image_mean``/``image_std``)`` returns
+    ``{"sentiment": (B, 680) unit-norm SV, "sentiment_raw": (B, 680) before the norm, "embedding": (B, E),
+    "joint": (B, 680 + E) unit-norm, "logits": (B, num_classes)}`` with ``E = embedding_dim`` or the backbone's
+    feature channels (``FEATURE_DIMS``) when ``embedding_dim`` is None.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "efficientnet_lite0",
+        weights: str | Path | None = "imagenet",
+        num_classes: int = 8,
+        embedding_dim: int | None = None,
+        filters: int = SV_FILTERS,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.backbone_name = backbone
+        self.backbone = _build_trunk(backbone, weights)
+        mean, std = normalization(backbone)
+        self.image_mean, self.image_std = list(mean), list(std)
+        self.filters = filters
+        self.reducers = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c, filters, kernel_size=1), nn.ReLU(inplace=True)) for c in TAP_CHANNELS[backbone]
+        )
+        feature_dim = FEATURE_DIMS[backbone]
+        self.embedding_dim = embedding_dim
+        self.embed = (
+            nn.Sequential(nn.Linear(feature_dim, embedding_dim), nn.ReLU(inplace=True))
+            if embedding_dim
+            else nn.Identity()
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(embedding_dim or feature_dim, num_classes)
+
+    @property
+    def sentiment_dim(self) -> int:
+        return sentiment_dim(self.filters, len(self.reducers))
+
+    @property
+    def num_classes(self) -> int:
+        return self.classifier.out_features
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        """Normalised ``(B, 3, H, W)`` -> the dict described in the class docstring."""
+        maps, last = self.backbone(images)
+        raw = torch.cat([gram_upper(reduce(m)) for reduce, m in zip(self.reducers, maps, strict=True)], dim=1)
+        sentiment = F.normalize(raw, dim=1)
+        embedding = self.embed(torch.flatten(F.adaptive_avg_pool2d(last, 1), 1))
+        joint = torch.cat([sentiment, F.normalize(embedding, dim=1)], dim=1) / math.sqrt(2.0)
+        return {
+            "sentiment": sentiment,
+            "sentiment_raw": raw,
+            "embedding": embedding,
+            "joint": joint,
+            "logits": self.classifier(self.dropout(embedding)),
+        }
+
+    def param_groups(self, lr_conv: float = 1e-4, lr_last: float = 1e-3) -> list[dict[str, Any]]:
+        """Optimizer groups for the paper's two rates: ``conv`` (backbone + 1×1 convolutions) at ``lr_conv``,
+        ``last`` (embedding FC if any + classifier) at ``lr_last``; frozen parameters are left out."""
+        conv = [p for m in (self.backbone, self.reducers) for p in m.parameters() if p.requires_grad]
+        last = [p for m in (self.embed, self.classifier) for p in m.parameters() if p.requires_grad]
+        return [{"name": "conv", "params": conv, "lr": lr_conv}, {"name": "last", "params": last, "lr": lr_last}]
+
+    def settings(self) -> dict[str, Any]:
+        """The constructor arguments that rebuild this architecture (weights come from the state dict)."""
+        return {
+            "backbone": self.backbone_name,
+            "num_classes": self.num_classes,
+            "embedding_dim": self.embedding_dim,
+            "filters": self.filters,
+            "dropout": self.dropout.p,
+        }
+
+
+_KIND = "sentiment_vector_net"
+
+
+def save_metric_model(path: Path, model: SentimentVectorNet, extra: dict[str, Any]) -> None:
+    """The model's state dict, architecture settings and ``extra`` (label set, ω, margins...), atomically."""
+    reserved = {"kind", "state_dict", "settings", "image_mean", "image_std"}
+    clash = reserved & set(extra)
+    if clash:
+        raise ValueError(f"extra keys {sorted(clash)} are reserved by save_metric_model")
+    save_checkpoint(
+        path,
+        {
+            "kind": _KIND,
+            "state_dict": model.state_dict(),
+            "settings": model.settings(),
+            "image_mean": model.image_mean,
+            "image_std": model.image_std,
+            **extra,
+        },
+    )
+
+
+def load_metric_model(path: Path) -> tuple[SentimentVectorNet, dict[str, Any]]:
+    """A model saved by ``save_metric_model`` (in eval mode) and its saved state."""
+    state = load_checkpoint(path)
+    if state is None:
+        raise ConfigError(f"{path}: metric model not found; train the sentiment-vector model first")
+    if state.get("kind") != _KIND:
+        raise ConfigError(f"{path}: not a sentiment-vector model checkpoint (saved by save_metric_model)")
+    model = SentimentVectorNet(weights=None, **state["settings"])
+    model.load_state_dict(state["state_dict"])
+    return model.eval(), state
