@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import yaml
 
+from image_emotion.config import Config
 from image_emotion.errors import ConfigError
 
 PUBLISHED = Path(__file__).with_name("published_000.yaml")
@@ -149,7 +150,7 @@ def _size(run: RunFigures, role: str) -> str:
     return str(info["num_images"]) if info and "num_images" in info else DASH
 
 
-def dataset_table(run: RunFigures, config) -> Table:
+def dataset_table(run: RunFigures, config: Config) -> Table:
     """One row a data role: the dataset this run read, its size, and the paper's dataset and size there."""
     pub = published()["datasets"]
     roles = [
@@ -183,7 +184,7 @@ def banner(datasets: Table) -> list[str]:
     ]
 
 
-def setup_differences(config) -> list[str]:
+def setup_differences(config: Config) -> list[str]:
     """Settings that differ from the paper's implementation (§5.2)."""
     setup = published()["setup"]
     out = []
@@ -263,7 +264,7 @@ def table2(run: RunFigures) -> Table:
     )
 
 
-def table3(run: RunFigures, config) -> Table:
+def table3(run: RunFigures, config: Config) -> Table:
     pub = published()["table3"]
     main_ds = run.evaluation.get("dataset", config.data.dataset)
     paper_main = pub["ours"][PAPER_MAIN]  # the main set plays FI's role
@@ -381,7 +382,7 @@ def extras_table(name: str, figures: dict[str, Any]) -> Table:
     return Table(EXTRAS[name], f"From metrics/{name}.json.", ["metric", "value"], rows)
 
 
-def build_report(run: RunFigures, config, revision: str, params_hash: str) -> Report:
+def build_report(run: RunFigures, config: Config, revision: str, params_hash: str) -> Report:
     """The whole report of one run."""
     datasets = dataset_table(run, config)
     return Report(
