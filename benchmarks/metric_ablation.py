@@ -27,7 +27,7 @@ import torch
 
 from image_emotion.data.torch_data import PreparedDataset
 from image_emotion.metrics import rank_gallery, retrieval_report
-from image_emotion.models.metric import SentimentVectorNet
+from image_emotion.models.metric import SentimentVectorNet, normalization
 from image_emotion.training.heads import split_index
 from image_emotion.training.metric import MetricObjective, embed, image_tensor, train_metric_net
 
@@ -84,9 +84,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = parser.parse_args()
     data = PreparedDataset.load(args.prepared)
-    net = SentimentVectorNet("efficientnet_lite0", weights=None)
+    mean, std = normalization("efficientnet_lite0")
     start = time.perf_counter()
-    images = image_tensor(data, args.size, net.image_mean, net.image_std)
+    images = image_tensor(data, args.size, list(mean), list(std))
     labels = data.labels()
     idx = {s: split_index(data, s) for s in ("train", "test")}
     loaded = time.perf_counter() - start

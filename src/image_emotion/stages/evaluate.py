@@ -117,9 +117,8 @@ TRANSFER_COLUMNS = (  # Table 3: own classes and 2-class, mean ± std over the f
 
 
 def read_transfer(path: Path) -> dict[str, dict[str, Any]]:
-    """The transfer results by set name: ``path`` is one ``<set>.json`` or a directory of them."""
-    files = sorted(path.glob("*.json")) if path.is_dir() else [path] if path.is_file() else []
-    return {f.stem: json.loads(f.read_text()) for f in files}
+    """The transfer results by set name, from the directory of ``<set>.json`` files (none: empty)."""
+    return {f.stem: json.loads(f.read_text()) for f in sorted(path.glob("*.json"))} if path.is_dir() else {}
 
 
 def run(config: Config, paths: EvaluatePaths) -> dict[str, Any]:
