@@ -78,3 +78,39 @@ def test_embedding_in_batches_equals_one_forward(small_set):
 def test_a_bad_objective_is_refused():
     with pytest.raises(ConfigError, match="metric objective"):
         MetricObjective(loss="contrastive")
+
+
+def test_training_on_cached_backbone_maps_equals_running_the_frozen_backbone(small_set):
+    """``TrunkCache`` is an optimisation only: the trained weights match those of the plain frozen loop."""
+    images, labels = small_set
+    from image_emotion.training.metric import TrunkCache
+
+    def trained(use_cache: bool) -> dict[str, torch.Tensor]:
+        torch.manual_seed(3)
+        net = SentimentVectorNet("efficientnet_lite0", weights="imagenet", num_classes=8, embedding_dim=16)
+        trunk = TrunkCache(net, images) if use_cache else None  # else the frozen backbone runs in every step
+        train_metric_net(
+            net, images, labels, "mikels8", MetricObjective(), epochs=2, batch_size=16, min_per_class=1, seed=1,
+            freeze_backbone=True, trunk=trunk, cache_trunk=use_cache,
+        )  # fmt: skip
+        return {k: v for k, v in net.state_dict().items() if not k.startswith("backbone.")}
+
+    cached, plain = trained(True), trained(False)
+    assert cached.keys() == plain.keys()
+    assert all(torch.allclose(cached[k], plain[k], atol=1e-5) for k in cached)
+    untrained = SentimentVectorNet("efficientnet_lite0", weights="imagenet", num_classes=8, embedding_dim=16)
+    assert not torch.allclose(cached["classifier.weight"], untrained.classifier.weight)
+
+
+def test_the_centre_loss_row_trains_and_needs_its_centres(small_set):
+    images, labels = small_set
+    torch.manual_seed(0)
+    net = SentimentVectorNet("efficientnet_lite0", weights=None, num_classes=8, embedding_dim=16)
+    objective = MetricObjective(omega=0.5, loss="centre", feature="embedding")
+    losses = train_metric_net(
+        net, images, labels, "mikels8", objective, epochs=6, batch_size=16, min_per_class=1, lr_conv=0.05,
+        lr_last=0.05,
+    )  # fmt: skip
+    assert all(b < a for a, b in zip(losses, losses[1:], strict=False)), losses  # the centres and features meet
+    with pytest.raises(ConfigError, match="centres"):
+        objective(net(images[:4]), labels[:4], "mikels8", torch.Generator())

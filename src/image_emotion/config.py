@@ -270,6 +270,57 @@ class TransferConfig(Section):
         return value
 
 
+MetricBackbone = Literal["efficientnet_lite0", "resnet18", "resnet50", "resnet101", "googlenet"]
+
+
+class MetricConfig(Section):
+    """Seed 002's sentiment-vector network, softmax + sentiment constraint (train_metric); CPU-sized defaults.
+
+    The paper: GoogLeNet fine-tuned whole, lr 1e-4 conv / 1e-3 last layer, batch 128 (>= 8 a class), 100 epochs.
+    """
+
+    backbone: MetricBackbone = Field("efficientnet_lite0", description="the paper: googlenet (local weights)")
+    backbone_weights: str | None = Field(
+        "imagenet", description="imagenet (Lite0, ships offline) | a local .pth path | null (random)"
+    )
+    image_size: int = Field(96, ge=32, le=1024, description="square input (the paper: 224)")
+    embedding_dim: int | None = Field(128, ge=1, description="FC embedding before the classifier (null: none)")
+    filters: int = Field(16, ge=1, description="1×1 filters a layer: 136-d Gram triangles, 680-d SV")
+    freeze_backbone: bool = Field(
+        True, description="train only the 1×1 convs and FC layers on backbone maps computed once (the paper: false)"
+    )
+    epochs: int = Field(8, ge=1, description="the paper: 100")
+    batch_size: int = Field(64, ge=2, description="the paper: 128")
+    min_per_class: int = Field(4, ge=1, description="images of every emotion in each batch (the paper: 8)")
+    lr_conv: float = Field(0.01, gt=0, description="conv layers incl. the new 1×1 ones (the paper: 1e-4)")
+    lr_last: float = Field(0.01, gt=0, description="the FC layers (the paper: 1e-3)")
+    momentum: float = Field(0.9, ge=0)
+    omega: float = Field(0.7, ge=0, le=1, description="ω of E = (1-ω)·E_cls + ω·E_sml")
+    loss: Literal["sentiment", "triplet", "centre"] = Field(
+        "sentiment", description="E_sml: the sentiment constraint | plain triplet | centre loss"
+    )
+    feature: Literal["sentiment", "embedding"] = Field(
+        "sentiment", description="E_sml and retrieval on the sentiment vector (SV) | the FC embedding"
+    )
+    sampling: Literal["random", "hard", "semi-hard"] = "semi-hard"
+    alpha: float = Field(0.2, ge=0, description="triplet margin")
+    alpha1: float = Field(0.2, ge=0, description="sentiment constraint margin: same polarity vs positive")
+    alpha2: float = Field(0.1, ge=0, description="sentiment constraint margin: opposite polarity vs same")
+    seed: int = 0
+    ablation_seeds: tuple[int, ...] = Field(
+        (0,), description="Table 1's rows trained with each seed (mean ± std); [] skips the ablation"
+    )
+
+
+class RetrieveConfig(Section):
+    """The retrieval index over the main set and its measures (seed 002 protocol)."""
+
+    index: Literal["auto", "exact", "hnsw"] = Field("auto", description="auto: exact below exact_below items")
+    exact_below: int = Field(50_000, ge=1, description="collections this large get a faiss HNSW index")
+    k: int = Field(5, ge=1, description="neighbours shown a query")
+    grid_queries: int = Field(4, ge=0, description="test queries drawn with their top-k (queries.png)")
+
+
 class EvaluateConfig(Section):
     num_overlays: int = Field(8, ge=0, description="test images drawn with their emotional regions")
 
@@ -279,6 +330,8 @@ class RegisterConfig(Section):
     min_accuracy: float = Field(
         0.0, ge=0, le=1, description="never promote below this test accuracy (the kfp condition too)"
     )
+    retrieval_model_name: str = Field("image-emotion-retrieval", description="seed 002's model (register_metric)")
+    min_map8: float = Field(0.0, ge=0, le=1, description="never promote a retrieval model below this test mAP8")
 
 
 class MlflowConfig(Section):
@@ -312,6 +365,8 @@ with warnings.catch_warnings():  # the section `register` shadows ABCMeta.regist
         classifier: ClassifierConfig = ClassifierConfig()
         transfer: TransferConfig = TransferConfig()
         evaluate: EvaluateConfig = EvaluateConfig()
+        metric: MetricConfig = MetricConfig()
+        retrieve: RetrieveConfig = RetrieveConfig()
         register: RegisterConfig = RegisterConfig()
         mlflow: MlflowConfig = MlflowConfig()
 

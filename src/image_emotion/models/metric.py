@@ -257,10 +257,19 @@ class SentimentVectorNet(nn.Module):
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         """Normalised ``(B, 3, H, W)`` -> the dict described in the class docstring."""
+        return self.heads(*self.trunk(images))
+
+    def trunk(self, images: Tensor) -> tuple[list[Tensor], Tensor]:
+        """The backbone's part: the five tapped maps ``[(B, C_l, H_l, W_l)]`` and the pooled last map ``(B, F)``.
+        With a frozen backbone these can be computed once and fed to ``heads`` every epoch."""
         maps, last = self.backbone(images)
+        return maps, torch.flatten(F.adaptive_avg_pool2d(last, 1), 1)
+
+    def heads(self, maps: list[Tensor], pooled: Tensor) -> dict[str, Tensor]:
+        """The trainable part on top of ``trunk``'s outputs: the dict described in the class docstring."""
         raw = torch.cat([gram_upper(reduce(m)) for reduce, m in zip(self.reducers, maps, strict=True)], dim=1)
         sentiment = F.normalize(raw, dim=1)
-        embedding = self.embed(torch.flatten(F.adaptive_avg_pool2d(last, 1), 1))
+        embedding = self.embed(pooled)
         joint = torch.cat([sentiment, F.normalize(embedding, dim=1)], dim=1) / math.sqrt(2.0)
         return {
             "sentiment": sentiment,
