@@ -27,7 +27,8 @@ def test_compiled_pipeline_requests_gpus_retries_and_fans_out(repo_root):
         if "accelerator" in ex["container"].get("resources", {})
     }
     assert set(gpu) == {  # the extraction runs for the main data and, in the loop, for each transfer set
-        "exec-pretrain-objects-op", "exec-finetune-detector-op", "exec-extract-regions-op", "exec-extract-regions-op-2"
+        "exec-pretrain-objects-op", "exec-finetune-detector-op", "exec-extract-regions-op", "exec-extract-regions-op-2",
+        "exec-train-metric-op",
     }  # fmt: skip
     for resources in gpu.values():
         assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
@@ -72,6 +73,11 @@ def test_local_run_of_the_whole_pipeline_registers_a_model(tmp_path, monkeypatch
     client = mlflow.MlflowClient(uri)
     versions = client.search_model_versions("name='kfp-emotion'")
     assert len(versions) == 1  # the register step ran under the accuracy condition
+    retrieval = client.get_model_version_by_alias(config.register.retrieval_model_name, "champion")
+    assert int(retrieval.version) == 1 and float(retrieval.tags["test_map8"]) > 0  # seed 002's model, its own name
+    # the report's seed-002 section reads the retrieve step's measures (the collected transfer set included)
+    measures = json.loads(Path(next(run_dir.glob("retrieve-op/metrics"))).read_text())
+    assert set(measures["transfer"]) == {"small"} and f"{measures['main']['map8']:.4f}" in markdown
 
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["image-emotion"], output_format="list")
@@ -84,8 +90,8 @@ def test_local_run_of_the_whole_pipeline_registers_a_model(tmp_path, monkeypatch
     stage_runs = {r.info.run_name: r.info.run_id for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id}
     # the same tree as under `dvc repro` (tests/test_pipeline_stages.py): one run per stage, λ and folds below
     assert sorted(stage_runs) == [
-        "evaluate", "extract_regions", "finetune_detector", "pretrain_objects", "register", "report",
-        "train_classifier", "transfer_cv@small",
+        "evaluate", "extract_regions", "finetune_detector", "pretrain_objects", "register", "register_metric",
+        "report", "retrieve", "train_classifier", "train_metric", "transfer_cv@small",
     ]  # fmt: skip
     lambda_runs = set(children[stage_runs["train_classifier"]])
     assert {"lambda=0.0", "lambda=0.5", "lambda=1.0", "loss=p", "mode=global", "binary"} <= lambda_runs

@@ -82,13 +82,16 @@ def test_outputs_shapes_taps_and_how_the_vectors_are_built(backbone, embedding_d
     ]
     assert [o.shape[1] for o in outputs] == [16] * 5
     assert all(float(o.min()) >= 0 for o in outputs)  # ReLU after the 1×1 convolution
-    # SV = unit-norm concatenation of the five Gram triangles, in tap order
+    # SV = the five Gram triangles in tap order, each at unit norm, concatenated and divided by sqrt(5)
     raw = torch.cat([gram_upper(o) for o in outputs], dim=1)
     torch.testing.assert_close(out["sentiment_raw"], raw)
-    torch.testing.assert_close(out["sentiment"], F.normalize(raw, dim=1))
+    per_layer = torch.cat([F.normalize(gram_upper(o), dim=1) for o in outputs], dim=1) / math.sqrt(5)
+    torch.testing.assert_close(out["sentiment"], per_layer)
+    torch.testing.assert_close(out["sentiment"][:, :136].norm(dim=1), torch.full((2,), 1 / math.sqrt(5)))
     # joint = [SV, embedding / |embedding|] / sqrt(2)
-    torch.testing.assert_close(out["joint"][:, :680] * math.sqrt(2), F.normalize(raw, dim=1))
+    torch.testing.assert_close(out["joint"][:, :680] * math.sqrt(2), per_layer)
     torch.testing.assert_close(out["joint"][:, 680:] * math.sqrt(2), F.normalize(out["embedding"], dim=1))
+    torch.testing.assert_close(out["fc"].norm(dim=1), torch.ones(2))
     torch.testing.assert_close(out["logits"], model.classifier(out["embedding"]))
 
 

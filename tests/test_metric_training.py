@@ -2,6 +2,8 @@
 stays exactly as loaded while the 1×1 convolutions learn, ω = 0 is plain cross-entropy, and embedding in batches
 equals one forward pass."""
 
+import itertools
+
 import pytest
 import torch
 
@@ -60,8 +62,8 @@ def test_omega_zero_is_cross_entropy_and_one_is_the_metric_loss_alone(small_set)
     assert torch.equal(MetricObjective(omega=0.0)(out, labels[:16], "mikels8", g), ce)
     from image_emotion.losses import triplet_loss
 
-    only_triplet = MetricObjective(omega=1.0, loss="triplet", feature="embedding", sampling="hard")
-    expected = triplet_loss(out["embedding"], labels[:16], 0.2, "hard")
+    only_triplet = MetricObjective(omega=1.0, loss="triplet", feature="fc", sampling="hard")
+    expected = triplet_loss(out["fc"], labels[:16], 0.2, "hard")
     assert torch.allclose(only_triplet(out, labels[:16], "mikels8", g), expected)
 
 
@@ -106,11 +108,11 @@ def test_the_centre_loss_row_trains_and_needs_its_centres(small_set):
     images, labels = small_set
     torch.manual_seed(0)
     net = SentimentVectorNet("efficientnet_lite0", weights=None, num_classes=8, embedding_dim=16)
-    objective = MetricObjective(omega=0.5, loss="centre", feature="embedding")
+    objective = MetricObjective(omega=0.5, loss="centre", feature="fc")
     losses = train_metric_net(
         net, images, labels, "mikels8", objective, epochs=6, batch_size=16, min_per_class=1, lr_conv=0.05,
         lr_last=0.05,
     )  # fmt: skip
-    assert all(b < a for a, b in zip(losses, losses[1:], strict=False)), losses  # the centres and features meet
+    assert all(b < a for a, b in itertools.pairwise(losses)), losses  # the centres and features meet
     with pytest.raises(ConfigError, match="centres"):
         objective(net(images[:4]), labels[:4], "mikels8", torch.Generator())

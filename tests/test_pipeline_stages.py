@@ -13,8 +13,8 @@ import torch
 
 from image_emotion.data.emotions import MIKELS8
 from image_emotion.stages import extract_regions, register
-from image_emotion.stages.register import decide
 from image_emotion.tracking.pyfunc import encode_image_file
+from image_emotion.tracking.registry import decide
 from image_emotion.training.feature_cache import CacheError, load_cache
 
 
@@ -62,9 +62,11 @@ def test_mlflow_has_one_parent_with_nested_stage_and_lambda_runs(tiny_run, mlflo
     parent = parents[0]
     assert "params.resolved.json" in [a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id)]
     stages = {r.data.tags.get("stage"): r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
-    assert sorted(stages) == [
+    seed000 = {
         "evaluate", "extract_regions", "finetune_detector", "pretrain_objects", "train_classifier", "transfer_cv@small"
-    ]  # fmt: skip
+    }  # fmt: skip
+    later = {"train_metric", "retrieve", "report", "register", "register_metric"}  # other tests' runs of this config
+    assert seed000 <= set(stages) and set(stages) - seed000 <= later
     train_id = stages["train_classifier"].info.run_id
     lambda_runs = [r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == train_id]
     assert {"lambda=0.0", "lambda=0.5", "lambda=1.0", "loss=p", "mode=global", "binary"} <= set(lambda_runs)

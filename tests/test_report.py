@@ -1,6 +1,7 @@
 """The report stage: its tables say what the metrics files say, beside the paper's published figures (typed here
 from the paper, not read from the package's data file); a banner when the data are not the paper's; the HTML
-is one self-contained file with the same tables; later seeds' results get their section; logged to MLflow."""
+is one self-contained file with the same tables; later seeds' results get their section (seed 002's: its Table 1,
+the retrieval measures, its claims and figures, beside its paper's figures); logged to MLflow."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 from tiny import tiny_config
 
 from image_emotion.errors import ConfigError
+from image_emotion.report.render import html_page, markdown
 from image_emotion.report.tables import RunFigures, build_report, read_run
 from image_emotion.stages import report
 from image_emotion.stages.paths import ReportPaths
@@ -34,42 +36,46 @@ def _paths(work: Path, out: Path) -> ReportPaths:
     m = work / "metrics"
     return ReportPaths(
         m / "prepare", m / "detector.json", m / "classifier.json", m / "sweep.json", m / "ablation.json",
-        m / "transfer", m / "evaluate.json", m, work / "plots", out,
+        m / "transfer", m / "evaluate.json", m, work / "plots", out, work / "plots_retrieval",
     )  # fmt: skip
 
 
 def md_tables(text: str) -> dict[str, list[list[str]]]:
-    """Every Markdown table under its ``## `` heading, as rows of cells (header row first)."""
+    """Every Markdown table under its ``## `` or ``### `` heading, as rows of cells (header row first)."""
     tables: dict[str, list[list[str]]] = {}
     heading = None
     for line in text.splitlines():
-        if line.startswith("## "):
-            heading = line[3:]
+        if line.startswith(("## ", "### ")):
+            heading = line.split(" ", 1)[1]
         elif line.startswith("|") and not line.startswith("|---"):
             tables.setdefault(heading, []).append([c.strip() for c in line.strip("|").split(" | ")])
     return tables
 
 
 class _HtmlTables(HTMLParser):
-    """Cells of every ``<table>`` under the preceding ``<h2>``, and every ``src`` attribute."""
+    """Cells of every ``<table>`` under the preceding ``<h2>`` or ``<h3>``, every ``src`` attribute, and the image
+    sources under each heading."""
 
     def __init__(self):
         super().__init__()
         self.tables: dict[str, list[list[str]]] = {}
         self.sources: list[str] = []
+        self.images: dict[str, list[str]] = {}
         self._heading, self._in_h2, self._cell = None, False, None
 
     def handle_starttag(self, tag, attrs):
-        if tag == "h2":
+        if tag in ("h2", "h3"):
             self._in_h2, self._heading = True, ""
         elif tag == "tr":
             self.tables.setdefault(self._heading, []).append([])
         elif tag in ("td", "th"):
             self._cell = ""
+        elif tag == "img":
+            self.images.setdefault(self._heading, []).append(dict(attrs)["src"])
         self.sources += [v for k, v in attrs if k in ("src", "href")]
 
     def handle_endtag(self, tag):
-        if tag == "h2":
+        if tag in ("h2", "h3"):
             self._in_h2 = False
         elif tag in ("td", "th"):
             self.tables[self._heading][-1].append(self._cell)
@@ -176,16 +182,18 @@ def test_later_seeds_results_get_their_section_when_present(tiny_run, mlflow_uri
     copy = tmp_path / "run"
     shutil.copytree(work / "metrics", copy / "metrics")
     shutil.copytree(work / "plots", copy / "plots")
-    (copy / "metrics/retrieval.json").write_text(json.dumps({"mAP8": 0.3125, "retrieval": {"ANMRR": 0.5}}))
+    # seed 001's results: a table of their numbers; seed 002 not run: said so (its own section when it runs)
+    (copy / "metrics/generative.json").write_text(json.dumps({"accuracy": 0.3125, "decoding": {"valid": 1.0}}))
     report.run(config, _paths(copy, tmp_path / "out"))
-    tables = md_tables((tmp_path / "out/paper.md").read_text())
-    assert tables["Seed 002: deep metric learning and affective image retrieval"][1:] == [
-        ["mAP8", "0.3125"],
-        ["retrieval.ANMRR", "0.5"],
+    md = (tmp_path / "out/paper.md").read_text()
+    assert md_tables(md)["Seed 001: one generative model for every emotion model"][1:] == [
+        ["accuracy", "0.3125"],
+        ["decoding.valid", "1"],
     ]
+    assert "## Seed 002: deep metric learning and affective image retrieval\n\nNot run in this pipeline yet." in md
+    page = (tmp_path / "out/paper.html").read_text()
     assert (
-        "## Seed 001: one generative model for every emotion model\n\nNot run in this pipeline yet."
-        in (tmp_path / "out/paper.md").read_text()
+        "<h2>Seed 002: deep metric learning and affective image retrieval</h2><p>Not run in this pipeline yet." in page
     )
 
 
@@ -223,3 +231,229 @@ def test_no_banner_when_every_role_is_the_papers_dataset():
     assert claims["regions_over_global"] == (None, None)  # no global+emotional row: nothing claimed
     iaps_row = built.tables[2].rows[1]
     assert iaps_row[3:5] == ["80.0 ± 2.0", "84.71"]
+
+
+# ---------------------------------------------------------------------------------------------- seed 002
+
+SEED_002 = "Seed 002: deep metric learning and affective image retrieval"
+T1_002, RETRIEVAL_002, CLAIMS_002 = (
+    "Table 1 (seed 002)",
+    "Retrieval (Table 2 protocol)",
+    "The paper's claims on this run (seed 002)",
+)
+# seed 002 (Yang et al. AAAI-18), Table 1 on FI: (accuracy %, mAP8, mAP2) by row, in the paper's order, typed from
+# the paper; and Table 2's "Ours" row (NN, FT, ST, mAP8, mAP2, DCG, ANMRR)
+PAPER_002_TABLE1 = {
+    "softmax": ("65.18", "0.3583", "0.6773"),
+    "centre": ("63.14", "0.3695", "0.7254"),
+    "triplet_random": ("63.46", "0.3712", "0.7278"),
+    "softmax_triplet_random": ("64.08", "0.4016", "0.7456"),
+    "softmax_triplet_hard": ("64.58", "0.4228", "0.7532"),
+    "softmax_triplet_semihard": ("65.35", "0.4426", "0.7592"),
+    "sentiment_fc": ("65.84", "0.4575", "0.7913"),
+    "sentiment_sv": ("67.64", "0.4885", "0.8098"),
+}
+PAPER_002_OURS = {
+    "NN": "0.6023", "FT": "0.4834", "ST": "0.6978", "mAP8": "0.4885", "mAP2": "0.8098", "DCG": "0.7802",
+    "ANMRR (lower is better)": "0.3135",
+}  # fmt: skip
+MEASURES = ("nn", "ft", "st", "map8", "map2", "dcg", "anmrr")
+
+
+def _measures(base: float, **extra) -> dict:
+    """Seven retrieval measures, each different (base + 0.01 * its position), and ``extra``."""
+    return {m: round(base + 0.01 * i, 4) for i, m in enumerate(MEASURES)} | extra
+
+
+def _ablation_row(row: str, map8: float, *, seeds=(0,), std: float | None = None, **extra) -> dict:
+    """One ablation row of metrics/retrieval.json: accuracy and mAP2 derived from mAP8; ``*_std`` None for one seed."""
+    out = {"row": row, "label": row, "feature": "SV" if row == "sentiment_sv" else "FC", "seeds": list(seeds)}
+    for i, m in enumerate(("accuracy", *MEASURES)):
+        out[m], out[f"{m}_std"] = round(map8 + 0.1 * i, 4), std
+    out["map8"] = map8
+    return out | extra
+
+
+def _retrieval(ablation: list[dict], dataset: str = "synthetic", transfer: dict | None = None) -> dict:
+    """A hand-written metrics/retrieval.json (the retrieve stage's schema)."""
+    return {
+        "dataset": dataset, "label_set": "mikels8", "backbone": "efficientnet_lite0", "image_size": 96,
+        "feature": "sentiment", "dimension": 680, "index_kind": "exact", "gallery_size": 640, "collection_size": 800,
+        "main": {"protocol": "test queries against the train split", "accuracy": 0.4125, "num_queries": 120}
+        | _measures(0.5),
+        "transfer": {"small": {"protocol": "leave-one-out", "dataset": dataset, "label_set": "mikels8", "images": 240,
+                               "num_queries": 240} | _measures(0.3)} if transfer is None else transfer,
+        "ablation": ablation,
+    }  # fmt: skip
+
+
+def _seed_002_report(retrieval: dict, tmp_path: Path | None = None):
+    """The report of a run whose seed 000 files say little (not under test here) and whose retrieval.json is given."""
+    run = RunFigures(
+        prepare={}, detector={}, classifier={}, sweep=[], ablation=[], transfer={}, evaluation={},
+        extras={"retrieval": retrieval},
+        plots=tmp_path / "plots" if tmp_path else None,
+        retrieval_plots=tmp_path / "plots_retrieval" if tmp_path else None,
+    )  # fmt: skip
+    return build_report(run, tiny_config(), "abc", "hash")
+
+
+def _md(built) -> str:
+    return markdown(built, lambda name: f"../plots/{name}")
+
+
+def test_seed_002_table1_sets_this_runs_rows_beside_the_papers_in_its_order():
+    ablation = [  # softmax over three seeds (std given), the SV row over one seed (std null), the others missing
+        _ablation_row("sentiment_sv", 0.3, accuracy=0.4, map2=0.6),
+        _ablation_row("softmax", 0.25, seeds=(0, 1, 2), std=0.0123, accuracy=0.37, accuracy_std=0.011, map2=0.51),
+    ]
+    rows = md_tables(_md(_seed_002_report(_retrieval(ablation))))[T1_002]
+    assert rows[0][4:] == ["accuracy % (ours)", "accuracy % (paper)", "mAP8 (ours)", "mAP8 (paper)", "mAP2 (ours)",
+                           "mAP2 (paper)"]  # fmt: skip
+    body = {r[0]: r for r in rows[1:]}
+    assert [r[0] for r in rows[1:]] == list(PAPER_002_TABLE1)  # the paper's order, whatever the file's
+    for key, (acc, map8, map2) in PAPER_002_TABLE1.items():
+        assert [body[key][5], body[key][7], body[key][9]] == [acc, map8, map2], key
+    assert body["softmax"][2:] == [
+        "FC", "0, 1, 2", "37.0 ± 1.1", "65.18", "0.2500 ± 0.0123", "0.3583", "0.5100 ± 0.0123", "0.6773",
+    ]  # fmt: skip
+    assert body["sentiment_sv"][2:] == ["SV", "0", "40.0", "67.64", "0.3000", "0.4885", "0.6000", "0.8098"]
+    for key in set(PAPER_002_TABLE1) - {"softmax", "sentiment_sv"}:  # not measured by this run
+        assert [body[key][i] for i in (3, 4, 6, 8)] == ["—"] * 4, key
+
+
+def test_seed_002_retrieval_measures_of_each_set_beside_the_papers_fi_row():
+    built = _seed_002_report(_retrieval([]))
+    rows = md_tables(_md(built))[RETRIEVAL_002]
+    assert rows[0][:3] == ["measure", "main: synthetic (ours)", "small: synthetic (ours)"]
+    ours_col = rows[0].index("paper, FI: Ours")
+    body = {r[0]: r for r in rows[1:]}
+    assert list(body) == ["accuracy (%)", *PAPER_002_OURS]
+    assert body["accuracy (%)"][1:3] == ["41.2", "—"] and body["accuracy (%)"][ours_col] == "67.64"
+    for i, name in enumerate(PAPER_002_OURS):  # each measure in its own row (the fixture's values all differ)
+        assert body[name][1:3] == [f"{0.5 + 0.01 * i:.4f}", f"{0.3 + 0.01 * i:.4f}"], name
+        assert body[name][ours_col] == PAPER_002_OURS[name], name
+    # no transfer set: the main set alone beside the paper
+    rows = md_tables(_md(_seed_002_report(_retrieval([], transfer={}))))[RETRIEVAL_002]
+    assert rows[0][:2] == ["measure", "main: synthetic (ours)"] and rows[0][2].startswith("paper")
+
+
+def test_seed_002_header_names_the_setup_and_says_when_the_data_are_not_fi():
+    md = _md(_seed_002_report(_retrieval([])))
+    section = md[md.index(f"## {SEED_002}") :]
+    header = next(line for line in section.splitlines() if line.startswith("- **this run**"))
+    for part in ("synthetic", "efficientnet_lite0", "96 px", "sentiment", "exact index"):
+        assert part in header, part
+    assert "not comparable with the paper's" in section
+    fi = _md(_seed_002_report(_retrieval([], dataset="fi")))
+    fi_section = fi[fi.index(f"## {SEED_002}") : fi.index("## Seed 001")]
+    assert "not comparable with the paper's" not in fi and "Not run in this pipeline yet" not in fi_section
+
+
+@pytest.mark.parametrize(
+    ("sv", "softmax", "semihard", "expected"),
+    [
+        (0.30, 0.25, 0.40, {"sv_over_softmax_map8": (0.05, True), "senti_over_triplet_map8": (-0.1, False)}),
+        (0.20, 0.25, 0.10, {"sv_over_softmax_map8": (-0.05, False), "senti_over_triplet_map8": (0.1, True)}),
+    ],
+)
+def test_seed_002_claims_hold_or_fail_with_the_runs_map8(sv, softmax, semihard, expected):
+    ablation = [
+        _ablation_row("softmax", softmax),
+        _ablation_row("softmax_triplet_semihard", semihard),
+        _ablation_row("sentiment_sv", sv),
+    ]
+    built = _seed_002_report(_retrieval(ablation))
+    keys = [c.key for c in built.claims]  # seed 000's claims first, unchanged; then seed 002's
+    assert keys == ["regions_over_global", "emotional_over_object", "multi_over_cls", "lambda_inside", *expected]
+    got = {c.key: (c.ours, c.holds) for c in built.claims if c.key in expected}
+    assert got == {k: (pytest.approx(diff), holds) for k, (diff, holds) in expected.items()}
+    md = _md(built)
+    assert len(md_tables(md)["The paper's claims on this run"]) == 1 + 4  # seed 002's are not in seed 000's table
+    rows = md_tables(md)[CLAIMS_002][1:]
+    verdicts = ["holds" if expected[k][1] else "does not hold" for k in expected]
+    assert [r[3] for r in rows] == verdicts
+    assert rows[0][1:3] == [f"{sv:.4f} vs {softmax:.4f}", f"{sv - softmax:+.4f}"]
+    assert rows[0][4] == "0.4885 vs 0.3583 (+0.1302)" and rows[1][4] == "0.4885 vs 0.4426 (+0.0459)"
+
+
+def test_seed_002_a_claim_whose_rows_are_missing_is_not_measured():
+    built = _seed_002_report(_retrieval([_ablation_row("softmax", 0.25), _ablation_row("sentiment_sv", 0.3)]))
+    got = {c.key: (c.ours, c.holds) for c in built.claims if c.seed == "002"}
+    assert got == {"sv_over_softmax_map8": (pytest.approx(0.05), True), "senti_over_triplet_map8": (None, None)}
+    rows = {r[0]: r for r in md_tables(_md(built))[CLAIMS_002][1:]}
+    missing = next(r for text, r in rows.items() if "semi-hard" in text)
+    assert missing[1:4] == ["—", "—", "not measured"]
+    empty = _seed_002_report(_retrieval([]))  # no ablation at all
+    assert [(c.ours, c.holds) for c in empty.claims if c.seed == "002"] == [(None, None), (None, None)]
+    assert all(r[4] == "—" for r in md_tables(_md(empty))[T1_002][1:])
+
+
+def _png(path: Path, colour: tuple[int, int, int]) -> bytes:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (6, 4), colour).save(path)
+    return path.read_bytes()
+
+
+def test_seed_002_section_in_the_stages_report_with_its_figures(tiny_run, mlflow_uri, tmp_path):
+    work, config = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(work / "metrics", copy / "metrics")
+    shutil.copytree(work / "plots", copy / "plots")
+    ablation = [_ablation_row("softmax", 0.25), _ablation_row("sentiment_sv", 0.3)]
+    (copy / "metrics/retrieval.json").write_text(json.dumps(_retrieval(ablation)))
+    tsne = _png(copy / "plots_retrieval/tsne.png", (200, 30, 30))  # queries.png not written
+    out = tmp_path / "out"
+    result = report.run(config, _paths(copy, out))
+    md, page = (out / "paper.md").read_text(), (out / "paper.html").read_text()
+
+    assert result["sv_over_softmax_map8"] is True and result["senti_over_triplet_map8"] is None
+    client = mlflow.MlflowClient(mlflow_uri)
+    runs = client.search_runs(
+        [client.get_experiment_by_name("image-emotion").experiment_id],
+        "tags.stage = 'report'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    assert runs[0].data.metrics["claim.sv_over_softmax_map8"] == 1.0
+    assert "claim.senti_over_triplet_map8" not in runs[0].data.metrics
+
+    tables = md_tables(md)
+    assert f"## {SEED_002}\n\nNot run" not in md and tables[T1_002][1][0] == "softmax"
+    # Markdown: the figure linked relative to the report; the missing one said so
+    section = md[md.index(f"## {SEED_002}") :]
+    links = [line.split("](", 1)[1].rstrip(")") for line in section.splitlines() if line.startswith("![")]
+    assert len(links) == 1 and (out / links[0]).resolve() == (copy / "plots_retrieval/tsne.png").resolve()
+    assert "### Fig. 5: queries and their top retrieved images\n\n(not written)" in section
+    # HTML: the same tables, the figure inlined under its heading
+    parsed = _HtmlTables()
+    parsed.feed(page)
+    for title in (T1_002, RETRIEVAL_002, CLAIMS_002):
+        assert parsed.tables[title] == tables[title], title
+    fig4 = next(h for h in parsed.images if h.startswith("Fig. 4"))
+    assert [base64.b64decode(s.split(",", 1)[1]) for s in parsed.images[fig4]] == [tsne]
+    assert not any(h.startswith("Fig. 5") for h in parsed.images)
+
+    # a report that travels alone (kfp): the Markdown inlines the figure too
+    report.write_report(config, _paths(copy, tmp_path / "alone"), inline_figures=True)
+    alone = (tmp_path / "alone/paper.md").read_text()
+    srcs = [line.split("](", 1)[1].rstrip(")") for line in alone[alone.index(SEED_002) :].splitlines() if "![" in line]
+    assert [base64.b64decode(s.split(",", 1)[1]) for s in srcs] == [tsne]
+
+
+def test_seed_002_figures_inlined_in_html_when_both_exist(tmp_path):
+    (tmp_path / "plots").mkdir()
+    pngs = [_png(tmp_path / "plots_retrieval" / n, c) for n, c in (("tsne.png", (1, 2, 3)), ("queries.png", (4, 5, 6)))]
+    built = _seed_002_report(_retrieval([]), tmp_path)
+    parsed = _HtmlTables()
+    parsed.feed(html_page(built, tmp_path / "plots"))
+    inlined = [
+        base64.b64decode(s.split(",", 1)[1])
+        for h, ss in parsed.images.items()
+        for s in ss
+        if h.startswith(("Fig. 4", "Fig. 5"))
+    ]
+    assert inlined == pngs
+    assert "../plots_retrieval/tsne.png" in _md(built) and "../plots_retrieval/queries.png" in _md(built)

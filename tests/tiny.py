@@ -30,6 +30,13 @@ TINY_OVERRIDES = [
     "classifier.hidden=32",
     "transfer.head.epochs=5",
     "evaluate.num_overlays=4",
+    "metric.image_size=48",
+    "metric.embedding_dim=16",
+    "metric.epochs=2",
+    "metric.batch_size=16",
+    "metric.min_per_class=1",
+    "retrieve.k=3",
+    "retrieve.grid_queries=2",
     "device=cpu",
 ]
 

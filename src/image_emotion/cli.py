@@ -1,4 +1,5 @@
-"""``image-emotion``: one sub-command a pipeline stage. Errors print one line and exit with status 2.
+"""``image-emotion``: one sub-command a pipeline stage, plus ``predict`` and ``retrieve`` (seed 002: the images
+nearest in feeling to query images). Errors print one line and exit with status 2.
 
 Every stage sub-command takes ``--params`` / ``--set key=value`` and one option per path of the stage's
 ``*Paths`` dataclass (``--out-dir``, ``--metrics``, ...), defaulting to the paths ``dvc.yaml`` uses.
@@ -36,8 +37,23 @@ STAGES = {
         "EvaluatePaths",
         "test metrics, confusion matrix, λ curve, ablation table, region overlays",
     ),
+    "train-metric": (
+        "train_metric",
+        "TrainMetricPaths",
+        "seed 002: sentiment-vector network (softmax + sentiment constraint) and Table 1's ablation rows",
+    ),
+    "build-index": (
+        "retrieve",
+        "RetrievePaths",
+        "seed 002: retrieval index of the main set, NN/FT/ST/mAP/DCG/ANMRR, t-SNE and query grid",
+    ),
     "report": ("report", "ReportPaths", "the paper's tables beside this run's figures: reports/paper.md and .html"),
     "register": ("register", "RegisterPaths", "log + register the model in MLflow; promote to champion if better"),
+    "register-metric": (
+        "register_metric",
+        "RegisterMetricPaths",
+        "seed 002: log + register the retrieval model; champion if its test mAP8 is better",
+    ),
 }
 
 
@@ -92,6 +108,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head", type=Path, default=Path("models/classifier/head.pt"))
     p.set_defaults(func=_predict)
 
+    p = sub.add_parser(
+        "retrieve", help="seed 002: images nearest in feeling to query images (saved index, a folder, or MLflow)"
+    )
+    p.add_argument("images", nargs="+", type=Path, metavar="QUERY_IMG")
+    p.add_argument("--k", type=_positive_int, default=5, help="neighbours per query (default: 5)")
+    p.add_argument(
+        "--collection",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="search the images under DIR (embedded now, labels predicted) instead of the saved index",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON {query: {label, polarity, neighbours}}")
+    p.add_argument(
+        "--grid",
+        type=Path,
+        default=None,
+        metavar="PNG",
+        help="also draw each query with its neighbours (green: same emotion, orange: same polarity, red: other)",
+    )
+    p.add_argument("--model", type=Path, default=Path("models/metric/model.pt"), help="(default: %(default)s)")
+    p.add_argument("--index", type=Path, default=Path("models/retrieval"), help="(default: %(default)s)")
+    p.add_argument("--model-uri", default=None, help="an MLflow model, e.g. models:/image-emotion-retrieval@champion")
+    p.set_defaults(func=_retrieve)
+
     p = sub.add_parser("params", help="check a params file against the schema, or write the defaults (--write)")
     p.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: params.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -133,6 +174,139 @@ def _predict(args: argparse.Namespace) -> dict:
     }
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
+def _collection_files(directory: Path) -> list[Path]:
+    from image_emotion.data.images import is_image_name
+
+    if not directory.is_dir():
+        raise ImageEmotionError(f"{directory}: --collection is not a directory")
+    return sorted(p for p in directory.rglob("*") if p.is_file() and is_image_name(p))
+
+
+def _retrieve(args: argparse.Namespace) -> dict | None:
+    """``retrieve``: the predicted emotion of each query image and its ``k`` nearest images."""
+    from image_emotion.data.images import load_image
+
+    if args.model_uri and args.collection is not None:
+        raise ImageEmotionError(
+            "--collection cannot be used with --model-uri (the served model searches its own index); drop one"
+        )
+    queries = [load_image(path) for path in args.images]  # a bad file is named here, before the model loads
+    label_header = "label"
+    if args.model_uri:
+        import mlflow
+        import pandas as pd
+
+        from image_emotion.tracking.pyfunc import encode_image_file
+
+        frame = pd.DataFrame({"image": [encode_image_file(p) for p in args.images]})
+        out = mlflow.pyfunc.load_model(args.model_uri).predict(frame, params={"k": args.k})
+        answers = [{**row, "neighbours": json.loads(row["neighbours"])} for row in out.to_dict("records")]
+    elif args.collection is not None:
+        answers = _search_collection(args, queries)
+        label_header = "predicted"
+    else:
+        from image_emotion.tracking.retrieval_pyfunc import RetrievalPredictor
+
+        answers = RetrievalPredictor(args.model, args.index).query(queries, args.k)
+    result = {str(p): answer for p, answer in zip(args.images, answers, strict=True)}
+    if args.grid is not None:
+        _draw_grid(result, args.grid)
+    if args.json:
+        return result
+    _print_retrieval_table(result, label_header)
+    return None
+
+
+def _search_collection(args: argparse.Namespace, queries: list) -> list[dict]:
+    """Embed every decodable image under ``--collection`` (bad ones skipped with a warning) and search them."""
+    import numpy as np
+
+    from image_emotion.data.images import load_image
+    from image_emotion.errors import ImageDecodeError
+    from image_emotion.retrieval import EmbeddingIndex
+    from image_emotion.tracking.retrieval_pyfunc import RetrievalPredictor
+
+    files = _collection_files(args.collection)
+    predictor = RetrievalPredictor(args.model)
+    ids, features, classes = [], [], []
+    chunk = max(predictor.batch_size, 64)
+    for start in range(0, len(files), chunk):
+        images = []
+        for path in files[start : start + chunk]:
+            try:
+                images.append(load_image(path))
+            except ImageDecodeError as exc:
+                print(f"warning: skipped {exc}", file=sys.stderr)
+                continue
+            ids.append(str(path))
+        if images:
+            f, c = predictor.embed_and_classify(images)
+            features.append(f)
+            classes.append(c)
+    if not ids:
+        raise ImageEmotionError(f"{args.collection}: no decodable image files (jpg, png, ...) under it")
+    index = EmbeddingIndex(np.concatenate(features), ids, np.concatenate(classes).tolist(), kind="exact")
+    return predictor.query(queries, args.k, index=index)
+
+
+def _draw_grid(result: dict, out: Path) -> None:
+    """``--grid``: each query (its predicted emotion) with its neighbours, framed by agreement with it."""
+    from image_emotion.figures import query_grid
+
+    def relevance(query: dict, label: str) -> str:
+        if label == query["label"]:
+            return "same"
+        polarity = _polarity(label)
+        return "polarity" if polarity is not None and polarity == query["polarity"] else "other"
+
+    rows = [
+        {
+            "query": path,
+            "label": answer["label"],
+            "neighbours": [{**n, "relevance": relevance(answer, n["label"])} for n in answer["neighbours"]],
+        }
+        for path, answer in result.items()
+    ]
+    query_grid(rows, out)
+
+
+def _polarity(label: str) -> str | None:
+    """The polarity of an emotion label of any label set that gives it one."""
+    from image_emotion.data.emotions import get_label_set
+    from image_emotion.errors import ConfigError
+
+    for name in ("mikels8", "ekman6", "emotion6", "binary"):
+        labels = get_label_set(name)
+        if label in labels.labels:
+            try:
+                return labels.polarity(label)
+            except ConfigError:
+                return None
+    return None
+
+
+def _print_retrieval_table(result: dict, label_header: str) -> None:
+    for n, (query, answer) in enumerate(result.items()):
+        if n:
+            print()
+        print(f"{query}: {answer['label']} ({answer['polarity']})")
+        neighbours = answer["neighbours"]
+        width = max([len(label_header), *(len(str(x["label"])) for x in neighbours)])
+        print(f"  {'rank':>4}  {'distance':>8}  {label_header:<{width}}  path")
+        for x in neighbours:
+            print(f"  {x['rank']:>4}  {x['distance']:>8.4f}  {x['label']!s:<{width}}  {x['id']}")
+
+
 def _params(args: argparse.Namespace) -> dict:
     from image_emotion.config import render_params
     from image_emotion.files import write_text_atomic
@@ -168,7 +342,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; outputs written so far are complete (writes are atomic)", file=sys.stderr)
         return 130
-    print(json.dumps(result, indent=2, sort_keys=True, default=str))
+    if result is not None:  # sub-commands that print their own output (retrieve's table) return None
+        print(json.dumps(result, indent=2, sort_keys=True, default=str))
     return 0
 
 

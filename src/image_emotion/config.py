@@ -283,24 +283,26 @@ class MetricConfig(Section):
     backbone_weights: str | None = Field(
         "imagenet", description="imagenet (Lite0, ships offline) | a local .pth path | null (random)"
     )
-    image_size: int = Field(96, ge=32, le=1024, description="square input (the paper: 224)")
+    image_size: int = Field(128, ge=32, le=1024, description="square input (the paper: 224)")
     embedding_dim: int | None = Field(128, ge=1, description="FC embedding before the classifier (null: none)")
     filters: int = Field(16, ge=1, description="1×1 filters a layer: 136-d Gram triangles, 680-d SV")
     freeze_backbone: bool = Field(
         True, description="train only the 1×1 convs and FC layers on backbone maps computed once (the paper: false)"
     )
-    epochs: int = Field(8, ge=1, description="the paper: 100")
+    epochs: int = Field(20, ge=1, description="the paper: 100")
     batch_size: int = Field(64, ge=2, description="the paper: 128")
     min_per_class: int = Field(4, ge=1, description="images of every emotion in each batch (the paper: 8)")
-    lr_conv: float = Field(0.01, gt=0, description="conv layers incl. the new 1×1 ones (the paper: 1e-4)")
+    lr_conv: float = Field(
+        0.1, gt=0, description="conv layers; the new 1×1 ones start from scratch on a frozen backbone (the paper: 1e-4)"
+    )
     lr_last: float = Field(0.01, gt=0, description="the FC layers (the paper: 1e-3)")
     momentum: float = Field(0.9, ge=0)
     omega: float = Field(0.7, ge=0, le=1, description="ω of E = (1-ω)·E_cls + ω·E_sml")
     loss: Literal["sentiment", "triplet", "centre"] = Field(
         "sentiment", description="E_sml: the sentiment constraint | plain triplet | centre loss"
     )
-    feature: Literal["sentiment", "embedding"] = Field(
-        "sentiment", description="E_sml and retrieval on the sentiment vector (SV) | the FC embedding"
+    feature: Literal["sentiment", "fc", "joint"] = Field(
+        "sentiment", description="E_sml and retrieval on the sentiment vector (SV) | the unit-norm FC embedding | both"
     )
     sampling: Literal["random", "hard", "semi-hard"] = "semi-hard"
     alpha: float = Field(0.2, ge=0, description="triplet margin")

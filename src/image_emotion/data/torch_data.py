@@ -50,6 +50,10 @@ class PreparedDataset:
         """The rows of one split (``train`` / ``val`` / ``test`` / ``cv``)."""
         return self.subset(self.manifest["split"] == name)
 
+    def split_rows(self, name: str) -> np.ndarray:
+        """Row indices ``(n,)`` of one split in the manifest."""
+        return np.flatnonzero(self.manifest["split"].to_numpy() == name)
+
     def labels(self) -> Tensor:
         """Class ids ``(N,)`` in this dataset's label set."""
         labels = get_label_set(self.label_set)

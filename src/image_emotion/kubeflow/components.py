@@ -40,6 +40,7 @@ def prepare_op(
     summary = prepare.run(config, prepare.PreparePaths(out / "prepared", out / "prepare.json"))
     runtime.log_to_kfp(metrics, summary)
     runtime.write_json(metrics.path, {"role": role, **summary})  # the report reads the sizes from here
+    runtime.write_json(out / "role.json", {"role": role})  # retrieval names the collected transfer sets by it
 
 
 @dsl.component(base_image=IMAGE_CUDA)
@@ -255,6 +256,64 @@ def evaluate_op(
     return float(result["test_accuracy"])
 
 
+@dsl.component(base_image=IMAGE_CUDA)
+def train_metric_op(
+    params_yaml: str,
+    mlflow_tracking_uri: str,
+    mlflow_experiment: str,
+    pipeline_run_id: str,
+    main: Input[Dataset],
+    model: Output[Model],
+    metrics: Output[Metrics],
+):
+    """Seed 002: the sentiment-vector network on the main set, and the rows of its Table 1."""
+    from pathlib import Path
+
+    from image_emotion.kubeflow import runtime
+    from image_emotion.stages import train_metric
+
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
+    out = Path(model.path)
+    paths = train_metric.TrainMetricPaths(
+        Path(main.path) / "prepared", out, out / "metric.json", out / "metric_ablation.json"
+    )
+    runtime.log_to_kfp(metrics, train_metric.run(config, paths))
+
+
+@dsl.component(base_image=IMAGE_CPU)
+def retrieve_op(
+    params_yaml: str,
+    mlflow_tracking_uri: str,
+    mlflow_experiment: str,
+    pipeline_run_id: str,
+    main: Input[Dataset],
+    transfer: Input[List[Dataset]],  # noqa: UP006
+    model: Input[Model],
+    index: Output[Model],
+    metrics: Output[Metrics],
+    plots: Output[Dataset],
+):
+    """Seed 002: the retrieval index of the main set, the seven measures (main set, each transfer set
+    leave-one-out), the t-SNE and query figures. ``metrics`` holds ``retrieval.json``."""
+    import tempfile
+    from pathlib import Path
+
+    from image_emotion.kubeflow import runtime
+    from image_emotion.stages import retrieve
+
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
+    root = Path(tempfile.mkdtemp(prefix="transfer-"))  # <set name>/ -> the prepared set, as data/prepared/
+    for dataset in transfer:
+        role = runtime.read_json(Path(dataset.path) / "role.json")["role"]
+        (root / role).symlink_to(Path(dataset.path) / "prepared", target_is_directory=True)
+    paths = retrieve.RetrievePaths(
+        Path(main.path) / "prepared", Path(model.path) / "model.pt", root, Path(model.path) / "metric_ablation.json",
+        Path(index.path), Path(metrics.path), Path(plots.path),
+    )  # fmt: skip
+    retrieve.run(config, paths)
+    runtime.log_to_kfp(metrics, runtime.read_json(metrics.path)["main"])
+
+
 @dsl.component(base_image=IMAGE_CPU)
 def report_op(
     params_yaml: str,
@@ -269,6 +328,8 @@ def report_op(
     transfer: Input[List[Metrics]],  # noqa: UP006
     evaluation: Input[Metrics],
     plots: Input[Dataset],
+    retrieval: Input[Metrics],
+    retrieval_plots: Input[Dataset],
     html: Output[HTML],
     markdown: Output[Markdown],
 ):
@@ -291,10 +352,12 @@ def report_op(
         shutil.copy(Path(classifier.path) / name, results / name)
     shutil.copy(Path(detector.path) / "detector.json", results / "detector.json")
     shutil.copy(evaluation.path, results / "evaluate.json")
+    shutil.copy(retrieval.path, results / "retrieval.json")
     out = Path(tempfile.mkdtemp(prefix="report-"))
     paths = report.ReportPaths(
         results / "prepare", results / "detector.json", results / "classifier.json", results / "lambda_sweep.json",
         results / "ablation.json", results / "transfer", results / "evaluate.json", results, Path(plots.path), out,
+        Path(retrieval_plots.path),
     )  # fmt: skip
     report.write_report(config, paths, inline_figures=True)
     shutil.copy(out / "paper.html", html.path)
@@ -325,6 +388,35 @@ def register_op(
         Path(evaluation.path), Path(tempfile.mkdtemp(prefix="register-")) / "register.json",
     )  # fmt: skip
     result = register.run(config, paths)
+    from collections import namedtuple
+
+    return namedtuple("RegisterOutputs", ["version", "promoted"])(int(result["version"]), bool(result["promoted"]))
+
+
+@dsl.component(base_image=IMAGE_CPU)
+def register_metric_op(
+    params_yaml: str,
+    mlflow_tracking_uri: str,
+    mlflow_experiment: str,
+    pipeline_run_id: str,
+    main: Input[Dataset],
+    model: Input[Model],
+    index: Input[Model],
+    retrieval: Input[Metrics],
+) -> NamedTuple("RegisterOutputs", [("version", int), ("promoted", bool)]):
+    """Seed 002: log and register the retrieval model; ``champion`` only when its test mAP8 is better."""
+    import tempfile
+    from pathlib import Path
+
+    from image_emotion.kubeflow import runtime
+    from image_emotion.stages import register_metric
+
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
+    paths = register_metric.RegisterMetricPaths(
+        Path(main.path) / "prepared", Path(model.path) / "model.pt", Path(index.path), Path(retrieval.path),
+        Path(tempfile.mkdtemp(prefix="register-")) / "register_metric.json",
+    )  # fmt: skip
+    result = register_metric.run(config, paths)
     from collections import namedtuple
 
     return namedtuple("RegisterOutputs", ["version", "promoted"])(int(result["version"]), bool(result["promoted"]))

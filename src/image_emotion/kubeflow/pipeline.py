@@ -3,7 +3,8 @@
 pretrain_objects [GPU] + prepare detector data -> finetune_detector [GPU] -> prepare main data ->
 extract_regions [GPU] -> ParallelFor λ: train_lambda -> Collected -> select_classifier -> ParallelFor transfer
 set: prepare, extract_regions [GPU], transfer_cv -> Collected -> evaluate -> report (HTML + Markdown artifacts)
-and, if test accuracy >= min_accuracy, register. The same graph as dvc.yaml.
+and, if test accuracy >= min_accuracy, register. Seed 002: prepare main data -> train_metric [GPU] -> retrieve (with
+the collected transfer sets) -> report, register_metric. The same graph as dvc.yaml.
 """
 
 from pathlib import Path
@@ -102,6 +103,15 @@ def image_emotion_pipeline(
             **common,
         )
     )
+    metric = _gpu(c.train_metric_op(main=main.outputs["dataset"], **common), "8", "32G")
+    retrieval = _cpu(
+        c.retrieve_op(
+            main=main.outputs["dataset"],
+            transfer=dsl.Collected(small.outputs["dataset"]),
+            model=metric.outputs["model"],
+            **common,
+        )
+    )
     _cpu(
         c.report_op(
             prepared_detector=regions.outputs["metrics"],
@@ -112,6 +122,8 @@ def image_emotion_pipeline(
             transfer=dsl.Collected(transfer.outputs["result"]),
             evaluation=evaluation.outputs["metrics"],
             plots=evaluation.outputs["plots"],
+            retrieval=retrieval.outputs["metrics"],
+            retrieval_plots=retrieval.outputs["plots"],
             **common,
         )
     )
@@ -126,6 +138,15 @@ def image_emotion_pipeline(
                 **common,
             )
         )
+    _cpu(
+        c.register_metric_op(
+            main=main.outputs["dataset"],
+            model=metric.outputs["model"],
+            index=retrieval.outputs["index"],
+            retrieval=retrieval.outputs["metrics"],
+            **common,
+        )
+    )
 
 
 def pipeline_arguments(config: Config) -> dict[str, Any]:

@@ -1,13 +1,19 @@
-"""``Report`` -> Markdown (images linked) and a self-contained HTML page (images inlined, no external files)."""
+"""``Report`` -> Markdown (images linked) and a self-contained HTML page (images inlined, no external files).
+
+Seed 002's section (``Report.retrieval``) prints its tables under its own heading and its figures
+(``plots_retrieval/``) the way the others are printed: linked or inlined through the Markdown's ``figure_src``,
+inlined in the HTML page.
+"""
 
 from __future__ import annotations
 
 import base64
 import html
+import posixpath
 from collections.abc import Callable
 from pathlib import Path
 
-from image_emotion.report.tables import EXTRAS, Claim, Report, Table
+from image_emotion.report.tables import EXTRAS, Claim, Report, RetrievalSection, Table
 
 FIGURES = (  # (file under plots/, heading): the λ curve (Fig. 8), the confusion matrix, the region overlays
     ("lambda_curve.png", "Fig. 8: accuracy by λ"),
@@ -32,7 +38,10 @@ def _paper_value(c: Claim) -> str:
 
 
 def claims_table(report: Report) -> Table:
-    rows = [[c.text, _claim_value(c), _claim_verdict(c.holds), _paper_value(c)] for c in report.claims]
+    """Seed 000's claims (seed 002's are in its own section)."""
+    rows = [
+        [c.text, _claim_value(c), _claim_verdict(c.holds), _paper_value(c)] for c in report.claims if c.seed == "000"
+    ]
     return Table(
         "The paper's claims on this run",
         "Differences in test accuracy (8 classes) between the rows each claim compares.",
@@ -57,8 +66,25 @@ def md_table(table: Table, level: int = 2) -> str:
     return "\n".join(lines)
 
 
+def _md_src(figure_src: Callable[[str], str], name: str) -> str:
+    src = figure_src(name)  # a data: URI is left alone (base64 holds "/"); a link loses "plots/../"
+    return src if src.startswith("data:") else posixpath.normpath(src)
+
+
+def md_retrieval(section: RetrievalSection, figure_src: Callable[[str], str]) -> str:
+    """Seed 002's section: header, notes, its tables and its figures (names relative to ``plots/``)."""
+    out = [f"## {section.title}", "", f"- **paper**: {section.paper}", f"- **this run**: {section.header}", ""]
+    out += [f"> {n}" for n in section.notes] + ([""] if section.notes else [])
+    out += [md_table(t, level=3) for t in section.tables]
+    for fig in section.figures:
+        body = f"![{fig.title}]({_md_src(figure_src, fig.name)})" if fig.name is not None else "(not written)"
+        out += [f"### {fig.title}", "", body, ""]
+    return "\n".join(out)
+
+
 def markdown(report: Report, figure_src: Callable[[str], str]) -> str:
-    """The report as GitHub Markdown; ``figure_src(file name under plots/)`` gives each figure's link."""
+    """The report as GitHub Markdown; ``figure_src(file name under plots/)`` gives each figure's link (seed 002's
+    figures are named relative to ``plots/``, e.g. ``../plots_retrieval/tsne.png``)."""
     out = [f"# {TITLE}", ""]
     out += [f"- **{k}**: {v}" for k, v in report.header] + [""]
     if report.banner:
@@ -72,7 +98,10 @@ def markdown(report: Report, figure_src: Callable[[str], str]) -> str:
     out += ["## Emotional-region detector", ""] + [f"- {k}: {v}" for k, v in report.detector] + [""]
     out += ["## Figures", ""] + [f"![{title}]({figure_src(name)})" for name, title in FIGURES] + [""]
     for name, table in report.extras.items():
-        out.append(md_table(table) if table else f"## {EXTRAS[name]}\n\nNot run in this pipeline yet.\n")
+        if name == "retrieval" and report.retrieval is not None:
+            out.append(md_retrieval(report.retrieval, figure_src))
+        else:
+            out.append(md_table(table) if table else f"## {EXTRAS[name]}\n\nNot run in this pipeline yet.\n")
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -102,14 +131,14 @@ def _cell(column: str, value: str) -> str:
     return f'<td class="{" ".join(classes)}">{html.escape(value)}</td>' if classes else f"<td>{html.escape(value)}</td>"
 
 
-def html_table(table: Table) -> str:
+def html_table(table: Table, level: int = 2) -> str:
     head = "".join(f'<th class="{"paper" if "paper" in c else ""}">{html.escape(c)}</th>' for c in table.columns)
     body = "".join(
         "<tr>" + "".join(_cell(c, v) for c, v in zip(table.columns, row, strict=True)) + "</tr>" for row in table.rows
     )
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in table.notes)
     return (
-        f'<h2>{html.escape(table.title)}</h2><p class="caption">{html.escape(table.caption)}</p><table>'
+        f'<h{level}>{html.escape(table.title)}</h{level}><p class="caption">{html.escape(table.caption)}</p><table>'
         f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
         + (f'<ul class="notes">{notes}</ul>' if notes else "")
     )
@@ -118,6 +147,25 @@ def html_table(table: Table) -> str:
 def inline_png(path: Path) -> str:
     """A PNG file as a ``data:`` URI (a page that needs no other file)."""
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def html_retrieval(section: RetrievalSection) -> str:
+    """Seed 002's section, its figures inlined."""
+    parts = [
+        f"<h2>{html.escape(section.title)}</h2>",
+        f'<dl class="header"><dt>paper</dt><dd>{html.escape(section.paper)}</dd>'
+        f"<dt>this run</dt><dd>{html.escape(section.header)}</dd></dl>",
+    ]
+    parts += [f'<p class="banner">{html.escape(n)}</p>' for n in section.notes]
+    parts += [html_table(t, level=3) for t in section.tables]
+    for fig in section.figures:
+        body = (
+            f'<img alt="{html.escape(fig.title)}" src="{inline_png(fig.path)}"/>'
+            if fig.path is not None
+            else "<p>(not written)</p>"
+        )
+        parts.append(f"<h3>{html.escape(fig.title)}</h3>{body}")
+    return "\n".join(parts)
 
 
 def html_page(report: Report, plots: Path) -> str:
@@ -146,6 +194,9 @@ def html_page(report: Report, plots: Path) -> str:
         body = f'<img alt="{html.escape(title)}" src="{inline_png(path)}"/>' if path.is_file() else "(not written)"
         parts.append(f"<h2>{html.escape(title)}</h2>{body}")
     for name, table in report.extras.items():
+        if name == "retrieval" and report.retrieval is not None:
+            parts.append(html_retrieval(report.retrieval))
+            continue
         missing = f"<h2>{html.escape(EXTRAS[name])}</h2><p>Not run in this pipeline yet.</p>"
         parts.append(html_table(table) if table else missing)
     return (

@@ -5,12 +5,19 @@ turns it into a ``Report``: a header (git revision, params hash, device), the da
 their sizes, a banner when they are not the paper's, the paper's claims checked on this run, Tables 1-3 and
 Fig. 8 as ``Table``s of strings that ``render.py`` prints as Markdown and HTML alike. Accuracies are shown in
 percent with one decimal; the paper's as printed.
+
+Seed 002 (``metrics/retrieval.json``, when the ``retrieve`` stage ran) gets its own section, beside its paper's
+figures (``published_002.yaml``): Table 1 (constraints and sampling), the retrieval measures of Table 2 on the main
+set and every transfer set, its two claims (also in ``Report.claims``, after seed 000's) and its figures
+(``plots_retrieval/``).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -22,6 +29,7 @@ from image_emotion.config import Config
 from image_emotion.errors import ConfigError
 
 PUBLISHED = Path(__file__).with_name("published_000.yaml")
+PUBLISHED_002 = Path(__file__).with_name("published_002.yaml")
 PAPER_MAIN, PAPER_DETECTOR = "fi", "emotionroi"
 PAPER_TRANSFER = ("iaps", "artphoto", "abstract", "emotionroi")
 EXTRAS = {  # later seeds' results, gathered when their stages have written them
@@ -37,6 +45,12 @@ def published() -> dict[str, Any]:
     return yaml.safe_load(PUBLISHED.read_text(encoding="utf-8"))
 
 
+@cache
+def published_002() -> dict[str, Any]:
+    """Seed 002's paper's figures (``published_002.yaml``)."""
+    return yaml.safe_load(PUBLISHED_002.read_text(encoding="utf-8"))
+
+
 class RunFiles(Protocol):
     """Where a run's results are (``stages.paths.ReportPaths``: the files of ``dvc.yaml``)."""
 
@@ -48,6 +62,8 @@ class RunFiles(Protocol):
     transfer: Path  # <set>.json a transfer set
     evaluation: Path
     extras: Path  # retrieval.json (seed 002), generative.json (seed 001) when present
+    plots: Path  # the figures of evaluate
+    retrieval_plots: Path  # tsne.png, queries.png (seed 002's retrieve) when present
 
 
 @dataclass
@@ -62,6 +78,8 @@ class RunFigures:
     transfer: dict[str, dict[str, Any]]
     evaluation: dict[str, Any]
     extras: dict[str, dict[str, Any]] = field(default_factory=dict)
+    plots: Path | None = None  # where the figures of evaluate are (the report links figures relative to it)
+    retrieval_plots: Path | None = None  # where seed 002's figures are
 
 
 def _read(path: Path) -> Any:
@@ -90,6 +108,8 @@ def read_run(inputs: RunFiles) -> RunFigures:
         extras={
             name: _read(inputs.extras / f"{name}.json") for name in EXTRAS if (inputs.extras / f"{name}.json").is_file()
         },
+        plots=inputs.plots,
+        retrieval_plots=inputs.retrieval_plots,
     )
 
 
@@ -113,6 +133,32 @@ class Claim:
     ours: float | None
     paper: float
     holds: bool | None
+    seed: str = "000"  # the paper it comes from ("002": a difference in mAP8, not in points)
+
+
+@dataclass
+class RetrievalFigure:
+    """One of seed 002's figures: its title, its file (None when the run did not write it) and its name relative
+    to the run's ``plots/`` (what ``render.markdown``'s ``figure_src`` takes, e.g. ``../plots_retrieval/tsne.png``)."""
+
+    title: str
+    file_name: str
+    path: Path | None
+    name: str | None
+
+
+@dataclass
+class RetrievalSection:
+    """Seed 002's section: the paper, a header line (dataset, backbone, image size, feature, index), notes,
+    Table 1, the retrieval measures, the claims (as a table, and as ``Claim``s) and the figures."""
+
+    title: str
+    paper: str
+    header: str
+    notes: list[str]
+    tables: list[Table]
+    claims: list[Claim]
+    figures: list[RetrievalFigure]
 
 
 @dataclass
@@ -128,6 +174,7 @@ class Report:
     lambda_table: Table
     detector: list[tuple[str, str]]
     extras: dict[str, Table | None]
+    retrieval: RetrievalSection | None = None  # seed 002's section, when metrics/retrieval.json exists
 
 
 def pct(value: float | None) -> str:
@@ -382,9 +429,201 @@ def extras_table(name: str, figures: dict[str, Any]) -> Table:
     return Table(EXTRAS[name], f"From metrics/{name}.json.", ["metric", "value"], rows)
 
 
+# ---------------------------------------------------------------------------------------------- seed 002
+
+RETRIEVAL_MEASURES = (  # (key in retrieval.json, label): Table 2's measures; ANMRR is the only one lower-is-better
+    ("nn", "NN"),
+    ("ft", "FT"),
+    ("st", "ST"),
+    ("map8", "mAP8"),
+    ("map2", "mAP2"),
+    ("dcg", "DCG"),
+    ("anmrr", "ANMRR (lower is better)"),
+)
+RETRIEVAL_FIGURES = (  # (file under plots_retrieval/, title), as the retrieve stage writes them
+    ("tsne.png", "Fig. 4: t-SNE of the test embeddings, coloured by emotion"),
+    ("queries.png", "Fig. 5: queries and their top retrieved images"),
+)
+
+
+def num4(value: float | None) -> str:
+    """A measure in [0, 1] with four decimals, as the paper prints them; a dash when absent."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return DASH
+    return f"{value:.4f}"
+
+
+def _mean_std(mean: float | None, std: float | None, fmt: Callable[[float | None], str]) -> str:
+    """``mean ± std`` when there is a std (several seeds), the mean alone otherwise."""
+    if mean is None:
+        return DASH
+    return fmt(mean) if std is None else f"{fmt(mean)} ± {fmt(std)}"
+
+
+def retrieval_table1(figures: dict[str, Any]) -> Table:
+    """The paper's Table 1 (constraints and sampling methods) in its row order, this run's rows beside it."""
+    pub = published_002()["table1"]
+    ours = {r.get("row"): r for r in figures.get("ablation") or []}
+    rows = []
+    for key, p in pub["rows"].items():
+        r = ours.get(key, {})
+        seeds = r.get("seeds")
+        rows.append(
+            [
+                key,
+                p["name"],
+                str(r.get("feature", p["feature"])),
+                ", ".join(str(x) for x in seeds) if seeds else DASH,
+                _mean_std(r.get("accuracy"), r.get("accuracy_std"), pct),
+                paper_pct(p["accuracy"]),
+                _mean_std(r.get("map8"), r.get("map8_std"), num4),
+                num4(p["map8"]),
+                _mean_std(r.get("map2"), r.get("map2_std"), num4),
+                num4(p["map2"]),
+            ]
+        )
+    notes = ["Several seeds: mean ± std over the seeds (one seed: the figure alone)."]
+    if not ours:
+        notes.append("The run measured no ablation rows (metrics/retrieval.json: ablation is empty).")
+    return Table(
+        "Table 1 (seed 002)",
+        f"Test accuracy (%) and retrieval mAP (test queries against the train split) by the constraints the "
+        f"embedding is trained with and the feature it retrieves with (FC layer or sentiment vector SV). "
+        f"Paper: {pub['source']} (FI).",
+        [
+            "row",
+            "the paper's row",
+            "feature",
+            "seeds",
+            "accuracy % (ours)",
+            "accuracy % (paper)",
+            "mAP8 (ours)",
+            "mAP8 (paper)",
+            "mAP2 (ours)",
+            "mAP2 (paper)",
+        ],
+        rows,
+        notes,
+    )
+
+
+def retrieval_measures_table(figures: dict[str, Any]) -> Table:
+    """Table 2's seven measures (and accuracy) on the main set and every transfer set, beside the paper's FI rows."""
+    pub = published_002()["table2"]
+    main = figures.get("main") or {}
+    transfer = figures.get("transfer") or {}
+    sets = [(f"main: {figures.get('dataset', DASH)} (ours)", main)]
+    sets += [(f"{name}: {t.get('dataset', DASH)} (ours)", t) for name, t in transfer.items()]
+    papers = [(f"paper, FI: {p['name']}", p) for p in pub["rows"].values()]
+    rows = [
+        ["accuracy (%)"] + [pct(r.get("accuracy")) for _, r in sets] + [paper_pct(p.get("accuracy")) for _, p in papers]
+    ]
+    rows += [
+        [label] + [num4(r.get(key)) for _, r in sets] + [num4(p.get(key)) for _, p in papers]
+        for key, label in RETRIEVAL_MEASURES
+    ]
+    notes = [
+        f"main: {main.get('protocol', DASH)}, {main.get('num_queries', DASH)} queries, "
+        f"a gallery of {figures.get('gallery_size', DASH)} of {figures.get('collection_size', DASH)} images."
+    ]
+    notes += [
+        f"{name}: {t.get('protocol', DASH)} on {t.get('images', DASH)} images ({t.get('label_set', DASH)}), "
+        f"{t.get('num_queries', DASH)} queries; no accuracy is measured there."
+        for name, t in transfer.items()
+    ]
+    if transfer:
+        notes.append(
+            "The paper gives its small sets' retrieval (IAPSa, ArtPhoto, Abstract) as bar charts only (Fig. 6)."
+        )
+    return Table(
+        "Retrieval (Table 2 protocol)",
+        "Retrieval by the learned embedding: NN (precision of the first result), FT and ST (recall in the top m and "
+        "2m, m the relevant images), mAP over 8 emotions and over 2 polarities, DCG, ANMRR. "
+        f"Paper: {pub['source']} (FI; 'Ours' is the paper's method).",
+        ["measure"] + [name for name, _ in sets] + [name for name, _ in papers],
+        rows,
+        notes,
+    )
+
+
+def retrieval_claims(figures: dict[str, Any]) -> tuple[list[Claim], Table]:
+    """Seed 002's shapes checked on this run (mAP8 of one Table-1 row over another's), and them as a table."""
+    rows = {r.get("row"): r for r in figures.get("ablation") or []}
+    claims, table_rows = [], []
+    for c in published_002()["claims"]:
+        a, b = rows.get(c["a"], {}).get("map8"), rows.get(c["b"], {}).get("map8")
+        ours = None if a is None or b is None else round(a - b, 4)
+        paper = round(c["paper_a"] - c["paper_b"], 4)
+        holds = None if ours is None else ours > 0
+        claims.append(Claim(c["key"], c["text"], ours, paper, holds, seed="002"))
+        verdict = "not measured" if holds is None else "holds" if holds else "does not hold"
+        table_rows.append(
+            [
+                c["text"],
+                DASH if ours is None else f"{num4(a)} vs {num4(b)}",
+                DASH if ours is None else f"{ours:+.4f}",
+                verdict,
+                f"{num4(c['paper_a'])} vs {num4(c['paper_b'])} ({paper:+.4f})",
+            ]
+        )
+    table = Table(
+        "The paper's claims on this run (seed 002)",
+        "mAP8 of the rows each claim compares (Table 1; this run's means over its seeds) and their difference; "
+        "a claim whose rows the run did not measure is not measured.",
+        ["claim", "this run", "difference", "verdict", "the paper"],
+        table_rows,
+    )
+    return claims, table
+
+
+def retrieval_figures(run: RunFigures) -> list[RetrievalFigure]:
+    """Seed 002's figures: each with its file and its name relative to ``plots/`` when the run wrote it."""
+    out = []
+    for file_name, title in RETRIEVAL_FIGURES:
+        path = run.retrieval_plots / file_name if run.retrieval_plots is not None else None
+        if path is None or not path.is_file():
+            out.append(RetrievalFigure(title, file_name, None, None))
+            continue
+        name = Path(os.path.relpath(path, run.plots)).as_posix() if run.plots is not None else path.as_posix()
+        out.append(RetrievalFigure(title, file_name, path, name))
+    return out
+
+
+def retrieval_section(run: RunFigures) -> RetrievalSection | None:
+    """Seed 002's section from ``metrics/retrieval.json`` (None when the retrieve stage has not run)."""
+    figures = run.extras.get("retrieval")
+    if figures is None:
+        return None
+    g = figures.get
+    header = (
+        f"Dataset {g('dataset', DASH)} ({g('label_set', DASH)}), backbone {g('backbone', DASH)} at "
+        f"{g('image_size', DASH)} px, feature {g('feature', DASH)} ({g('dimension', DASH)}-d), "
+        f"{g('index_kind', DASH)} index."
+    )
+    pub = published_002()["dataset"]
+    notes = []
+    if g("dataset") != pub["key"]:
+        notes.append(
+            f"Not the paper's data: this run retrieves in {g('dataset', DASH)}, the paper in {pub['name']} "
+            f"({pub['images']} images), so the numbers are not comparable with the paper's; compare the shapes "
+            "(which rows win, whether the claims hold)."
+        )
+    claims, claims_table = retrieval_claims(figures)
+    return RetrievalSection(
+        title=EXTRAS["retrieval"],
+        paper=published_002()["paper"],
+        header=header,
+        notes=notes,
+        tables=[retrieval_table1(figures), retrieval_measures_table(figures), claims_table],
+        claims=claims,
+        figures=retrieval_figures(run),
+    )
+
+
 def build_report(run: RunFigures, config: Config, revision: str, params_hash: str) -> Report:
     """The whole report of one run."""
     datasets = dataset_table(run, config)
+    retrieval = retrieval_section(run)
     return Report(
         header=[
             ("paper", published()["paper"]),
@@ -396,9 +635,13 @@ def build_report(run: RunFigures, config: Config, revision: str, params_hash: st
         datasets=datasets,
         banner=banner(datasets),
         differences=setup_differences(config),
-        claims=claims(run),
+        claims=claims(run) + (retrieval.claims if retrieval else []),  # seed 000's first
         tables=[table1(run), table2(run), table3(run, config)],
         lambda_table=lambda_table(run),
         detector=detector_summary(run),
-        extras={name: (extras_table(name, run.extras[name]) if name in run.extras else None) for name in EXTRAS},
+        extras={  # seed 002's results get their own section (retrieval); the others a table of their numbers
+            name: (extras_table(name, run.extras[name]) if name in run.extras and name != "retrieval" else None)
+            for name in EXTRAS
+        },
+        retrieval=retrieval,
     )

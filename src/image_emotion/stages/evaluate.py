@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw
 from image_emotion.config import Config
 from image_emotion.data.emotions import get_label_set
 from image_emotion.data.images import load_image
+from image_emotion.figures import pyplot, save_figure
 from image_emotion.files import atomic_path, write_json_atomic, write_text_atomic
 from image_emotion.metrics import classification_report
 from image_emotion.models.multilevel import load_head
@@ -38,23 +39,8 @@ def _csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return buf.getvalue()
 
 
-def _save_figure(fig, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-
-
-def _pyplot():
-    """matplotlib's pyplot on the file-only Agg backend (imported on first use: it is slow to import)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_lambda_curve(sweep: list[dict[str, Any]], path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.2))
     lam = [r["lambda"] for r in sweep]
     for key, style in (("val_accuracy", "o--"), ("test_accuracy", "s-")):
@@ -63,12 +49,11 @@ def plot_lambda_curve(sweep: list[dict[str, Any]], path: Path) -> None:
     ax.set_ylabel("accuracy")
     ax.grid(alpha=0.3)
     ax.legend()
-    _save_figure(fig, path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_confusion(cm: np.ndarray, labels: tuple[str, ...], path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 5))
     ax.imshow(cm, cmap="Blues")
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
@@ -77,8 +62,7 @@ def plot_confusion(cm: np.ndarray, labels: tuple[str, ...], path: Path) -> None:
         ax.text(j, i, str(v), ha="center", va="center", color="white" if v > cm.max() / 2 else "black")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    _save_figure(fig, path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def region_overlays(root: Path, rows, boxes: torch.Tensor, true: list[str], pred: list[str], out: Path) -> None:

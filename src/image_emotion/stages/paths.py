@@ -83,6 +83,38 @@ class EvaluatePaths:
 
 
 @dataclass(frozen=True)
+class TrainMetricPaths:
+    """Seed 002's sentiment-vector model trained on the main set, and Table 1's ablation rows."""
+
+    prepared: Path = Path("data/prepared/main")
+    out_dir: Path = Path("models/metric")  # model.pt
+    metrics: Path = Path("metrics/metric.json")
+    ablation: Path = Path("metrics/metric_ablation.json")
+
+
+@dataclass(frozen=True)
+class RetrievePaths:
+    """The retrieval index of the main set, the measures (main set and every transfer set) and the figures."""
+
+    prepared: Path = Path("data/prepared/main")
+    model: Path = Path("models/metric/model.pt")
+    transfer_root: Path = Path("data/prepared")  # <name>/ of each transfer set: leave-one-out retrieval on it
+    ablation: Path = Path("metrics/metric_ablation.json")
+    index: Path = Path("models/retrieval")  # an EmbeddingIndex directory
+    metrics: Path = Path("metrics/retrieval.json")
+    plots: Path = Path("plots_retrieval")  # tsne.csv / tsne.png (Fig. 4), queries.png (Fig. 5)
+
+
+@dataclass(frozen=True)
+class RegisterMetricPaths:
+    prepared: Path = Path("data/prepared/main")
+    model: Path = Path("models/metric/model.pt")
+    index: Path = Path("models/retrieval")
+    retrieval: Path = Path("metrics/retrieval.json")
+    metrics: Path = Path("metrics/register_metric.json")
+
+
+@dataclass(frozen=True)
 class ReportPaths:
     """What the report reads (every result file of the run) and where it writes ``paper.md`` / ``paper.html``."""
 
@@ -96,6 +128,7 @@ class ReportPaths:
     extras: Path = Path("metrics")  # retrieval.json (seed 002), generative.json (seed 001) when present
     plots: Path = Path("plots")  # lambda_curve.png, confusion.png, regions.png (evaluate)
     out_dir: Path = Path("reports")
+    retrieval_plots: Path = Path("plots_retrieval")  # tsne.png, queries.png (retrieve) when present
 
 
 @dataclass(frozen=True)

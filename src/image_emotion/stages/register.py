@@ -10,7 +10,6 @@ The decision, both figures and the reason are logged and written to ``metrics/re
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -20,10 +19,9 @@ from image_emotion.data.torch_data import PreparedDataset
 from image_emotion.files import write_json_atomic
 from image_emotion.stages.paths import RegisterPaths
 from image_emotion.tracking import runs as tracking
+from image_emotion.tracking.packaging import PACKAGE_DIR, model_requirements
 from image_emotion.tracking.pyfunc import EmotionModel, EmotionPredictor, encode_image_file
-from image_emotion.tracking.registry import current_champion, decide
-
-PACKAGE_DIR = Path(__file__).resolve().parents[1]
+from image_emotion.tracking.registry import register_and_promote
 
 
 def run(config: Config, paths: RegisterPaths) -> dict[str, Any]:
@@ -49,47 +47,8 @@ def run(config: Config, paths: RegisterPaths) -> dict[str, Any]:
             code_paths=[str(PACKAGE_DIR)],
             signature=infer_signature(input_example, output_example),
             input_example=input_example,
-            pip_requirements=_requirements(),
+            pip_requirements=model_requirements(),
         )
-        client = mlflow.MlflowClient()
-        version = mlflow.register_model(
-            info.model_uri,
-            name,
-            tags={
-                "test_accuracy": str(candidate["accuracy"]),
-                "dataset": candidate["dataset"],
-                "label_set": candidate["label_set"],
-            },
-        )
-        champion = current_champion(client, name)
-        promote, reason = decide(candidate, champion, min_accuracy)
-        client.set_registered_model_alias(name, "challenger", version.version)
-        if promote:
-            client.set_registered_model_alias(name, "champion", version.version)
-        result = {
-            "model_name": name,
-            "version": int(version.version),
-            "candidate_accuracy": candidate["accuracy"],
-            "champion_accuracy_before": champion["accuracy"] if champion else None,
-            "champion_version_before": int(champion["version"]) if champion else None,
-            "promoted": promote,
-            "reason": reason,
-            "model_uri": f"models:/{name}/{version.version}",
-        }
-        mlflow.set_tags({"promoted": promote, "reason": reason[:500], "model_version": version.version})
-        tracking.log_metrics(
-            {
-                "candidate_accuracy": candidate["accuracy"],
-                "champion_accuracy_before": result["champion_accuracy_before"],
-            }
-        )
+        result = register_and_promote(mlflow, info.model_uri, name, candidate, min_accuracy)
     write_json_atomic(paths.metrics, result)
     return result
-
-
-def _requirements() -> list[str]:
-    from importlib.metadata import version
-
-    return [
-        f"{pkg}=={version(pkg)}" for pkg in ("torch", "torchvision", "mlflow", "pandas", "pillow", "numpy", "scipy")
-    ]

@@ -125,4 +125,4 @@ def to_binary(data: PreparedDataset, head_data: HeadData) -> HeadData:
 
 def split_index(data: PreparedDataset, name: str) -> np.ndarray:
     """Row indices of split ``name`` (train / val / test) in the manifest."""
-    return np.flatnonzero(data.manifest["split"].to_numpy() == name)
+    return data.split_rows(name)

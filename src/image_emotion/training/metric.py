@@ -3,7 +3,8 @@
 - ``image_tensor``: the images of a prepared dataset, resized and normalised for the model ``(N, 3, S, S)``.
 - ``train_metric_net``: SGD with the paper's two learning rates (``param_groups``) over class-balanced batches
   on ``(1 - ω)·CE(logits) + ω·E(feature)``, where ``E`` is the sentiment constraint (α1, α2 over D* on Mikels'
-  wheel) or the plain triplet loss, on the sentiment vector (the paper) or the FC embedding (its ablation);
+  wheel) or the plain triplet loss, on the sentiment vector (the paper) or the FC embedding at unit norm (its
+  ablation);
   ω = 0 is softmax alone, ω = 1 the metric loss alone. ``freeze_backbone`` trains only the 1×1 convolutions and
   the last layers (the CPU default; the paper fine-tunes everything); the backbone's maps are then computed once
   (``TrunkCache``) and every epoch trains the 1×1 convolutions, Gram vectors and FC layers on them, which gives
@@ -14,10 +15,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 from torchvision.transforms.functional import to_tensor
 
@@ -30,7 +33,7 @@ from image_emotion.models.metric import SentimentVectorNet
 from image_emotion.training.metric_batches import class_balanced_batches
 
 METRIC_LOSSES = ("sentiment", "triplet", "centre")
-FEATURES = ("sentiment", "embedding")
+FEATURES = ("sentiment", "fc", "joint")
 _DEFAULTS = MetricConfig()  # the objective's defaults are params.yaml's `metric` section
 
 
@@ -40,7 +43,7 @@ class MetricObjective:
 
     omega: float = _DEFAULTS.omega
     loss: str = _DEFAULTS.loss  # sentiment constraint | plain triplet | centre loss
-    feature: str = _DEFAULTS.feature  # the sentiment vector (the paper) | the FC embedding
+    feature: str = _DEFAULTS.feature  # the sentiment vector (the paper) | the unit-norm FC embedding | both
     sampling: str = _DEFAULTS.sampling
     alpha: float = _DEFAULTS.alpha  # triplet margin
     alpha1: float = _DEFAULTS.alpha1  # sentiment constraint margins
@@ -104,13 +107,26 @@ class TrunkCache:
     def batch(self, index: Tensor) -> tuple[list[Tensor], Tensor]:
         return [m[index].to(self.device) for m in self.maps], self.pooled[index].to(self.device)
 
+    def subset(self, index: Tensor | np.ndarray) -> TrunkCache:
+        """The cache of the images at ``index`` (e.g. the train split of a cache of every image)."""
+        rows = torch.as_tensor(index, dtype=torch.long)
+        out = TrunkCache.__new__(TrunkCache)
+        out.maps, out.pooled, out.device = [m[rows] for m in self.maps], self.pooled[rows], self.device
+        return out
 
-def image_tensor(data: PreparedDataset, size: int, mean: list[float], std: list[float]) -> Tensor:
+
+def preprocess(image: Image.Image, size: int, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """One RGB image as the model's input: resized to ``size × size`` and normalised, ``(3, size, size)``."""
+    x = to_tensor(image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
+    return (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+
+
+def image_tensor(data: PreparedDataset, size: int, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     """Every image of ``data`` resized to ``size × size`` and normalised: ``(N, 3, size, size)``."""
     out = torch.empty(len(data.manifest), 3, size, size)
     for i, rel in enumerate(data.manifest["path"]):
-        out[i] = to_tensor(load_image(data.root / rel).resize((size, size)))
-    return (out - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+        out[i] = preprocess(load_image(data.root / rel), size, mean, std)
+    return out
 
 
 def train_metric_net(
@@ -179,10 +195,57 @@ def embed(
     parts: dict[str, list[Tensor]] = {}
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
-            if trunk is not None:
-                out = model.heads(*trunk.batch(torch.arange(start, min(start + batch_size, len(images)))))
-            else:
-                out = model(images[start : start + batch_size].to(device))
+            rows = torch.arange(start, min(start + batch_size, len(images)))
+            out = model.heads(*trunk.batch(rows)) if trunk is not None else model(images[rows].to(device))
             for key, value in out.items():
                 parts.setdefault(key, []).append(value.cpu())
     return {key: torch.cat(values).numpy() for key, values in parts.items()}
+
+
+@dataclass(frozen=True)
+class AblationRow:
+    """One row of seed 002's Table 1: its key, its name, the objective and the feature retrieval uses."""
+
+    key: str
+    label: str
+    objective: MetricObjective
+    feature: str  # "fc" (the paper's FC, at unit norm) or "sentiment" (SV)
+
+
+def table1_rows(config: MetricConfig) -> tuple[AblationRow, ...]:
+    """Table 1's rows in the paper's order (its check marks read as: softmax; centre; triplet with random
+    sampling; softmax + triplet with random / hard / semi-hard sampling; softmax + sentiment constraint on FC; on
+    SV), with ω, margins and semi-hard sampling from ``config``. The centre row is trained with softmax, as Wen
+    et al. define it (the centre loss alone has the trivial solution of every feature at one point)."""
+    base = MetricObjective.from_config(config)
+    fc, sv, semi = "fc", "sentiment", "semi-hard"
+
+    def row(key: str, label: str, feature: str = fc, **changes) -> AblationRow:
+        return AblationRow(key, label, replace(base, feature=feature, **changes), feature)
+
+    return (
+        row("softmax", "softmax", omega=0.0),
+        row("centre", "softmax + centre", loss="centre"),
+        row("triplet_random", "triplet (random)", omega=1.0, loss="triplet", sampling="random"),
+        row("softmax_triplet_random", "softmax + triplet (random)", loss="triplet", sampling="random"),
+        row("softmax_triplet_hard", "softmax + triplet (hard)", loss="triplet", sampling="hard"),
+        row("softmax_triplet_semihard", "softmax + triplet (semi-hard)", loss="triplet", sampling=semi),
+        row("sentiment_fc", "softmax + sentiment constraint, FC", loss="sentiment", sampling=semi),
+        row("sentiment_sv", "softmax + sentiment constraint, SV", sv, loss="sentiment", sampling=semi),
+    )
+
+
+def score(
+    out: dict[str, np.ndarray], labels: np.ndarray, queries: np.ndarray, gallery: np.ndarray, feature: str,
+    label_set: str, classifier_trained: bool = True,
+) -> dict[str, float]:  # fmt: skip
+    """Accuracy and the seven retrieval measures of ``queries`` (row indices) against ``gallery`` with ``feature``
+    of the model outputs ``out`` (the paper's FI protocol: test queries, train gallery). Accuracy is the
+    classifier's; without a trained classifier (ω = 1) it is the label of the nearest gallery image."""
+    from image_emotion.metrics import rank_gallery, retrieval_report
+
+    q, g = out[feature][queries], out[feature][gallery]
+    report = retrieval_report(q, labels[queries], g, labels[gallery], label_set)
+    nearest = labels[gallery][rank_gallery(q, g)[:, 0]] if not classifier_trained else None
+    predicted = out["logits"][queries].argmax(1) if classifier_trained else nearest
+    return {"accuracy": float((predicted == labels[queries]).mean()), **report}

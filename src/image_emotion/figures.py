@@ -1,0 +1,94 @@
+"""Figures the stages write (PNG, atomically): matplotlib on the file-only Agg backend, and image grids.
+
+- ``pyplot()`` / ``save_figure``: matplotlib, imported on first use (it is slow to import).
+- ``tsne_plot``: 2-D t-SNE of embeddings coloured by emotion (seed 002's Fig. 4).
+- ``query_grid``: each query image with its top-k retrieved images, distance and label under each, framed by
+  relevance (seed 002's Fig. 5): green same emotion, orange same polarity, red opposite polarity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from image_emotion.data.images import load_image
+from image_emotion.files import atomic_path
+
+TILE = 128
+SAME, POLARITY, OTHER = (0, 170, 0), (235, 140, 0), (210, 0, 0)
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path) -> None:
+    """Write a matplotlib figure as PNG, atomically, and close it."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    pyplot().close(fig)
+
+
+def tsne_coordinates(embeddings: np.ndarray, seed: int = 0) -> np.ndarray:
+    """``(N, D)`` -> ``(N, 2)`` t-SNE coordinates (scikit-learn, PCA init, perplexity ≤ 30 and < N)."""
+    from sklearn.manifold import TSNE
+
+    n = len(embeddings)
+    if n < 3:
+        return np.zeros((n, 2))
+    perplexity = float(min(30, max(2, (n - 1) // 3)))
+    return TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(embeddings)
+
+
+def tsne_plot(xy: np.ndarray, labels: Sequence[str], order: Sequence[str], title: str, path: Path) -> None:
+    """Scatter of ``xy (N, 2)`` coloured by label (legend in ``order``)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    cmap = plt.get_cmap("tab10")
+    labels = np.asarray(labels)
+    for i, name in enumerate(order):
+        mask = labels == name
+        if mask.any():
+            ax.scatter(xy[mask, 0], xy[mask, 1], s=14, color=cmap(i % 10), label=name)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, markerscale=1.2, loc="best", frameon=False)
+    save_figure(fig, path)
+
+
+def _tile(path: str | Path, caption: str, frame: tuple[int, int, int] | None) -> Image.Image:
+    image = load_image(path).resize((TILE, TILE))
+    canvas = Image.new("RGB", (TILE + 8, TILE + 24), "white")
+    if frame is not None:
+        ImageDraw.Draw(canvas).rectangle((0, 0, TILE + 7, TILE + 7), fill=frame)
+    canvas.paste(image, (4, 4))
+    ImageDraw.Draw(canvas).text((4, TILE + 10), caption, fill=(0, 0, 0))
+    return canvas
+
+
+def query_grid(rows: Sequence[dict], path: Path) -> None:
+    """One row per query: ``{"query": path, "label": str, "neighbours": [{"id", "label", "distance",
+    "relevance": "same" | "polarity" | "other"}]}`` -> the query (unframed) then its neighbours."""
+    colours = {"same": SAME, "polarity": POLARITY, "other": OTHER}
+    tiles = [
+        [_tile(r["query"], f"query: {r['label']}", None)]
+        + [_tile(n["id"], f"{n['label']} {n['distance']:.3f}", colours[n["relevance"]]) for n in r["neighbours"]]
+        for r in rows
+    ]
+    width = max((len(t) for t in tiles), default=1) * (TILE + 8)
+    grid = Image.new("RGB", (width, max(len(tiles), 1) * (TILE + 24)), "white")
+    for y, row in enumerate(tiles):
+        for x, tile in enumerate(row):
+            grid.paste(tile, (x * (TILE + 8), y * (TILE + 24)))
+    with atomic_path(path) as tmp:
+        grid.save(tmp, format="PNG")

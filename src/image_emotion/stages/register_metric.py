@@ -1,0 +1,53 @@
+"""Stage ``register_metric`` (seed 002): log the retrieval model (sentiment-vector network + index) to MLflow,
+register it as ``register.retrieval_model_name``, alias ``challenger``; ``champion`` only when its test mAP8 is at
+least ``register.min_map8`` and beats the current champion's (same dataset and label set).
+
+The pyfunc (``tracking/retrieval_pyfunc.py``) answers a DataFrame of base64 images with each image's predicted
+emotion and its nearest images in the index (param ``k``). The decision goes to ``metrics/register_metric.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pandas as pd
+
+from image_emotion.config import Config
+from image_emotion.data.torch_data import PreparedDataset
+from image_emotion.files import write_json_atomic
+from image_emotion.stages.paths import RegisterMetricPaths
+from image_emotion.tracking import runs as tracking
+from image_emotion.tracking.packaging import PACKAGE_DIR, model_requirements
+from image_emotion.tracking.pyfunc import encode_image_file
+from image_emotion.tracking.registry import register_and_promote
+from image_emotion.tracking.retrieval_pyfunc import log_retrieval_model
+
+
+def run(config: Config, paths: RegisterMetricPaths) -> dict[str, Any]:
+    retrieval = json.loads(paths.retrieval.read_text())
+    candidate = {
+        "map8": float(retrieval["main"]["map8"]),
+        "dataset": retrieval["dataset"],
+        "label_set": retrieval["label_set"],
+    }
+    data = PreparedDataset.load(paths.prepared)
+    examples = data.split("test").manifest["path"].head(2)
+    input_example = pd.DataFrame({"image": [encode_image_file(data.root / p) for p in examples]})
+    with tracking.stage_run(config, "register_metric", ("register",)) as mlflow:
+        info = log_retrieval_model(
+            mlflow, paths.model, paths.index, input_example, [str(PACKAGE_DIR)], model_requirements(("faiss-cpu",))
+        )
+        result = register_and_promote(
+            mlflow,
+            info.model_uri,
+            config.register.retrieval_model_name,
+            candidate,
+            config.register.min_map8,
+            key="map8",
+            tag="test_map8",
+            measure="test mAP8",
+            setting="register.min_map8",
+        )
+    write_json_atomic(paths.metrics, result)
+    return result

@@ -1,0 +1,176 @@
+"""Stage ``train_metric`` (seed 002): the sentiment-vector network trained on the main set's train split with the
+joint loss ``(1 - ω)·softmax + ω·sentiment constraint`` (params ``metric``), and the rows of the paper's Table 1.
+
+- The model: ``models/metric/model.pt`` (``save_metric_model``; its extra state names the label set, the input
+  size and the feature retrieval uses), with its validation and test accuracy and the test retrieval measures
+  (test queries against the train split, the paper's FI protocol) in ``metrics/metric.json``.
+- Table 1: every row of ``training.metric.table1_rows`` trained from the same initial weights with each seed
+  of ``metric.ablation_seeds``; accuracy and the seven retrieval measures, mean and std over the seeds, in
+  ``metrics/metric_ablation.json`` (``[]`` when there are no seeds).
+
+With ``metric.freeze_backbone`` (the CPU default) the backbone's maps of every image are computed once and
+shared by every row. Every training is a nested MLflow run under the stage's run, with its loss per epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import statistics
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from image_emotion.config import Config, MetricConfig
+from image_emotion.data.emotions import get_label_set
+from image_emotion.data.torch_data import PreparedDataset
+from image_emotion.device import pick_device
+from image_emotion.errors import ConfigError
+from image_emotion.files import write_json_atomic
+from image_emotion.models.metric import SentimentVectorNet, save_metric_model
+from image_emotion.stages.paths import TrainMetricPaths
+from image_emotion.tracking import runs as tracking
+from image_emotion.training.metric import (
+    MetricObjective,
+    TrunkCache,
+    embed,
+    image_tensor,
+    score,
+    table1_rows,
+    train_metric_net,
+)
+
+MEASURES = ("accuracy", "nn", "ft", "st", "map8", "map2", "dcg", "anmrr")
+
+
+@dataclasses.dataclass
+class MetricInputs:
+    """The main set as model inputs: images ``(N, 3, S, S)``, labels ``(N,)``, split rows, the initial network
+    (every training starts from a copy) and, with a frozen backbone, its maps of every image."""
+
+    data: PreparedDataset
+    images: torch.Tensor
+    labels: torch.Tensor
+    idx: dict[str, np.ndarray]
+    initial: SentimentVectorNet
+    trunk: TrunkCache | None
+
+
+def load_inputs(config: Config, prepared: Path) -> MetricInputs:
+    cfg = config.metric
+    data = PreparedDataset.load(prepared)
+    idx = {s: data.split_rows(s) for s in ("train", "val", "test")}
+    if len(idx["train"]) == 0 or len(idx["test"]) == 0:
+        raise ConfigError(f"{prepared}: the metric model needs train and test images; check prepare.split")
+    num_classes = len(get_label_set(data.label_set))
+    torch.manual_seed(cfg.seed)
+    initial = SentimentVectorNet(cfg.backbone, cfg.backbone_weights, num_classes, cfg.embedding_dim, cfg.filters).to(
+        pick_device(config.device)
+    )
+    images = image_tensor(data, cfg.image_size, initial.image_mean, initial.image_std)
+    trunk = TrunkCache(initial, images) if cfg.freeze_backbone else None
+    return MetricInputs(data, images, data.labels(), idx, initial, trunk)
+
+
+def fresh_model(inputs: MetricInputs, seed: int) -> SentimentVectorNet:
+    """The initial backbone (as loaded) with new layers drawn from ``seed``: every row starts from the same
+    backbone, so a frozen one's cached maps are valid for all."""
+    model = copy.deepcopy(inputs.initial)
+    torch.manual_seed(seed)
+    for module in (model.reducers, model.embed, model.classifier):
+        for layer in module.modules():
+            if isinstance(layer, torch.nn.Conv2d | torch.nn.Linear):
+                layer.reset_parameters()
+    return model
+
+
+def train_and_score(
+    inputs: MetricInputs, objective: MetricObjective, feature: str, cfg: MetricConfig, seed: int, name: str
+) -> tuple[SentimentVectorNet, dict[str, float], list[float]]:
+    """Train a fresh model on the train split with ``objective``; its test scores (and validation accuracy)."""
+    train = inputs.idx["train"]
+    with tracking.child_run(name, {**dataclasses.asdict(objective), "seed": seed, "retrieval_feature": feature}):
+        model = fresh_model(inputs, seed)
+        losses = train_metric_net(
+            model, inputs.images[train], inputs.labels[train], inputs.data.label_set, objective,
+            epochs=cfg.epochs, batch_size=cfg.batch_size, min_per_class=cfg.min_per_class, lr_conv=cfg.lr_conv,
+            lr_last=cfg.lr_last, momentum=cfg.momentum, freeze_backbone=cfg.freeze_backbone, seed=seed,
+            trunk=inputs.trunk.subset(train) if inputs.trunk is not None else None,
+        )  # fmt: skip
+        out = embed(model, inputs.images, trunk=inputs.trunk)
+        y = inputs.labels.numpy()
+        classifier_trained = objective.omega < 1.0
+        scores = score(out, y, inputs.idx["test"], train, feature, inputs.data.label_set, classifier_trained)
+        if len(inputs.idx["val"]):
+            scores["val_accuracy"] = score(
+                out, y, inputs.idx["val"], train, feature, inputs.data.label_set, classifier_trained
+            )["accuracy"]
+        for epoch, loss in enumerate(losses):
+            tracking.log_metrics({"loss": loss}, step=epoch)
+        tracking.log_metrics(scores)
+    return model, scores, losses
+
+
+def ablation(inputs: MetricInputs, cfg: MetricConfig) -> list[dict[str, Any]]:
+    """Table 1's rows, each trained with every seed of ``cfg.ablation_seeds``: mean and std of each measure."""
+    rows = []
+    for row in table1_rows(cfg):
+        runs = [
+            train_and_score(inputs, row.objective, row.feature, cfg, seed, f"table1:{row.key}:seed={seed}")[1]
+            for seed in cfg.ablation_seeds
+        ]
+        summary: dict[str, Any] = {
+            "row": row.key,
+            "label": row.label,
+            "feature": "SV" if row.feature == "sentiment" else "FC",
+            "seeds": list(cfg.ablation_seeds),
+        }
+        for key in MEASURES:
+            values = [r[key] for r in runs]
+            summary[key] = float(np.mean(values))
+            summary[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else None
+        rows.append(summary)
+    return rows
+
+
+def run(config: Config, paths: TrainMetricPaths) -> dict[str, Any]:
+    """The stage: the model of ``config.metric``, Table 1's rows, the outputs."""
+    cfg = config.metric
+    inputs = load_inputs(config, paths.prepared)
+    objective = MetricObjective.from_config(cfg)
+    with tracking.stage_run(config, "train_metric", ("metric",)):
+        model, scores, losses = train_and_score(inputs, objective, cfg.feature, cfg, cfg.seed, "model")
+        rows = ablation(inputs, cfg)
+        tracking.log_metrics({f"test_{k}": v for k, v in scores.items() if k in MEASURES})
+    save_metric_model(
+        paths.out_dir / "model.pt",
+        model.cpu(),
+        {
+            "label_set": inputs.data.label_set,
+            "dataset": inputs.data.name,
+            "image_size": cfg.image_size,
+            "retrieval_feature": cfg.feature,
+            "objective": dataclasses.asdict(objective),
+        },
+    )
+    metrics = {
+        "dataset": inputs.data.name,
+        "label_set": inputs.data.label_set,
+        "backbone": cfg.backbone,
+        "image_size": cfg.image_size,
+        "device": str(pick_device(config.device)),
+        "train_images": len(inputs.idx["train"]),
+        "test_images": len(inputs.idx["test"]),
+        "feature": cfg.feature,
+        "objective": dataclasses.asdict(objective),
+        "first_epoch_loss": losses[0],
+        "last_epoch_loss": losses[-1],
+        "val_accuracy": scores.get("val_accuracy"),
+        **{f"test_{k}": scores[k] for k in MEASURES},
+        "chance_accuracy": 1.0 / inputs.initial.num_classes,
+    }
+    write_json_atomic(paths.ablation, rows)
+    write_json_atomic(paths.metrics, metrics)
+    return metrics

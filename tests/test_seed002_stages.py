@@ -1,0 +1,141 @@
+"""Seed 002's stages on the tiny run: ``train_metric`` (the model and Table 1's rows), ``retrieve`` (index,
+measures, figures) and ``register_metric`` (champion only when the test mAP8 is better). The seed-002 outputs of
+the session fixture are read-only; a test that changes a file works on a copy."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from image_emotion.data.torch_data import PreparedDataset
+from image_emotion.errors import ConfigError
+from image_emotion.metrics import retrieval_report
+from image_emotion.models.metric import load_metric_model
+from image_emotion.retrieval import EmbeddingIndex
+from image_emotion.stages import retrieve, train_metric
+from image_emotion.stages.paths import RetrievePaths, TrainMetricPaths
+from image_emotion.training.metric import table1_rows
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def seed002_run(tiny_run, tmp_path_factory, mlflow_store):
+    """``train_metric`` then ``retrieve`` on the tiny run's prepared sets, into a directory of their own."""
+    work, config = tiny_run
+    out = tmp_path_factory.mktemp("seed002")
+    env = pytest.MonkeyPatch()
+    env.setenv("MLFLOW_TRACKING_URI", mlflow_store)
+    train = TrainMetricPaths(work / "prepared/main", out / "models/metric", out / "metric.json", out / "ablation.json")
+    summary = train_metric.run(config, train)
+    paths = RetrievePaths(
+        work / "prepared/main", out / "models/metric/model.pt", work / "prepared", out / "ablation.json",
+        out / "models/retrieval", out / "retrieval.json", out / "plots_retrieval",
+    )  # fmt: skip
+    retrieve.run(config, paths)
+    env.undo()
+    return work, out, config, summary, paths
+
+
+def test_train_metric_writes_the_model_and_every_table1_row(seed002_run):
+    work, out, config, summary, _ = seed002_run
+    model, state = load_metric_model(out / "models/metric/model.pt")
+    assert (state["label_set"], state["image_size"], state["retrieval_feature"]) == ("mikels8", 48, "sentiment")
+    assert model.classifier.out_features == 8 and model.embedding_dim == 16
+    rows = json.loads((out / "ablation.json").read_text())
+    assert [r["row"] for r in rows] == [r.key for r in table1_rows(config.metric)]
+    assert {r["feature"] for r in rows if r["row"] != "sentiment_sv"} == {"FC"} and rows[-1]["feature"] == "SV"
+    assert all(r["accuracy_std"] is None and r["seeds"] == [0] for r in rows)  # one seed: no spread
+    data = PreparedDataset.load(work / "prepared/main")
+    assert summary["train_images"] == len(data.split_rows("train"))
+    assert summary["last_epoch_loss"] < summary["first_epoch_loss"] * 1.5 and np.isfinite(summary["last_epoch_loss"])
+
+
+def test_retrieve_measures_agree_with_the_saved_index_and_a_direct_computation(seed002_run):
+    work, _, _, summary, paths = seed002_run
+    result = json.loads(paths.metrics.read_text())
+    data = PreparedDataset.load(work / "prepared/main")
+    index = EmbeddingIndex.load(paths.index)
+    assert index.kind == "exact" and len(index) == len(data.manifest) == result["collection_size"]
+    assert index.ids[0].endswith(data.manifest["path"].iloc[0]) and result["dimension"] == 680
+    # the paper's FI protocol recomputed from the saved embeddings: test queries against the train split
+    train, test = data.split_rows("train"), data.split_rows("test")
+    labels = np.asarray(index.labels)
+    direct = retrieval_report(index.embeddings[test], labels[test], index.embeddings[train], labels[train], "mikels8")
+    for key in ("nn", "ft", "st", "map8", "map2", "dcg", "anmrr"):
+        assert result["main"][key] == pytest.approx(direct[key], abs=1e-6)
+    # train_metric scored the same model the same way before saving it
+    assert result["main"]["map8"] == pytest.approx(summary["test_map8"], abs=1e-5)
+    # an indexed image finds itself first
+    distances, positions = index.search(index.embeddings[5], 3)
+    assert positions[0, 0] == 5 and distances[0, 0] == pytest.approx(0.0, abs=1e-5)
+    small = result["transfer"]["small"]
+    assert small["protocol"] == "leave-one-out" and small["images"] == small["num_queries"] == 40
+    assert len(result["ablation"]) == 8
+
+
+def test_retrieve_draws_the_tsne_and_the_query_grid(seed002_run):
+    _, _, config, _, paths = seed002_run
+    assert (paths.plots / "tsne.png").read_bytes()[:8] == PNG
+    tsne = (paths.plots / "tsne.csv").read_text().splitlines()
+    assert tsne[0] == "x,y,label" and len(tsne) - 1 == len(PreparedDataset.load(paths.prepared).split_rows("test"))
+    from PIL import Image
+
+    grid = Image.open(paths.plots / "queries.png")
+    assert grid.size == ((config.retrieve.k + 1) * 136, config.retrieve.grid_queries * 152)
+
+
+def test_retrieve_without_a_model_says_what_to_run(seed002_run, tmp_path):
+    _, _, config, _, paths = seed002_run
+    missing = RetrievePaths(
+        paths.prepared, tmp_path / "none.pt", (), paths.ablation, tmp_path / "i", tmp_path / "r.json"
+    )
+    with pytest.raises(ConfigError, match="train the sentiment-vector model first"):
+        retrieve.run(config, missing)
+
+
+def test_grid_queries_take_one_test_image_of_each_class_first():
+    labels = np.array([0, 1, 0, 2, 1, 2, 0])
+    assert retrieve.grid_queries(labels, np.array([1, 2, 4, 5, 6]), 4) == [2, 1, 5, 4]
+    assert retrieve.grid_queries(labels, np.array([2, 6]), 5) == [2, 6]
+
+
+def test_register_metric_promotes_only_a_better_map8_and_serves_the_champion(seed002_run, tmp_path, monkeypatch):
+    import mlflow
+    import pandas as pd
+
+    from image_emotion.stages import register_metric
+    from image_emotion.stages.paths import RegisterMetricPaths
+    from image_emotion.tracking.pyfunc import encode_image_file
+
+    _, _, config, _, paths = seed002_run
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")  # a registry of its own
+    first = register_metric.run(
+        config,
+        RegisterMetricPaths(paths.prepared, paths.model, paths.index, paths.metrics, tmp_path / "first.json"),
+    )
+    assert (first["version"], first["promoted"], first["reason"]) == (1, True, "no champion yet")
+    worse = json.loads(paths.metrics.read_text())
+    worse["main"]["map8"] -= 0.05
+    (tmp_path / "worse.json").write_text(json.dumps(worse))
+    second = register_metric.run(
+        config,
+        RegisterMetricPaths(
+            paths.prepared, paths.model, paths.index, tmp_path / "worse.json", tmp_path / "second.json"
+        ),
+    )
+    assert (second["version"], second["promoted"]) == (2, False) and "does not beat" in second["reason"]
+    client = mlflow.MlflowClient()
+    name = config.register.retrieval_model_name
+    assert int(client.get_model_version_by_alias(name, "champion").version) == 1
+    assert int(client.get_model_version_by_alias(name, "challenger").version) == 2
+    # the champion answers a DataFrame of images with neighbours from the index (the first: the image itself)
+    data = PreparedDataset.load(paths.prepared)
+    image = data.root / data.manifest["path"].iloc[0]
+    answer = mlflow.pyfunc.load_model(f"models:/{name}@champion").predict(
+        pd.DataFrame({"image": [encode_image_file(image)]}), params={"k": 2}
+    )
+    neighbours = json.loads(answer["neighbours"].iloc[0])
+    assert len(neighbours) == 2 and neighbours[0]["id"] == str(image) and neighbours[0]["distance"] < 1e-4
