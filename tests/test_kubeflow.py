@@ -77,7 +77,8 @@ def test_local_run_of_the_whole_pipeline_registers_a_model(tmp_path, monkeypatch
     assert int(retrieval.version) == 1 and float(retrieval.tags["test_map8"]) > 0  # seed 002's model, its own name
     # the report's seed-002 section reads the retrieve step's measures (the collected transfer set included)
     measures = json.loads(Path(next(run_dir.glob("retrieve-op/metrics"))).read_text())
-    assert set(measures["transfer"]) == {"small"} and f"{measures['main']['map8']:.4f}" in markdown
+    small = json.loads(Path(next(run_dir.glob("for-loop-2-*/retrieve-transfer-op/result"))).read_text())
+    assert f"| mAP8 | {measures['main']['map8']:.4f} | {small['map8']:.4f} |" in markdown
 
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["image-emotion"], output_format="list")
@@ -91,7 +92,7 @@ def test_local_run_of_the_whole_pipeline_registers_a_model(tmp_path, monkeypatch
     # the same tree as under `dvc repro` (tests/test_pipeline_stages.py): one run per stage, λ and folds below
     assert sorted(stage_runs) == [
         "evaluate", "extract_regions", "finetune_detector", "pretrain_objects", "register", "register_metric",
-        "report", "retrieve", "train_classifier", "train_metric", "transfer_cv@small",
+        "report", "retrieve", "retrieve@small", "train_classifier", "train_metric", "transfer_cv@small",
     ]  # fmt: skip
     lambda_runs = set(children[stage_runs["train_classifier"]])
     assert {"lambda=0.0", "lambda=0.5", "lambda=1.0", "loss=p", "mode=global", "binary"} <= lambda_runs

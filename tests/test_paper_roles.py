@@ -76,7 +76,8 @@ def test_every_stage_ran_in_the_papers_roles(paper_project):
             "make_synthetic", "prepare_detector", "prepare_main", "prepare_transfer@0", "prepare_transfer@1",
             "prepare_transfer@2", "pretrain_objects", "finetune_detector", "extract_main", "extract_transfer@0",
             "extract_transfer@1", "extract_transfer@2", "train_classifier", "transfer_cv@0", "transfer_cv@1",
-            "transfer_cv@2", "evaluate", "report", "register",
+            "transfer_cv@2", "evaluate", "report", "register", "train_metric", "retrieve", "retrieve_transfer@0",
+            "retrieve_transfer@1", "retrieve_transfer@2", "register_metric",
         ]
     )  # fmt: skip
     assert _json(root / "metrics/objects.json")["images"] == 16  # the synthetic objects set played COCO

@@ -6,6 +6,7 @@ as the in-process predictor does."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -93,8 +94,8 @@ def test_json_and_table_outputs(setup, capsys):
     with pytest.raises(json.JSONDecodeError):
         json.loads(out)  # the table, not JSON (main prints nothing more)
     for query, answer in result.items():
-        block = out.split(f"{query}: ")[1].split("\n\n")[0].splitlines()
-        assert block[0] == f"{answer['label']} ({answer['polarity']})"
+        block = re.split(r"\n\s*\n", out.split(f"{query}: ")[1])[0].splitlines()  # kfp.local may indent prints
+        assert block[0].strip() == f"{answer['label']} ({answer['polarity']})"
         assert block[1].split() == ["rank", "distance", "label", "path"]
         rows = [line.split() for line in block[2:]]
         assert len(rows) == 4

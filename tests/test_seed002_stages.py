@@ -14,8 +14,8 @@ from image_emotion.errors import ConfigError
 from image_emotion.metrics import retrieval_report
 from image_emotion.models.metric import load_metric_model
 from image_emotion.retrieval import EmbeddingIndex
-from image_emotion.stages import retrieve, train_metric
-from image_emotion.stages.paths import RetrievePaths, TrainMetricPaths
+from image_emotion.stages import retrieve, retrieve_transfer, train_metric
+from image_emotion.stages.paths import RetrievePaths, RetrieveTransferPaths, TrainMetricPaths
 from image_emotion.training.metric import table1_rows
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -31,10 +31,12 @@ def seed002_run(tiny_run, tmp_path_factory, mlflow_store):
     train = TrainMetricPaths(work / "prepared/main", out / "models/metric", out / "metric.json", out / "ablation.json")
     summary = train_metric.run(config, train)
     paths = RetrievePaths(
-        work / "prepared/main", out / "models/metric/model.pt", work / "prepared", out / "ablation.json",
-        out / "models/retrieval", out / "retrieval.json", out / "plots_retrieval",
+        work / "prepared/main", out / "models/metric/model.pt", out / "ablation.json", out / "models/retrieval",
+        out / "retrieval.json", out / "plots_retrieval",
     )  # fmt: skip
     retrieve.run(config, paths)
+    small = RetrieveTransferPaths("small", work / "prepared/small", paths.model, out / "retrieval_transfer/small.json")
+    retrieve_transfer.run(config, small)
     env.undo()
     return work, out, config, summary, paths
 
@@ -71,9 +73,25 @@ def test_retrieve_measures_agree_with_the_saved_index_and_a_direct_computation(s
     # an indexed image finds itself first
     distances, positions = index.search(index.embeddings[5], 3)
     assert positions[0, 0] == 5 and distances[0, 0] == pytest.approx(0.0, abs=1e-5)
-    small = result["transfer"]["small"]
-    assert small["protocol"] == "leave-one-out" and small["images"] == small["num_queries"] == 40
     assert len(result["ablation"]) == 8
+
+
+def test_retrieve_transfer_is_leave_one_out_on_the_small_set(seed002_run):
+    work, out, _, _, paths = seed002_run
+    small = json.loads((out / "retrieval_transfer/small.json").read_text())
+    assert (small["set"], small["protocol"]) == ("small", "leave-one-out")
+    assert small["images"] == small["num_queries"] == 40
+    # recomputed from the model: every image a query against the 39 others
+    from image_emotion.training.metric import embed, image_tensor
+
+    model, state = load_metric_model(paths.model)
+    data = PreparedDataset.load(work / "prepared/small")
+    x = embed(model, image_tensor(data, state["image_size"], state["image_mean"], state["image_std"]))["sentiment"]
+    y = data.labels().numpy()
+    direct = retrieval_report(x, y, x, y, "mikels8", exclude_self=True)
+    assert small["map8"] == pytest.approx(direct["map8"], abs=1e-6) and small["nn"] == pytest.approx(direct["nn"])
+    with_self = retrieval_report(x, y, x, y, "mikels8")  # the query itself at rank 1 would inflate NN to 1
+    assert with_self["nn"] == 1.0 and small["nn"] < 1.0
 
 
 def test_retrieve_draws_the_tsne_and_the_query_grid(seed002_run):

@@ -47,6 +47,11 @@ STAGES = {
         "RetrievePaths",
         "seed 002: retrieval index of the main set, NN/FT/ST/mAP/DCG/ANMRR, t-SNE and query grid",
     ),
+    "retrieve-transfer": (
+        "retrieve_transfer",
+        "RetrieveTransferPaths",
+        "seed 002: leave-one-out retrieval measures on one transfer set (the paper's small-set protocol)",
+    ),
     "report": ("report", "ReportPaths", "the paper's tables beside this run's figures: reports/paper.md and .html"),
     "register": ("register", "RegisterPaths", "log + register the model in MLflow; promote to champion if better"),
     "register-metric": (

@@ -40,7 +40,6 @@ def prepare_op(
     summary = prepare.run(config, prepare.PreparePaths(out / "prepared", out / "prepare.json"))
     runtime.log_to_kfp(metrics, summary)
     runtime.write_json(metrics.path, {"role": role, **summary})  # the report reads the sizes from here
-    runtime.write_json(out / "role.json", {"role": role})  # retrieval names the collected transfer sets by it
 
 
 @dsl.component(base_image=IMAGE_CUDA)
@@ -287,31 +286,50 @@ def retrieve_op(
     mlflow_experiment: str,
     pipeline_run_id: str,
     main: Input[Dataset],
-    transfer: Input[List[Dataset]],  # noqa: UP006
     model: Input[Model],
     index: Output[Model],
     metrics: Output[Metrics],
     plots: Output[Dataset],
 ):
-    """Seed 002: the retrieval index of the main set, the seven measures (main set, each transfer set
-    leave-one-out), the t-SNE and query figures. ``metrics`` holds ``retrieval.json``."""
-    import tempfile
+    """Seed 002: the retrieval index of the main set, the seven measures, the t-SNE and query figures.
+    ``metrics`` holds ``retrieval.json``."""
     from pathlib import Path
 
     from image_emotion.kubeflow import runtime
     from image_emotion.stages import retrieve
 
     config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
-    root = Path(tempfile.mkdtemp(prefix="transfer-"))  # <set name>/ -> the prepared set, as data/prepared/
-    for dataset in transfer:
-        role = runtime.read_json(Path(dataset.path) / "role.json")["role"]
-        (root / role).symlink_to(Path(dataset.path) / "prepared", target_is_directory=True)
     paths = retrieve.RetrievePaths(
-        Path(main.path) / "prepared", Path(model.path) / "model.pt", root, Path(model.path) / "metric_ablation.json",
+        Path(main.path) / "prepared", Path(model.path) / "model.pt", Path(model.path) / "metric_ablation.json",
         Path(index.path), Path(metrics.path), Path(plots.path),
     )  # fmt: skip
     retrieve.run(config, paths)
     runtime.log_to_kfp(metrics, runtime.read_json(metrics.path)["main"])
+
+
+@dsl.component(base_image=IMAGE_CPU)
+def retrieve_transfer_op(
+    params_yaml: str,
+    set_name: str,
+    mlflow_tracking_uri: str,
+    mlflow_experiment: str,
+    pipeline_run_id: str,
+    dataset: Input[Dataset],
+    model: Input[Model],
+    result: Output[Metrics],
+):
+    """Seed 002: leave-one-out retrieval on one transfer set; ``result`` holds its ``<set>.json``."""
+    from pathlib import Path
+
+    from image_emotion.kubeflow import runtime
+    from image_emotion.stages import retrieve_transfer
+
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
+    paths = retrieve_transfer.RetrieveTransferPaths(
+        set_name, Path(dataset.path) / "prepared", Path(model.path) / "model.pt", Path(result.path)
+    )
+    retrieve_transfer.run(config, paths)
+    runtime.log_to_kfp(result, runtime.read_json(result.path))
 
 
 @dsl.component(base_image=IMAGE_CPU)
@@ -329,6 +347,7 @@ def report_op(
     evaluation: Input[Metrics],
     plots: Input[Dataset],
     retrieval: Input[Metrics],
+    retrieval_transfer: Input[List[Metrics]],  # noqa: UP006
     retrieval_plots: Input[Dataset],
     html: Output[HTML],
     markdown: Output[Markdown],
@@ -353,6 +372,9 @@ def report_op(
     shutil.copy(Path(detector.path) / "detector.json", results / "detector.json")
     shutil.copy(evaluation.path, results / "evaluate.json")
     shutil.copy(retrieval.path, results / "retrieval.json")
+    for result in retrieval_transfer:
+        summary = runtime.read_json(result.path)
+        runtime.write_json(results / "retrieval_transfer" / f"{summary['set']}.json", summary)
     out = Path(tempfile.mkdtemp(prefix="report-"))
     paths = report.ReportPaths(
         results / "prepare", results / "detector.json", results / "classifier.json", results / "lambda_sweep.json",

@@ -3,8 +3,9 @@
 pretrain_objects [GPU] + prepare detector data -> finetune_detector [GPU] -> prepare main data ->
 extract_regions [GPU] -> ParallelFor λ: train_lambda -> Collected -> select_classifier -> ParallelFor transfer
 set: prepare, extract_regions [GPU], transfer_cv -> Collected -> evaluate -> report (HTML + Markdown artifacts)
-and, if test accuracy >= min_accuracy, register. Seed 002: prepare main data -> train_metric [GPU] -> retrieve (with
-the collected transfer sets) -> report, register_metric. The same graph as dvc.yaml.
+and, if test accuracy >= min_accuracy, register. Seed 002: prepare main data -> train_metric [GPU] -> retrieve ->
+report, register_metric, and retrieve_transfer for each transfer set (in its loop) -> report. The same graph as
+dvc.yaml.
 """
 
 from pathlib import Path
@@ -78,6 +79,7 @@ def image_emotion_pipeline(
             **common,
         )
     )
+    metric = _gpu(c.train_metric_op(main=main.outputs["dataset"], **common), "8", "32G")
     with dsl.ParallelFor(items=transfer_sets, name="transfer-sets") as set_name:
         small = _cpu(c.prepare_op(role=set_name, **common)).set_display_name("prepare transfer set")
         small_features = _gpu(
@@ -94,6 +96,11 @@ def image_emotion_pipeline(
                 **common,
             )
         )
+        small_retrieval = _cpu(
+            c.retrieve_transfer_op(
+                set_name=set_name, dataset=small.outputs["dataset"], model=metric.outputs["model"], **common
+            )
+        )
     evaluation = _cpu(
         c.evaluate_op(
             main=main.outputs["dataset"],
@@ -103,15 +110,7 @@ def image_emotion_pipeline(
             **common,
         )
     )
-    metric = _gpu(c.train_metric_op(main=main.outputs["dataset"], **common), "8", "32G")
-    retrieval = _cpu(
-        c.retrieve_op(
-            main=main.outputs["dataset"],
-            transfer=dsl.Collected(small.outputs["dataset"]),
-            model=metric.outputs["model"],
-            **common,
-        )
-    )
+    retrieval = _cpu(c.retrieve_op(main=main.outputs["dataset"], model=metric.outputs["model"], **common))
     _cpu(
         c.report_op(
             prepared_detector=regions.outputs["metrics"],
@@ -123,6 +122,7 @@ def image_emotion_pipeline(
             evaluation=evaluation.outputs["metrics"],
             plots=evaluation.outputs["plots"],
             retrieval=retrieval.outputs["metrics"],
+            retrieval_transfer=dsl.Collected(small_retrieval.outputs["result"]),
             retrieval_plots=retrieval.outputs["plots"],
             **common,
         )

@@ -61,7 +61,7 @@ class RunFiles(Protocol):
     ablation: Path
     transfer: Path  # <set>.json a transfer set
     evaluation: Path
-    extras: Path  # retrieval.json (seed 002), generative.json (seed 001) when present
+    extras: Path  # retrieval.json + retrieval_transfer/ (seed 002), generative.json (seed 001) when present
     plots: Path  # the figures of evaluate
     retrieval_plots: Path  # tsne.png, queries.png (seed 002's retrieve) when present
 
@@ -96,7 +96,14 @@ def _read_dir(path: Path) -> dict[str, Any]:
 
 
 def read_run(inputs: RunFiles) -> RunFigures:
-    """Every result file the report needs (a missing one is named), and the later seeds' results when present."""
+    """Every result file the report needs (a missing one is named), and the later seeds' results when present
+    (seed 002's leave-one-out results of each transfer set, ``retrieval_transfer/<set>.json``, join its
+    ``retrieval.json`` as ``transfer``)."""
+    extras = {
+        name: _read(inputs.extras / f"{name}.json") for name in EXTRAS if (inputs.extras / f"{name}.json").is_file()
+    }
+    if "retrieval" in extras:
+        extras["retrieval"].setdefault("transfer", {}).update(_read_dir(inputs.extras / "retrieval_transfer"))
     return RunFigures(
         prepare=_read_dir(inputs.prepare),
         detector=_read(inputs.detector),
@@ -105,9 +112,7 @@ def read_run(inputs: RunFiles) -> RunFigures:
         ablation=_read(inputs.ablation),
         transfer=_read_dir(inputs.transfer),
         evaluation=_read(inputs.evaluation),
-        extras={
-            name: _read(inputs.extras / f"{name}.json") for name in EXTRAS if (inputs.extras / f"{name}.json").is_file()
-        },
+        extras=extras,
         plots=inputs.plots,
         retrieval_plots=inputs.retrieval_plots,
     )

@@ -94,15 +94,24 @@ class TrainMetricPaths:
 
 @dataclass(frozen=True)
 class RetrievePaths:
-    """The retrieval index of the main set, the measures (main set and every transfer set) and the figures."""
+    """The retrieval index of the main set, its measures and figures."""
 
     prepared: Path = Path("data/prepared/main")
     model: Path = Path("models/metric/model.pt")
-    transfer_root: Path = Path("data/prepared")  # <name>/ of each transfer set: leave-one-out retrieval on it
     ablation: Path = Path("metrics/metric_ablation.json")
     index: Path = Path("models/retrieval")  # an EmbeddingIndex directory
     metrics: Path = Path("metrics/retrieval.json")
     plots: Path = Path("plots_retrieval")  # tsne.csv / tsne.png (Fig. 4), queries.png (Fig. 5)
+
+
+@dataclass(frozen=True)
+class RetrieveTransferPaths:
+    """Leave-one-out retrieval on one transfer set (the paper's small-set protocol)."""
+
+    set_name: str = "small"
+    prepared: Path = Path("data/prepared/small")
+    model: Path = Path("models/metric/model.pt")
+    metrics: Path = Path("metrics/retrieval_transfer/small.json")
 
 
 @dataclass(frozen=True)
@@ -125,7 +134,7 @@ class ReportPaths:
     ablation: Path = Path("metrics/ablation.json")
     transfer: Path = Path("metrics/transfer")  # <set>.json a transfer set
     evaluation: Path = Path("metrics/evaluate.json")
-    extras: Path = Path("metrics")  # retrieval.json (seed 002), generative.json (seed 001) when present
+    extras: Path = Path("metrics")  # retrieval.json, retrieval_transfer/ (seed 002), generative.json (seed 001)
     plots: Path = Path("plots")  # lambda_curve.png, confusion.png, regions.png (evaluate)
     out_dir: Path = Path("reports")
     retrieval_plots: Path = Path("plots_retrieval")  # tsne.png, queries.png (retrieve) when present

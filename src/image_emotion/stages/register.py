@@ -12,15 +12,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import pandas as pd
-
 from image_emotion.config import Config
-from image_emotion.data.torch_data import PreparedDataset
 from image_emotion.files import write_json_atomic
 from image_emotion.stages.paths import RegisterPaths
 from image_emotion.tracking import runs as tracking
 from image_emotion.tracking.packaging import PACKAGE_DIR, model_requirements
-from image_emotion.tracking.pyfunc import EmotionModel, EmotionPredictor, encode_image_file
+from image_emotion.tracking.pyfunc import EmotionModel, EmotionPredictor, input_example
 from image_emotion.tracking.registry import register_and_promote
 
 
@@ -32,21 +29,19 @@ def run(config: Config, paths: RegisterPaths) -> dict[str, Any]:
         "dataset": evaluation["dataset"],
         "label_set": evaluation["label_set"],
     }
-    data = PreparedDataset.load(paths.prepared)
-    examples = data.split("test").manifest["path"].head(2)
-    input_example = pd.DataFrame({"image": [encode_image_file(data.root / p) for p in examples]})
+    example = input_example(paths.prepared)
 
     with tracking.stage_run(config, "register", ("register",)) as mlflow:
         from mlflow.models import infer_signature
 
-        output_example = EmotionPredictor(paths.detector, paths.head, device="cpu").predict(input_example)
+        output_example = EmotionPredictor(paths.detector, paths.head, device="cpu").predict(example)
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=EmotionModel(),
             artifacts={"detector": str(paths.detector), "head": str(paths.head)},
             code_paths=[str(PACKAGE_DIR)],
-            signature=infer_signature(input_example, output_example),
-            input_example=input_example,
+            signature=infer_signature(example, output_example),
+            input_example=example,
             pip_requirements=model_requirements(),
         )
         result = register_and_promote(mlflow, info.model_uri, name, candidate, min_accuracy)

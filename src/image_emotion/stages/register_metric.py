@@ -11,15 +11,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import pandas as pd
-
 from image_emotion.config import Config
-from image_emotion.data.torch_data import PreparedDataset
 from image_emotion.files import write_json_atomic
 from image_emotion.stages.paths import RegisterMetricPaths
 from image_emotion.tracking import runs as tracking
 from image_emotion.tracking.packaging import PACKAGE_DIR, model_requirements
-from image_emotion.tracking.pyfunc import encode_image_file
+from image_emotion.tracking.pyfunc import input_example
 from image_emotion.tracking.registry import register_and_promote
 from image_emotion.tracking.retrieval_pyfunc import log_retrieval_model
 
@@ -31,12 +28,10 @@ def run(config: Config, paths: RegisterMetricPaths) -> dict[str, Any]:
         "dataset": retrieval["dataset"],
         "label_set": retrieval["label_set"],
     }
-    data = PreparedDataset.load(paths.prepared)
-    examples = data.split("test").manifest["path"].head(2)
-    input_example = pd.DataFrame({"image": [encode_image_file(data.root / p) for p in examples]})
+    example = input_example(paths.prepared)
     with tracking.stage_run(config, "register_metric", ("register",)) as mlflow:
         info = log_retrieval_model(
-            mlflow, paths.model, paths.index, input_example, [str(PACKAGE_DIR)], model_requirements(("faiss-cpu",))
+            mlflow, paths.model, paths.index, example, [str(PACKAGE_DIR)], model_requirements(("faiss-cpu",))
         )
         result = register_and_promote(
             mlflow,

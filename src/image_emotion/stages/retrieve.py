@@ -5,9 +5,8 @@
   ``models/retrieval``; ids are the image paths, labels the class ids. ``image-emotion retrieve`` and the
   registered model search it.
 - Measures (``metrics/retrieval.json``): the paper's FI protocol on the main set (test queries against the
-  train split): accuracy, NN, FT, ST, mAP8, mAP2, DCG, ANMRR; its small-set protocol (leave-one-out) on each
-  set of ``transfer.sets`` (prepared under ``transfer_root/<name>``); and Table 1's rows from ``train_metric``,
-  so the report reads one file.
+  train split): accuracy, NN, FT, ST, mAP8, mAP2, DCG, ANMRR; and Table 1's rows from ``train_metric``, so the
+  report reads one file (the small sets' leave-one-out protocol is ``retrieve_transfer``).
 - Figures (``plots_retrieval/``): ``tsne.png`` / ``tsne.csv`` of the test embeddings (Fig. 4) and ``queries.png``,
   a few test queries with their top-k train images (Fig. 5).
 """
@@ -30,7 +29,6 @@ from image_emotion.data.torch_data import PreparedDataset
 from image_emotion.device import pick_device
 from image_emotion.figures import query_grid, tsne_coordinates, tsne_plot
 from image_emotion.files import write_json_atomic, write_text_atomic
-from image_emotion.metrics import retrieval_report
 from image_emotion.models.metric import SentimentVectorNet, load_metric_model
 from image_emotion.retrieval import EmbeddingIndex
 from image_emotion.stages.paths import RetrievePaths
@@ -44,21 +42,6 @@ def embed_dataset(model: SentimentVectorNet, state: dict[str, Any], data: Prepar
     """The model's outputs for every image of ``data`` (``{"sentiment": (N, 680), "logits": (N, C), ...}``)."""
     images = image_tensor(data, state["image_size"], state["image_mean"], state["image_std"])
     return embed(model, images)
-
-
-def small_set_measures(model, state, prepared: Path) -> dict[str, Any]:
-    """Leave-one-out retrieval on one small set (every image a query against all the others), its own labels."""
-    data = PreparedDataset.load(prepared)
-    features = embed_dataset(model, state, data)[state["retrieval_feature"]]
-    labels = data.labels().numpy()
-    report = retrieval_report(features, labels, features, labels, data.label_set, exclude_self=True)
-    return {
-        "protocol": "leave-one-out",
-        "dataset": data.name,
-        "label_set": data.label_set,
-        "images": len(labels),
-        **report,
-    }
 
 
 def grid_queries(labels: np.ndarray, test: np.ndarray, count: int) -> list[int]:
@@ -147,7 +130,6 @@ def run(config: Config, paths: RetrievePaths) -> dict[str, Any]:
         kind=config.retrieve.index,
         exact_below=config.retrieve.exact_below,
     )
-    transfer = {t.name: small_set_measures(model, state, paths.transfer_root / t.name) for t in config.transfer.sets}
     ablation = json.loads(paths.ablation.read_text()) if paths.ablation.is_file() else []
     result = {
         "dataset": data.name,
@@ -160,15 +142,12 @@ def run(config: Config, paths: RetrievePaths) -> dict[str, Any]:
         "gallery_size": len(idx["train"]),
         "collection_size": len(index),
         "main": main,
-        "transfer": transfer,
         "ablation": ablation,
     }
     write_figures(out, feature, data, idx, config.retrieve.k, config.retrieve.grid_queries, paths.plots)
     index.save(paths.index)
     with tracking.stage_run(config, "retrieve", ("retrieve",)) as mlflow:
         tracking.log_metrics({f"test_{k}": main[k] for k in ("accuracy", *MEASURES)})
-        for name, measures in transfer.items():
-            tracking.log_metrics({f"{name}.{k}": measures[k] for k in MEASURES})
         mlflow.log_artifacts(str(paths.plots), artifact_path="plots_retrieval")
         mlflow.log_artifacts(str(paths.index), artifact_path="index")
     write_json_atomic(paths.metrics, result)

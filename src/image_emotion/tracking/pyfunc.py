@@ -31,6 +31,16 @@ def encode_image_file(path: str | Path) -> str:
     return base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
 
+def input_example(prepared: str | Path, count: int = 2) -> pd.DataFrame:
+    """The logged models' input example: the first ``count`` test images of a prepared dataset, encoded."""
+    from image_emotion.data.torch_data import PreparedDataset
+
+    data = PreparedDataset.load(prepared)
+    return pd.DataFrame(
+        {"image": [encode_image_file(data.root / p) for p in data.split("test").manifest["path"].head(count)]}
+    )
+
+
 class EmotionPredictor:
     """Detector + multi-level head loaded from their files; ``predict`` on a DataFrame of encoded images."""
 
