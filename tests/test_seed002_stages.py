@@ -157,3 +157,21 @@ def test_register_metric_promotes_only_a_better_map8_and_serves_the_champion(see
     )
     neighbours = json.loads(answer["neighbours"].iloc[0])
     assert len(neighbours) == 2 and neighbours[0]["id"] == str(image) and neighbours[0]["distance"] < 1e-4
+
+
+@pytest.mark.parametrize(
+    ("query", "hit", "label_set", "expected"),
+    [
+        ("awe", "awe", "mikels8", "same"),
+        ("awe", "amusement", "mikels8", "polarity"),  # both positive
+        ("awe", "fear", "mikels8", "other"),
+        ("anger", "sadness", None, "polarity"),  # the label set found from the labels
+        ("joy", "anger", "ekman6", "other"),
+        ("neutral", "neutral", "emotion6", "same"),
+        ("joy", "neutral", "emotion6", "other"),  # neutral has no polarity
+    ],
+)
+def test_relevance_of_a_retrieved_label_to_the_query(query, hit, label_set, expected):
+    from image_emotion.figures import relevance
+
+    assert relevance(query, hit, label_set) == expected

@@ -266,38 +266,17 @@ def _search_collection(args: argparse.Namespace, queries: list) -> list[dict]:
 
 def _draw_grid(result: dict, out: Path) -> None:
     """``--grid``: each query (its predicted emotion) with its neighbours, framed by agreement with it."""
-    from image_emotion.figures import query_grid
-
-    def relevance(query: dict, label: str) -> str:
-        if label == query["label"]:
-            return "same"
-        polarity = _polarity(label)
-        return "polarity" if polarity is not None and polarity == query["polarity"] else "other"
+    from image_emotion.figures import query_grid, relevance
 
     rows = [
         {
             "query": path,
             "label": answer["label"],
-            "neighbours": [{**n, "relevance": relevance(answer, n["label"])} for n in answer["neighbours"]],
+            "neighbours": [{**n, "relevance": relevance(answer["label"], n["label"])} for n in answer["neighbours"]],
         }
         for path, answer in result.items()
     ]
     query_grid(rows, out)
-
-
-def _polarity(label: str) -> str | None:
-    """The polarity of an emotion label of any label set that gives it one."""
-    from image_emotion.data.emotions import get_label_set
-    from image_emotion.errors import ConfigError
-
-    for name in ("mikels8", "ekman6", "emotion6", "binary"):
-        labels = get_label_set(name)
-        if label in labels.labels:
-            try:
-                return labels.polarity(label)
-            except ConfigError:
-                return None
-    return None
 
 
 def _print_retrieval_table(result: dict, label_header: str) -> None:

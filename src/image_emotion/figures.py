@@ -66,6 +66,30 @@ def tsne_plot(xy: np.ndarray, labels: Sequence[str], order: Sequence[str], title
     save_figure(fig, path)
 
 
+def polarity_of(label: str, label_set: str | None = None) -> str | None:
+    """``positive`` / ``negative`` of an emotion label in ``label_set`` (or the first label set that has the label);
+    None for a label without polarity (Emotion6's neutral) or unknown to every set."""
+    from image_emotion.data.emotions import get_label_set
+    from image_emotion.errors import ConfigError
+
+    for name in (label_set,) if label_set else ("mikels8", "ekman6", "emotion6", "binary"):
+        labels = get_label_set(name)
+        if label in labels.labels:
+            try:
+                return labels.polarity(label)
+            except ConfigError:
+                return None
+    return None
+
+
+def relevance(query: str, hit: str, label_set: str | None = None) -> str:
+    """How a retrieved image's label ``hit`` relates to the query's: ``same`` emotion, same ``polarity``, ``other``."""
+    if hit == query:
+        return "same"
+    side = polarity_of(hit, label_set)
+    return "polarity" if side is not None and side == polarity_of(query, label_set) else "other"
+
+
 def _tile(path: str | Path, caption: str, frame: tuple[int, int, int] | None) -> Image.Image:
     image = load_image(path).resize((TILE, TILE))
     canvas = Image.new("RGB", (TILE + 8, TILE + 24), "white")

@@ -27,7 +27,7 @@ from image_emotion.config import Config
 from image_emotion.data.emotions import get_label_set
 from image_emotion.data.torch_data import PreparedDataset
 from image_emotion.device import pick_device
-from image_emotion.figures import query_grid, tsne_coordinates, tsne_plot
+from image_emotion.figures import query_grid, relevance, tsne_coordinates, tsne_plot
 from image_emotion.files import write_json_atomic, write_text_atomic
 from image_emotion.models.metric import SentimentVectorNet, load_metric_model
 from image_emotion.retrieval import EmbeddingIndex
@@ -51,24 +51,6 @@ def grid_queries(labels: np.ndarray, test: np.ndarray, count: int) -> list[int]:
     return (firsts + rest)[:count]
 
 
-def _relevance(query: int, hit: int, labels: np.ndarray, polarity: list[str | None]) -> str:
-    if labels[hit] == labels[query]:
-        return "same"
-    same_side = polarity[labels[hit]] is not None and polarity[labels[hit]] == polarity[labels[query]]
-    return "polarity" if same_side else "other"
-
-
-def _polarities(label_set: str) -> list[str | None]:
-    labels = get_label_set(label_set)
-    out = []
-    for name in labels.labels:
-        try:
-            out.append(labels.polarity(name))
-        except Exception:  # a class without polarity (Emotion6's neutral)
-            out.append(None)
-    return out
-
-
 def write_figures(
     out: dict[str, np.ndarray], feature: str, data: PreparedDataset, idx: dict[str, np.ndarray], k: int,
     count: int, plots: Path,
@@ -85,7 +67,6 @@ def write_figures(
     writer.writerows(rows)
     write_text_atomic(plots / "tsne.csv", buf.getvalue())
     tsne_plot(xy, [r["label"] for r in rows], names, f"t-SNE of the test images' {feature} vectors", plots / "tsne.png")
-    polarity = _polarities(data.label_set)
     gallery = EmbeddingIndex(out[feature][train], [str(i) for i in train], kind="exact")
     grid = []
     for q in grid_queries(labels, test, count):
@@ -100,7 +81,7 @@ def write_figures(
                         "id": data.root / data.manifest["path"].iloc[h],
                         "label": names[labels[h]],
                         "distance": float(d),
-                        "relevance": _relevance(q, h, labels, polarity),
+                        "relevance": relevance(names[labels[q]], names[labels[h]], data.label_set),
                     }
                     for h, d in zip(hits, distances[0], strict=True)
                 ],
