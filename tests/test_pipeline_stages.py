@@ -143,8 +143,9 @@ def test_registry_promotes_only_a_better_model_and_serves_the_champion(tiny_run,
     model = mlflow.pyfunc.load_model("models:/tiny-emotion@champion")
     image = next((work / "synthetic/main/images").iterdir())
     out = model.predict(pd.DataFrame({"image": [encode_image_file(image), encode_image_file(image)]}))
-    assert list(out.columns[:1]) == ["label"] and len(out) == 2
-    probs = out.drop(columns=["label", "regions"]).to_numpy()
+    assert list(out.columns[:2]) == ["label", "polarity"] and len(out) == 2
+    assert out["polarity"][0] == MIKELS8.polarity(out["label"][0])
+    probs = out.drop(columns=["label", "polarity", "regions"]).to_numpy()
     assert probs.shape == (2, 8) and abs(probs.sum(axis=1) - 1).max() < 1e-4
     assert len(json.loads(out["regions"][0])) == 4
     with pytest.raises(Exception, match="not an image"):
@@ -166,28 +167,3 @@ def test_stage_reports_missing_inputs_clearly(tiny_run, tmp_path):
     )
     with pytest.raises(CacheError, match="run `image-emotion extract-regions` first"):
         train_classifier.run(params, paths)
-
-
-def test_predict_command_on_files_and_on_bad_input(tiny_run, capsys, tmp_path):
-    from image_emotion.cli import main
-
-    work, _ = tiny_run
-    image = next((work / "synthetic/main/images").iterdir())
-    args = [
-        "predict",
-        str(image),
-        "--detector",
-        str(work / "models/detector.pt"),
-        "--head",
-        str(work / "models/classifier/head.pt"),
-    ]
-    assert main(args) == 0
-    out = json.loads(capsys.readouterr().out)[str(image)]
-    probabilities = {k: v for k, v in out.items() if k not in ("label", "regions")}
-    assert sorted(probabilities) == sorted(MIKELS8.labels) and sum(probabilities.values()) == pytest.approx(1.0)
-    assert out["label"] == max(probabilities, key=probabilities.get)
-    assert len(out["regions"]) == 4  # detector.top_k of the tiny config
-    (tmp_path / "notes.jpg").write_text("not an image")
-    assert main(["predict", str(tmp_path / "notes.jpg")]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith(f"error: {tmp_path / 'notes.jpg'}: not an image") and err.count("\n") == 1

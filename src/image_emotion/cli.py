@@ -106,11 +106,22 @@ def build_parser() -> argparse.ArgumentParser:
         )
         _add_path_options(p, getattr(stage_paths, paths_class))
         p.set_defaults(func=_run_stage, stage_module=module_name, paths_class=paths_class)
-    p = sub.add_parser("predict", help="emotion of image files: label, probabilities, top emotional regions")
-    p.add_argument("images", nargs="+", type=Path)
-    p.add_argument("--model-uri", default=None, help="an MLflow model, e.g. models:/image-emotion@champion")
+    p = sub.add_parser(
+        "predict", help="emotion of images: a table (or --json) of emotion, confidence, polarity; region overlays"
+    )
+    p.add_argument("images", nargs="+", help="image files, folders (searched recursively) or glob patterns")
+    p.add_argument("--json", action="store_true", help="print JSON {image: {label, polarity, probabilities, ...}}")
+    p.add_argument("--overlay", type=Path, default=None, metavar="DIR", help="write each image with its regions")
+    p.add_argument(
+        "--model-uri",
+        default=None,
+        help="an MLflow model (default: models:/<register.model_name>@champion when the registry has one, "
+        "else --detector and --head)",
+    )
     p.add_argument("--detector", type=Path, default=Path("models/detector/detector.pt"))
     p.add_argument("--head", type=Path, default=Path("models/classifier/head.pt"))
+    p.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="for the model name and the tracking URI")
+    p.add_argument("--batch-size", type=_positive_int, default=8)
     p.set_defaults(func=_predict)
 
     p = sub.add_parser(
@@ -158,25 +169,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _predict(args: argparse.Namespace) -> dict:
-    import pandas as pd
+def _predict(args: argparse.Namespace) -> int:
+    """``predict``: every image's emotion; a bad file is reported and skipped; exit status 1 when any failed."""
+    from image_emotion.predict import expand_inputs, predict_files, print_table, write_overlays
 
-    from image_emotion.data.images import load_image
-    from image_emotion.tracking.pyfunc import EmotionPredictor, encode_image_file
-
-    for path in args.images:
-        load_image(path)  # a bad file is named here, before the model loads
-    frame = pd.DataFrame({"image": [encode_image_file(p) for p in args.images]})
-    if args.model_uri:
-        import mlflow
-
-        out = mlflow.pyfunc.load_model(args.model_uri).predict(frame)
+    files, failures = expand_inputs(args.images)
+    results, more_failures = predict_files(files, args)
+    failures.update(more_failures)
+    if args.overlay is not None:
+        write_overlays(results, args.overlay)
+    if args.json:
+        print(json.dumps({**results, **{k: {"error": v} for k, v in failures.items()}}, indent=2))
     else:
-        out = EmotionPredictor(args.detector, args.head).predict(frame)
-    return {
-        str(p): {**row, "regions": json.loads(row["regions"])}
-        for p, row in zip(args.images, out.to_dict("records"), strict=True)
-    }
+        print_table(results, failures)
+    return 1 if failures else 0
 
 
 def _positive_int(text: str) -> int:
@@ -326,6 +332,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; outputs written so far are complete (writes are atomic)", file=sys.stderr)
         return 130
+    if isinstance(result, int):  # a sub-command that printed its own output and chose the exit status
+        return result
     if result is not None:  # sub-commands that print their own output (retrieve's table) return None
         print(json.dumps(result, indent=2, sort_keys=True, default=str))
     return 0

@@ -116,3 +116,19 @@ def query_grid(rows: Sequence[dict], path: Path) -> None:
             grid.paste(tile, (x * (TILE + 8), y * (TILE + 24)))
     with atomic_path(path) as tmp:
         grid.save(tmp, format="PNG")
+
+
+def region_overlay(image: Image.Image, regions: Sequence[Sequence[float]], caption: str, top: int = 3) -> Image.Image:
+    """``image`` with its ``top`` emotional regions ``[[x1, y1, x2, y2, S_emo], ...]`` (best first) drawn in red,
+    thicker for the better ones, each tagged with its rank and S_emo, and ``caption`` on a white band above."""
+    scale = min(1.0, 640 / max(image.size))
+    shown = image.convert("RGB").resize((round(image.width * scale), round(image.height * scale)))
+    draw = ImageDraw.Draw(shown)
+    for rank, (x1, y1, x2, y2, score) in enumerate(list(regions)[:top]):
+        box = (x1 * scale, y1 * scale, x2 * scale, y2 * scale)
+        draw.rectangle(box, outline=(230, 0, 0), width=max(1, 4 - rank))
+        draw.text((box[0] + 3, box[1] + 2), f"{rank + 1}: {score:.2f}", fill=(230, 0, 0))
+    canvas = Image.new("RGB", (shown.width, shown.height + 22), "white")
+    canvas.paste(shown, (0, 22))
+    ImageDraw.Draw(canvas).text((4, 5), caption, fill=(0, 0, 0))
+    return canvas

@@ -1,9 +1,11 @@
-"""The served model: an MLflow pyfunc that takes encoded images and returns label, probabilities, regions.
+"""The served model: an MLflow pyfunc that takes encoded images and returns label, polarity, probabilities, regions.
 
-Input: a DataFrame with a string column ``image`` - each cell a base64-encoded image file (JPEG, PNG...),
-decoded safely (``data/images.py``). Output: one row per image with ``label``, one probability column per
-class of the model's label set, and ``regions`` - JSON ``[[x1, y1, x2, y2, S_emo], ...]`` of the top
-emotional regions in the image's pixels. Works on CPU, uses CUDA when there is one.
+Input: a DataFrame with a column ``image`` - each cell base64 text of an image file (JPEG, PNG...; a ``data:`` URI
+too) or raw bytes, decoded safely (``tracking/served_input.py``; a bad cell is an HTTP 400 naming its row). The
+CLI's in-process predictor also takes file paths. Output: one row per image with ``label``, ``polarity``
+(positive / negative of that label; empty for a label without one), one probability column per class of the
+model's label set, and ``regions`` - JSON ``[[x1, y1, x2, y2, S_emo], ...]`` of the top emotional regions in the
+image's pixels. Images go through the model ``batch_size`` at a time. Works on CPU, uses CUDA when there is one.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import torch
 from torchvision.transforms.functional import to_tensor
 
 from image_emotion.data.emotions import get_label_set
-from image_emotion.data.images import load_image_bytes
+from image_emotion.errors import ConfigError
+from image_emotion.tracking.served_input import decode_image_column
 
 try:
     from mlflow.pyfunc import PythonModel
@@ -44,42 +47,56 @@ def input_example(prepared: str | Path, count: int = 2) -> pd.DataFrame:
 class EmotionPredictor:
     """Detector + multi-level head loaded from their files; ``predict`` on a DataFrame of encoded images."""
 
-    def __init__(self, detector_path: str | Path, head_path: str | Path, device: str = "auto") -> None:
+    def __init__(
+        self,
+        detector_path: str | Path,
+        head_path: str | Path,
+        device: str = "auto",
+        batch_size: int = 8,
+        allow_paths: bool = False,
+    ) -> None:
         from image_emotion.device import pick_device
         from image_emotion.models.multilevel import MultiLevelClassifier, load_head
         from image_emotion.models.region_detector import load_detector
 
         self.device = pick_device(device)
         head, state = load_head(Path(head_path))
-        self.labels = get_label_set(state["label_set"]).labels
+        self.label_set = get_label_set(state["label_set"])
+        self.labels = self.label_set.labels
         self.model = MultiLevelClassifier(load_detector(detector_path, self.device), head.to(self.device)).eval()
+        self.batch_size, self.allow_paths = batch_size, allow_paths
+
+    def polarity(self, label: str) -> str:
+        try:
+            return self.label_set.polarity(label)
+        except ConfigError:  # Emotion6's neutral
+            return ""
+
+    def predict_images(self, images: list) -> pd.DataFrame:
+        """Decoded RGB images -> the output rows described in the module docstring."""
+        rows = []
+        for start in range(0, len(images), self.batch_size):
+            batch = [to_tensor(img).to(self.device) for img in images[start : start + self.batch_size]]
+            with torch.inference_mode():
+                logits, feats = self.model(batch)
+            probs = logits.softmax(-1).cpu()
+            for p, boxes, scores in zip(probs, feats.emotional_boxes.cpu(), feats.emotional_scores.cpu(), strict=True):
+                regions = [
+                    [*(round(float(v), 1) for v in b), round(float(s), 4)] for b, s in zip(boxes, scores, strict=True)
+                ]
+                label = self.labels[int(p.argmax())]
+                rows.append(
+                    {
+                        "label": label,
+                        "polarity": self.polarity(label),
+                        **{c: float(v) for c, v in zip(self.labels, p, strict=True)},
+                        "regions": json.dumps(regions),
+                    }
+                )
+        return pd.DataFrame(rows, columns=["label", "polarity", *self.labels, "regions"])
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
-        if "image" not in frame.columns:
-            raise ValueError("input needs a column 'image' of base64-encoded image files")
-        images = []
-        for i, cell in enumerate(frame["image"]):
-            try:
-                raw = base64.b64decode(cell, validate=True)
-            except (ValueError, TypeError):
-                raise ValueError(f"row {i}: 'image' is not valid base64") from None
-            images.append(to_tensor(load_image_bytes(raw, name=f"row {i}")).to(self.device))
-        with torch.inference_mode():
-            logits, feats = self.model(images)
-        probs = logits.softmax(-1).cpu()
-        rows = []
-        for p, boxes, scores in zip(probs, feats.emotional_boxes.cpu(), feats.emotional_scores.cpu(), strict=True):
-            regions = [
-                [*map(lambda v: round(float(v), 1), b), round(float(s), 4)] for b, s in zip(boxes, scores, strict=True)
-            ]
-            rows.append(
-                {
-                    "label": self.labels[int(p.argmax())],
-                    **{c: float(v) for c, v in zip(self.labels, p, strict=True)},
-                    "regions": json.dumps(regions),
-                }
-            )
-        return pd.DataFrame(rows, columns=["label", *self.labels, "regions"])
+        return self.predict_images(decode_image_column(frame, self.allow_paths))
 
 
 class EmotionModel(PythonModel):

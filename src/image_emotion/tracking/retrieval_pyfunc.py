@@ -15,8 +15,6 @@ of images embedded on the fly); ``RetrievalModel`` wraps it for MLflow (artifact
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,9 +26,9 @@ import torch
 from PIL import Image
 
 from image_emotion.data.emotions import get_label_set
-from image_emotion.data.images import load_image_bytes
-from image_emotion.errors import ConfigError, ImageDecodeError
+from image_emotion.errors import ConfigError
 from image_emotion.retrieval import EmbeddingIndex
+from image_emotion.tracking.served_input import decode_image_column
 
 try:
     from mlflow.pyfunc import PythonModel
@@ -39,19 +37,6 @@ except ImportError:  # pragma: no cover - mlflow is a dependency; this keeps the
 
 DEFAULT_K = 5
 OUTPUT_COLUMNS = ["label", "polarity", "neighbours"]
-
-
-def decode_image_cell(cell: Any, row: int) -> Image.Image:
-    """One cell of the ``image`` column (base64 text of an image file) as an RGB image; ``ValueError`` naming the
-    row when it is not base64 or not a decodable image."""
-    try:
-        raw = base64.b64decode(cell, validate=True)
-    except (ValueError, TypeError, binascii.Error):
-        raise ValueError(f"row {row}: 'image' is not valid base64") from None
-    try:
-        return load_image_bytes(raw, name=f"row {row}")
-    except ImageDecodeError as exc:
-        raise ValueError(str(exc)) from None
 
 
 class RetrievalPredictor:
@@ -179,9 +164,7 @@ class RetrievalPredictor:
     def predict(self, frame: pd.DataFrame, k: int = DEFAULT_K) -> pd.DataFrame:
         """One row per cell of ``frame["image"]`` (base64 image files): ``label``, ``polarity``, ``neighbours``
         (JSON text). A bad cell raises ``ValueError`` naming its row."""
-        if "image" not in frame.columns:
-            raise ValueError("input needs a column 'image' of base64-encoded image files")
-        images = [decode_image_cell(cell, i) for i, cell in enumerate(frame["image"])]
+        images = decode_image_column(frame)
         rows = [{**r, "neighbours": json.dumps(r["neighbours"])} for r in self.query(images, int(k))]
         return pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
 

@@ -1,0 +1,265 @@
+"""The registered seed-000 model served over HTTP by ``mlflow models serve``, end to end.
+
+The tiny run's model is registered once into this module's own MLflow store and served as
+``models:/<name>@champion`` (``--env-manager local``). Good requests must answer exactly what the same model
+answers in process; bad payloads (not an image, a decompression bomb, 0 bytes, a wrong column, malformed JSON,
+invalid base64, ~50 MB of base64) must each be a 4xx with a JSON body, never a 5xx or a hang, and the server must
+go on serving after every one of them.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+MODEL_NAME = "serving-emotion"
+SERVER_START_TIMEOUT_S = 120
+REQUEST_TIMEOUT_S = 60
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _split(column: str, cells: list[str]) -> bytes:
+    return json.dumps({"dataframe_split": {"columns": [column], "data": [[c] for c in cells]}}).encode()
+
+
+def _post(url: str, body: bytes) -> tuple[int, bytes]:
+    """POST ``body`` as JSON to ``url``/invocations; (status, body) for any status."""
+    request = urllib.request.Request(
+        f"{url}/invocations", data=body, headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Terminate the server's process group (the CLI and its uvicorn child), killing it if it lingers."""
+    if proc.poll() is not None:
+        return
+    for sig, wait_s in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@pytest.fixture(scope="module")
+def served(tiny_run, tmp_path_factory):
+    """Register the tiny run's model into a store of this module's own, serve ``@champion``; yields
+    ``(base_url, model_uri, test_image_paths)``; the server's process group is stopped at the end."""
+    import mlflow
+
+    from image_emotion.data.torch_data import PreparedDataset
+    from image_emotion.stages import register
+
+    work, config = tiny_run
+    tmp = tmp_path_factory.mktemp("serving")
+    store = f"sqlite:///{tmp / 'mlflow.db'}"
+    previous_uri = mlflow.get_tracking_uri()
+    env = pytest.MonkeyPatch()
+    env.setenv("MLFLOW_TRACKING_URI", store)
+    proc = None
+    try:
+        config = config.with_overrides([f"register.model_name={MODEL_NAME}", "register.min_accuracy=0.0"])
+        result = register.run(
+            config,
+            register.RegisterPaths(
+                work / "prepared/main",
+                work / "models/detector.pt",
+                work / "models/classifier/head.pt",
+                work / "metrics/evaluate.json",
+                tmp / "register.json",
+            ),
+        )
+        assert result["promoted"], result
+        model_uri = f"models:/{MODEL_NAME}@champion"
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}"
+        log = (tmp / "server.log").open("wb")
+        proc = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "mlflow"),
+                "models",
+                "serve",
+                "-m",
+                model_uri,
+                "--env-manager",
+                "local",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            env={**os.environ, "MLFLOW_TRACKING_URI": store, "MLFLOW_DISABLE_TELEMETRY": "true"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.flush()
+                tail = (tmp / "server.log").read_text(errors="replace")[-4000:]
+                state = f"exited with {proc.returncode}" if proc.poll() is not None else "no 200 from /ping"
+                pytest.fail(f"mlflow models serve {state} after {SERVER_START_TIMEOUT_S} s; its output:\n{tail}")
+            time.sleep(0.5)
+        test = PreparedDataset.load(work / "prepared/main").split("test")
+        images = [test.root / p for p in test.manifest["path"]]
+        assert len(images) >= 4, "the tiny run's test split needs at least 4 images"
+        yield url, model_uri, images
+    finally:
+        if proc is not None:
+            _stop(proc)
+        env.undo()
+        mlflow.set_tracking_uri(previous_uri)
+
+
+@pytest.fixture(scope="module")
+def in_process(served):
+    """The served model loaded in this process (``served`` keeps the module's store as the tracking URI)."""
+    import mlflow
+
+    return mlflow.pyfunc.load_model(served[1])
+
+
+def _good(url: str, image: Path) -> None:
+    status, body = _post(url, _split("image", [_b64(image.read_bytes())]))
+    assert status == 200, body[:2000]
+    assert len(json.loads(body)["predictions"]) == 1
+
+
+def _assert_same_answer(predictions: list[dict], expected: pd.DataFrame, labels: list[str]) -> None:
+    got = pd.DataFrame(predictions)
+    assert list(got.columns) == list(expected.columns)
+    assert len(got) == len(expected)
+    assert got["label"].tolist() == expected["label"].tolist()
+    assert set(got["label"]) <= set(labels)
+    np.testing.assert_allclose(got[labels].to_numpy(float), expected[labels].to_numpy(float), atol=1e-5)
+    np.testing.assert_allclose(got[labels].sum(axis=1), 1.0, atol=1e-4)
+    for other in expected.columns.difference([*labels, "regions"]):  # label, polarity (when there), ...
+        assert got[other].tolist() == expected[other].tolist(), other
+    for g, e in zip(got["regions"], expected["regions"], strict=True):
+        g_regions, e_regions = json.loads(g), json.loads(e)
+        assert len(g_regions) == len(e_regions) > 0
+        np.testing.assert_allclose(np.asarray(g_regions, float), np.asarray(e_regions, float), atol=1e-3)
+
+
+@pytest.mark.parametrize("count", [1, 4])
+def test_http_answer_equals_the_in_process_prediction(served, in_process, count):
+    url, _, images = served
+    cells = [_b64(p.read_bytes()) for p in images[:count]]
+    status, body = _post(url, _split("image", cells))
+    print(f"good batch of {count}: HTTP {status}")
+    assert status == 200, body[:2000]
+    expected = in_process.predict(pd.DataFrame({"image": cells}))
+    labels = [c for c in expected.columns if c not in ("label", "polarity", "regions")]
+    assert len(labels) == 8  # the tiny run is mikels8
+    _assert_same_answer(json.loads(body)["predictions"], expected, labels)
+
+
+def test_a_real_photo_is_classified(served):
+    from PIL import Image
+    from skimage import data
+
+    url, _, _ = served
+    buffer = io.BytesIO()
+    Image.fromarray(data.astronaut()).save(buffer, format="JPEG", quality=90)
+    status, body = _post(url, _split("image", [_b64(buffer.getvalue())]))
+    print(f"astronaut JPEG: HTTP {status}")
+    assert status == 200, body[:2000]
+    (row,) = json.loads(body)["predictions"]
+    from image_emotion.data.emotions import MIKELS8
+
+    assert row["label"] in MIKELS8.labels
+    assert row["label"] == max(MIKELS8.labels, key=lambda c: row[c])
+    regions = json.loads(row["regions"])
+    assert regions and all(0 <= x1 <= x2 <= 512 and 0 <= y1 <= y2 <= 512 for x1, y1, x2, y2, _ in regions)
+
+
+def _png_bomb(width: int = 30000, height: int = 30000) -> bytes:
+    """A 1x1 PNG whose IHDR claims ``width`` x ``height`` pixels (the CRC fixed, so decoders trust it)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (1, 1)).save(buffer, format="PNG")
+    png = bytearray(buffer.getvalue())
+    assert png[12:16] == b"IHDR"
+    png[16:24] = struct.pack(">II", width, height)
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])))
+    return bytes(png)
+
+
+def _fifty_mb_of_base64() -> bytes:
+    rng = np.random.default_rng(0)
+    return _split("image", [_b64(rng.integers(0, 256, size=37_500_000, dtype=np.uint8).tobytes())])
+
+
+# name -> (the request body, made when the test runs; words one of which the error must hold, case-insensitive)
+BAD = {
+    "not an image": (lambda: _split("image", [_b64(b"hello")]), ("not an image",)),
+    # 900 MP: over PIL's own bomb limit (2 x Image.MAX_IMAGE_PIXELS), refused when the header is read
+    "decompression bomb": (lambda: _split("image", [_b64(_png_bomb(30000, 30000))]), ("bomb", "pixels")),
+    # 64 MP: under PIL's limits, over images.max_pixels (50 MP), refused before the pixels are decoded
+    "over max_pixels": (lambda: _split("image", [_b64(_png_bomb(8000, 8000))]), ("pixels", "bomb")),
+    "0-byte file": (lambda: _split("image", [_b64(b"")]), ("empty", "0 bytes")),
+    "wrong column": (lambda: _split("img", [_b64(b"hello")]), ("missing inputs ['image']", "column 'image'")),
+    "malformed JSON": (lambda: b"{not json", ("valid json",)),
+    "invalid base64": (lambda: _split("image", ["@@@not-base64@@@"]), ("valid base64",)),
+    "50 MB of base64": (_fifty_mb_of_base64, ("limit", "not an image", "too large", "over the")),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_a_bad_payload_is_a_4xx_and_the_server_keeps_serving(served, name):
+    url, _, images = served
+    make_body, words = BAD[name]
+    body = make_body()
+    start = time.monotonic()
+    status, answer = _post(url, body)
+    print(f"{name}: HTTP {status} in {time.monotonic() - start:.1f} s: {answer[:300]!r}")
+    assert 400 <= status < 500, (status, answer[:2000])
+    error = json.loads(answer)
+    assert error.get("error_code") and error.get("message"), error
+    text = f"{error.get('message', '')} {error.get('stack_trace', '')}".lower()
+    assert any(w.lower() in text for w in words), (words, error.get("message", "")[:2000])
+    _good(url, images[0])
