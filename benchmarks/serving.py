@@ -13,9 +13,14 @@ Works in the repository after ``dvc repro`` (the ``register`` stage registers ``
 ``sqlite:///mlflow.db``):
 
     python benchmarks/serving.py [--model-uri models:/image-emotion@champion] [--tracking-uri URI]
-        [--prepared data/prepared/main] [--images 16] [--batches 1 16] [--repeats 3]
+        [--prepared data/prepared/main] [--images 16] [--batches 1 16] [--repeats 3] [--threads N]
 
 The tracking URI is ``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``.
+
+Run it on an otherwise idle machine: with another CPU-bound job beside it, the in-process path at torch's
+default threads (one a core) slowed down 3-10x here while the server did not, which inverts the ratio;
+``--threads 1`` on both sides stays comparable under such load. With few images, p95 of the large batch is
+taken over few requests (the ``requests`` column); raise ``--images`` / ``--repeats`` for firmer tails.
 """
 
 from __future__ import annotations
@@ -60,7 +65,9 @@ def _test_images(prepared: Path, n: int) -> list[str]:
 class Server:
     """``mlflow models serve`` of ``model_uri`` on a free loopback port, in its own process group."""
 
-    def __init__(self, model_uri: str, tracking_uri: str, log_path: Path, start_timeout_s: float = 120) -> None:
+    def __init__(
+        self, model_uri: str, tracking_uri: str, log_path: Path, extra_env: dict[str, str], start_timeout_s: float = 120
+    ) -> None:
         self.port = _free_port()
         self.log_path = log_path
         self._log = log_path.open("wb")
@@ -77,11 +84,19 @@ class Server:
                 "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
                 "MLFLOW_TRACKING_URI": tracking_uri,
                 "MLFLOW_DISABLE_TELEMETRY": "true",
+                **extra_env,
             },
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        try:
+            self._wait(start_timeout_s)
+        except BaseException:  # Ctrl-C or a failed start: no server left behind
+            self.stop()
+            raise
+
+    def _wait(self, start_timeout_s: float) -> None:
         deadline = time.monotonic() + start_timeout_s
         while True:
             try:
@@ -91,22 +106,29 @@ class Server:
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                tail = log_path.read_text(errors="replace")[-4000:]
-                sys.exit(f"error: mlflow models serve did not answer /ping (see {log_path}):\n{tail}")
+                self._log.flush()
+                tail = self.log_path.read_text(errors="replace")[-4000:]
+                raise SystemExit(f"error: mlflow models serve did not answer /ping (see {self.log_path}):\n{tail}")
             time.sleep(0.5)
 
     def stop(self) -> None:
+        """Terminate the server's process group (the CLI and its uvicorn child), killing what lingers."""
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            if self.proc.poll() is not None:
-                break
             try:
                 os.killpg(self.proc.pid, sig)
-                self.proc.wait(timeout=10)
             except ProcessLookupError:
                 break
-            except subprocess.TimeoutExpired:
-                continue
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                self.proc.poll()  # reap the leader, so a finished group reads as gone
+                try:
+                    os.killpg(self.proc.pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.1)
+            else:
+                continue  # still there after 10 s: SIGKILL
+            break
         self._log.close()
 
 
@@ -188,6 +210,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=16, help="test images to send (each batch size covers all)")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16], help="images per request")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads on both sides (default: torch's own choice)"
+    )
     parser.add_argument("--log", type=Path, default=None, help="the server's output (default: a temp file)")
     args = parser.parse_args()
 
@@ -196,12 +221,16 @@ def main() -> None:
     import mlflow
     import torch
 
+    extra_env = {}
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        extra_env = {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     cells = _test_images(args.prepared, args.images)
     model = mlflow.pyfunc.load_model(args.model_uri)
     predictor = model.unwrap_python_model().predictor  # the EmotionPredictor the server runs too
     log = args.log or Path(os.environ.get("TMPDIR", "/tmp")) / f"serving-benchmark-{os.getpid()}.log"
     start = time.perf_counter()
-    server = Server(args.model_uri, args.tracking_uri, log)
+    server = Server(args.model_uri, args.tracking_uri, log, extra_env)
     started_s = time.perf_counter() - start
     try:
         client = HttpClient(server.port)
