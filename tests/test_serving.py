@@ -273,3 +273,28 @@ def test_a_bad_payload_is_a_4xx_and_the_server_keeps_serving(served, name):
     assert any(w.lower() in error["message"].lower() for w in words), (words, error["message"][:2000])
     assert "stack_trace" not in error and "Traceback" not in error["message"], error.get("stack_trace", "")[-2000:]
     _good(url, images[0])
+
+
+def test_the_logged_model_installs_from_the_registry_and_its_example_validates(served):
+    """The model's pins carry no local version label (``torch==2.14.1+cpu`` cannot come from PyPI), and MLflow's
+    own serving check passes on the logged input example."""
+    import re
+    import warnings
+
+    import mlflow
+    from mlflow.models import convert_input_example_to_serving_input, validate_serving_input
+
+    from image_emotion.data.emotions import MIKELS8
+    from image_emotion.tracking.packaging import public_version
+
+    _, model_uri, _ = served
+    requirements = Path(mlflow.pyfunc.get_model_dependencies(model_uri)).read_text().split()
+    pins = [r for r in requirements if "==" in r]
+    assert {r.split("==")[0] for r in pins} >= {"torch", "torchvision", "mlflow", "pillow"}
+    assert all(re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][0-9A-Za-z.]*", r) for r in pins), pins
+    assert public_version("2.14.1+cpu") == "2.14.1" and public_version("1.15.1") == "1.15.1"
+    example = mlflow.models.Model.load(model_uri).load_input_example(mlflow.artifacts.download_artifacts(model_uri))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # validate_serving_input is deprecated in mlflow 3.13+
+        out = validate_serving_input(model_uri, convert_input_example_to_serving_input(example))
+    assert len(out) == len(example) == 2 and set(out["label"]) <= set(MIKELS8.labels)
