@@ -30,23 +30,14 @@ import base64
 import http.client
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from image_emotion.tracking.model_server import ModelServer, ModelServerError
 
 
 def _test_images(prepared: Path, n: int) -> list[str]:
@@ -60,76 +51,6 @@ def _test_images(prepared: Path, n: int) -> list[str]:
     if len(paths) < n:
         print(f"note: only {len(paths)} test images in {prepared}; using those")
     return [base64.b64encode(p.read_bytes()).decode("ascii") for p in paths]
-
-
-class Server:
-    """``mlflow models serve`` of ``model_uri`` on a free loopback port, in its own process group."""
-
-    def __init__(
-        self, model_uri: str, tracking_uri: str, log_path: Path, extra_env: dict[str, str], start_timeout_s: float = 120
-    ) -> None:
-        self.port = _free_port()
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        bin_dir = Path(sys.executable).parent  # mlflow and the uvicorn it runs come from this environment
-        mlflow_cli = bin_dir / "mlflow"
-        self.proc = subprocess.Popen(
-            [
-                str(mlflow_cli) if mlflow_cli.exists() else "mlflow",
-                *("models", "serve", "-m", model_uri, "--env-manager", "local"),
-                *("--host", "127.0.0.1", "--port", str(self.port)),
-            ],
-            env={
-                **os.environ,
-                "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-                "MLFLOW_TRACKING_URI": tracking_uri,
-                "MLFLOW_DISABLE_TELEMETRY": "true",
-                **extra_env,
-            },
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            self._wait(start_timeout_s)
-        except BaseException:  # Ctrl-C or a failed start: no server left behind
-            self.stop()
-            raise
-
-    def _wait(self, start_timeout_s: float) -> None:
-        deadline = time.monotonic() + start_timeout_s
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/ping", timeout=5) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self._log.flush()
-                tail = self.log_path.read_text(errors="replace")[-4000:]
-                raise SystemExit(f"error: mlflow models serve did not answer /ping (see {self.log_path}):\n{tail}")
-            time.sleep(0.5)
-
-    def stop(self) -> None:
-        """Terminate the server's process group (the CLI and its uvicorn child), killing what lingers."""
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                self.proc.poll()  # reap the leader, so a finished group reads as gone
-                try:
-                    os.killpg(self.proc.pid, 0)
-                except ProcessLookupError:
-                    break
-                time.sleep(0.1)
-            else:
-                continue  # still there after 10 s: SIGKILL
-            break
-        self._log.close()
 
 
 class HttpClient:
@@ -230,13 +151,14 @@ def main() -> None:
     predictor = model.unwrap_python_model().predictor  # the EmotionPredictor the server runs too
     log = args.log or Path(os.environ.get("TMPDIR", "/tmp")) / f"serving-benchmark-{os.getpid()}.log"
     start = time.perf_counter()
-    server = Server(args.model_uri, args.tracking_uri, log, extra_env)
-    started_s = time.perf_counter() - start
     try:
+        server = ModelServer(args.model_uri, args.tracking_uri, log, extra_env)
+    except ModelServerError as exc:
+        sys.exit(f"error: {exc}")
+    started_s = time.perf_counter() - start
+    with server:
         client = HttpClient(server.port)
         results = {b: measure(predictor, client, cells, b, args.repeats) for b in args.batches}
-    finally:
-        server.stop()
 
     print(
         f"model {args.model_uri} ({args.tracking_uri}); {len(cells)} test images from {args.prepared}, "

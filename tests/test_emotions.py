@@ -111,3 +111,13 @@ def test_label_sets_and_mappings():
         E.MIKELS8.index("happiness")
     with pytest.raises(ConfigError, match="unknown label set"):
         E.get_label_set("plutchik")
+
+
+def test_polarity_or_none_is_none_only_for_a_label_without_one():
+    from image_emotion.data.emotions import get_label_set
+
+    assert get_label_set("mikels8").polarity_or_none("awe") == "positive"
+    assert get_label_set("ekman6").polarity_or_none("sadness") == "negative"
+    assert get_label_set("emotion6").polarity_or_none("neutral") is None
+    with pytest.raises(ConfigError, match="unknown mikels8 label 'joy'"):
+        get_label_set("mikels8").polarity_or_none("joy")

@@ -12,12 +12,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-import signal
-import socket
 import struct
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -28,17 +23,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from image_emotion.tracking.model_server import ModelServer, ModelServerError
+
 pytestmark = pytest.mark.e2e
 
 MODEL_NAME = "serving-emotion"
 SERVER_START_TIMEOUT_S = 120
 REQUEST_TIMEOUT_S = 60
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _b64(data: bytes) -> str:
@@ -61,26 +52,6 @@ def _post(url: str, body: bytes) -> tuple[int, bytes]:
         return err.code, err.read()
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """Terminate the server's process group (the CLI and its uvicorn child), killing it if it lingers."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            proc.poll()  # reap the leader, so a finished group reads as gone
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.1)
-        else:
-            continue  # still there after 10 s: SIGKILL
-        break
-
-
 @pytest.fixture(scope="module")
 def served(tiny_run, tmp_path_factory):
     """Register the tiny run's model into a store of this module's own, serve ``@champion``; yields
@@ -97,7 +68,7 @@ def served(tiny_run, tmp_path_factory):
     previous_uri = tracking_utils._tracking_uri  # register sets it (and the env var); restored at the end
     env = pytest.MonkeyPatch()
     env.setenv("MLFLOW_TRACKING_URI", store)
-    proc = None
+    server = None
     try:
         config = config.with_overrides([f"register.model_name={MODEL_NAME}", "register.min_accuracy=0.0"])
         result = register.run(
@@ -112,53 +83,17 @@ def served(tiny_run, tmp_path_factory):
         )
         assert result["promoted"], result
         model_uri = f"models:/{MODEL_NAME}@champion"
-        port = _free_port()
-        url = f"http://127.0.0.1:{port}"
-        log_path = tmp / "server.log"
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen(
-                [
-                    str(Path(sys.executable).parent / "mlflow"),
-                    "models",
-                    "serve",
-                    "-m",
-                    model_uri,
-                    "--env-manager",
-                    "local",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                ],
-                env={**os.environ, "MLFLOW_TRACKING_URI": store, "MLFLOW_DISABLE_TELEMETRY": "true"},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                tail = log_path.read_text(errors="replace")[-4000:]
-                state = (
-                    f"exited with status {proc.returncode}"
-                    if proc.poll() is not None
-                    else f"gave no 200 on /ping in {SERVER_START_TIMEOUT_S} s"
-                )
-                pytest.fail(f"mlflow models serve {state}; its output:\n{tail}")
-            time.sleep(0.5)
+        try:
+            server = ModelServer(model_uri, store, tmp / "server.log", start_timeout_s=SERVER_START_TIMEOUT_S)
+        except ModelServerError as exc:
+            pytest.fail(str(exc))
         test = PreparedDataset.load(work / "prepared/main").split("test")
         images = [test.root / p for p in test.manifest["path"]]
         assert len(images) >= 4, "the tiny run's test split needs at least 4 images"
-        yield url, model_uri, images
+        yield server.url, model_uri, images
     finally:
-        if proc is not None:
-            _stop(proc)
+        if server is not None:
+            server.stop()
         mlflow.set_tracking_uri(previous_uri)
         env.undo()
 

@@ -70,15 +70,11 @@ def polarity_of(label: str, label_set: str | None = None) -> str | None:
     """``positive`` / ``negative`` of an emotion label in ``label_set`` (or the first label set that has the label);
     None for a label without polarity (Emotion6's neutral) or unknown to every set."""
     from image_emotion.data.emotions import get_label_set
-    from image_emotion.errors import ConfigError
 
     for name in (label_set,) if label_set else ("mikels8", "ekman6", "emotion6", "binary"):
         labels = get_label_set(name)
         if label in labels.labels:
-            try:
-                return labels.polarity(label)
-            except ConfigError:
-                return None
+            return labels.polarity_or_none(label)
     return None
 
 

@@ -248,14 +248,8 @@ def anmrr(relevant: np.ndarray, n_relevant: np.ndarray | None = None, gtm: int |
 def _polarity_ids(label_set: str) -> np.ndarray:
     """Per class id: 1 positive, 0 negative, -1 no polarity (Emotion6's neutral)."""
     labels = get_label_set(label_set)
-    pol = {"positive": 1, "negative": 0}
-    ids = []
-    for name in labels.labels:
-        try:
-            ids.append(pol[labels.polarity(name)])
-        except ConfigError:
-            ids.append(-1)
-    return np.array(ids, dtype=np.int64)
+    ids = {"positive": 1, "negative": 0, None: -1}
+    return np.array([ids[labels.polarity_or_none(name)] for name in labels.labels], dtype=np.int64)
 
 
 def _relevant_counts(query_keys: np.ndarray, gallery_keys: np.ndarray, exclude_self: bool) -> np.ndarray:

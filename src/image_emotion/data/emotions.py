@@ -72,6 +72,14 @@ class LabelSet:
             raise ConfigError(f"{self.name} label {label!r} has no polarity")
         return "positive" if label in self.positive else "negative"
 
+    def polarity_or_none(self, label: str) -> str | None:
+        """``polarity(label)``, or None for a label of this set without one (Emotion6's neutral)."""
+        try:
+            return self.polarity(label)
+        except ConfigError:
+            self.index(label)  # an unknown label is still an error
+            return None
+
 
 MIKELS8 = LabelSet(
     "mikels8",

@@ -410,9 +410,7 @@ def register_op(
         Path(evaluation.path), Path(tempfile.mkdtemp(prefix="register-")) / "register.json",
     )  # fmt: skip
     result = register.run(config, paths)
-    from collections import namedtuple
-
-    return namedtuple("RegisterOutputs", ["version", "promoted"])(int(result["version"]), bool(result["promoted"]))
+    return runtime.register_outputs(result)
 
 
 @dsl.component(base_image=IMAGE_CPU)
@@ -439,6 +437,4 @@ def register_metric_op(
         Path(tempfile.mkdtemp(prefix="register-")) / "register_metric.json",
     )  # fmt: skip
     result = register_metric.run(config, paths)
-    from collections import namedtuple
-
-    return namedtuple("RegisterOutputs", ["version", "promoted"])(int(result["version"]), bool(result["promoted"]))
+    return runtime.register_outputs(result)

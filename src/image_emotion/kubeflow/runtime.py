@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import namedtuple
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +81,11 @@ def log_to_kfp(metrics_artifact: Any, values: dict[str, Any]) -> None:
             continue
         if value == value and abs(value) != float("inf"):
             metrics_artifact.log_metric(key, float(value))
+
+
+RegisterOutputs = namedtuple("RegisterOutputs", ["version", "promoted"])  # the register components' outputs
+
+
+def register_outputs(result: dict[str, Any]) -> RegisterOutputs:
+    """A registration record (``register_and_promote``'s) as the register components' kfp outputs."""
+    return RegisterOutputs(int(result["version"]), bool(result["promoted"]))

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from image_emotion.config import Config
 from image_emotion.data.emotions import get_label_set
@@ -29,19 +28,11 @@ from image_emotion.data.torch_data import PreparedDataset
 from image_emotion.device import pick_device
 from image_emotion.figures import query_grid, relevance, tsne_coordinates, tsne_plot
 from image_emotion.files import write_json_atomic, write_text_atomic
-from image_emotion.models.metric import SentimentVectorNet, load_metric_model
+from image_emotion.models.metric import load_metric_model
 from image_emotion.retrieval import EmbeddingIndex
 from image_emotion.stages.paths import RetrievePaths
 from image_emotion.tracking import runs as tracking
-from image_emotion.training.metric import embed, image_tensor, score
-
-MEASURES = ("nn", "ft", "st", "map8", "map2", "dcg", "anmrr")
-
-
-def embed_dataset(model: SentimentVectorNet, state: dict[str, Any], data: PreparedDataset) -> dict[str, np.ndarray]:
-    """The model's outputs for every image of ``data`` (``{"sentiment": (N, 680), "logits": (N, C), ...}``)."""
-    images = image_tensor(data, state["image_size"], state["image_mean"], state["image_std"])
-    return embed(model, images)
+from image_emotion.training.metric import RETRIEVAL_MEASURES, embed_prepared, score
 
 
 def grid_queries(labels: np.ndarray, test: np.ndarray, count: int) -> list[int]:
@@ -98,8 +89,7 @@ def run(config: Config, paths: RetrievePaths) -> dict[str, Any]:
     data = PreparedDataset.load(paths.prepared)
     idx = {s: data.split_rows(s) for s in ("train", "test")}
     labels = data.labels().numpy()
-    with torch.inference_mode():
-        out = embed_dataset(model, state, data)
+    out = embed_prepared(model, state, data)
     main = {
         "protocol": "test queries against the train split",
         **score(out, labels, idx["test"], idx["train"], feature, data.label_set),
@@ -128,7 +118,7 @@ def run(config: Config, paths: RetrievePaths) -> dict[str, Any]:
     write_figures(out, feature, data, idx, config.retrieve.k, config.retrieve.grid_queries, paths.plots)
     index.save(paths.index)
     with tracking.stage_run(config, "retrieve", ("retrieve",)) as mlflow:
-        tracking.log_metrics({f"test_{k}": main[k] for k in ("accuracy", *MEASURES)})
+        tracking.log_metrics({f"test_{k}": main[k] for k in ("accuracy", *RETRIEVAL_MEASURES)})
         mlflow.log_artifacts(str(paths.plots), artifact_path="plots_retrieval")
         mlflow.log_artifacts(str(paths.index), artifact_path="index")
     write_json_atomic(paths.metrics, result)

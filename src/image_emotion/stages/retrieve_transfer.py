@@ -16,17 +16,14 @@ from image_emotion.metrics import retrieval_report
 from image_emotion.models.metric import load_metric_model
 from image_emotion.stages.paths import RetrieveTransferPaths
 from image_emotion.tracking import runs as tracking
-from image_emotion.training.metric import embed, image_tensor
-
-MEASURES = ("nn", "ft", "st", "map8", "map2", "dcg", "anmrr")
+from image_emotion.training.metric import RETRIEVAL_MEASURES, embed_prepared
 
 
 def run(config: Config, paths: RetrieveTransferPaths) -> dict[str, Any]:
     model, state = load_metric_model(paths.model)
     model.to(pick_device(config.device))
     data = PreparedDataset.load(paths.prepared)
-    images = image_tensor(data, state["image_size"], state["image_mean"], state["image_std"])
-    features = embed(model, images)[state["retrieval_feature"]]
+    features = embed_prepared(model, state, data)[state["retrieval_feature"]]
     labels = data.labels().numpy()
     report = retrieval_report(features, labels, features, labels, data.label_set, exclude_self=True)
     result = {
@@ -38,6 +35,6 @@ def run(config: Config, paths: RetrieveTransferPaths) -> dict[str, Any]:
         **report,
     }
     with tracking.stage_run(config, f"retrieve@{paths.set_name}"):
-        tracking.log_metrics({k: report[k] for k in MEASURES})
+        tracking.log_metrics({k: report[k] for k in RETRIEVAL_MEASURES})
     write_json_atomic(paths.metrics, result)
     return result

@@ -33,6 +33,7 @@ from image_emotion.models.metric import SentimentVectorNet, save_metric_model
 from image_emotion.stages.paths import TrainMetricPaths
 from image_emotion.tracking import runs as tracking
 from image_emotion.training.metric import (
+    RETRIEVAL_MEASURES,
     MetricObjective,
     TrunkCache,
     embed,
@@ -42,7 +43,7 @@ from image_emotion.training.metric import (
     train_metric_net,
 )
 
-MEASURES = ("accuracy", "nn", "ft", "st", "map8", "map2", "dcg", "anmrr")
+MEASURES = ("accuracy", *RETRIEVAL_MEASURES)
 
 
 @dataclasses.dataclass

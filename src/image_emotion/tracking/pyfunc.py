@@ -20,7 +20,6 @@ import torch
 from torchvision.transforms.functional import to_tensor
 
 from image_emotion.data.emotions import get_label_set
-from image_emotion.errors import ConfigError
 from image_emotion.tracking.served_input import decode_image_column
 
 try:
@@ -66,12 +65,6 @@ class EmotionPredictor:
         self.model = MultiLevelClassifier(load_detector(detector_path, self.device), head.to(self.device)).eval()
         self.batch_size, self.allow_paths = batch_size, allow_paths
 
-    def polarity(self, label: str) -> str:
-        try:
-            return self.label_set.polarity(label)
-        except ConfigError:  # Emotion6's neutral
-            return ""
-
     def predict_images(self, images: list) -> pd.DataFrame:
         """Decoded RGB images -> the output rows described in the module docstring."""
         rows = []
@@ -88,7 +81,7 @@ class EmotionPredictor:
                 rows.append(
                     {
                         "label": label,
-                        "polarity": self.polarity(label),
+                        "polarity": self.label_set.polarity_or_none(label) or "",  # a string column
                         **{c: float(v) for c, v in zip(self.labels, p, strict=True)},
                         "regions": json.dumps(regions),
                     }

@@ -77,13 +77,6 @@ class RetrievalPredictor:
             raise ConfigError(f"{model_path}: unknown retrieval_feature {self.feature!r}; retrain the model")
         self.batch_size = batch_size
 
-    def polarity(self, label: str) -> str | None:
-        """``positive`` / ``negative`` of ``label`` in the model's label set (None for a label without one)."""
-        try:
-            return self.label_set.polarity(label)
-        except ConfigError:
-            return None
-
     def embed_and_classify(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
         """Retrieval features ``(N, D)`` float32 and predicted class ids ``(N,)`` of ``images``, in batches."""
         from image_emotion.training.metric import preprocess
@@ -158,7 +151,7 @@ class RetrievalPredictor:
         out = []
         for c, found in zip(classes, neighbours, strict=True):
             label = self.label_set.labels[int(c)]
-            out.append({"label": label, "polarity": self.polarity(label), "neighbours": found})
+            out.append({"label": label, "polarity": self.label_set.polarity_or_none(label), "neighbours": found})
         return out
 
     def predict(self, frame: pd.DataFrame, k: int = DEFAULT_K) -> pd.DataFrame:

@@ -33,6 +33,7 @@ from image_emotion.models.metric import SentimentVectorNet
 from image_emotion.training.metric_batches import class_balanced_batches
 
 METRIC_LOSSES = ("sentiment", "triplet", "centre")
+RETRIEVAL_MEASURES = ("nn", "ft", "st", "map8", "map2", "dcg", "anmrr")  # the paper's seven (``retrieval_report``)
 FEATURES = ("sentiment", "fc", "joint")
 _DEFAULTS = MetricConfig()  # the objective's defaults are params.yaml's `metric` section
 
@@ -246,6 +247,11 @@ def score(
 
     q, g = out[feature][queries], out[feature][gallery]
     report = retrieval_report(q, labels[queries], g, labels[gallery], label_set)
-    nearest = labels[gallery][rank_gallery(q, g)[:, 0]] if not classifier_trained else None
-    predicted = out["logits"][queries].argmax(1) if classifier_trained else nearest
+    predicted = out["logits"][queries].argmax(1) if classifier_trained else labels[gallery][rank_gallery(q, g)[:, 0]]
     return {"accuracy": float((predicted == labels[queries]).mean()), **report}
+
+
+def embed_prepared(model: SentimentVectorNet, state: dict, data: PreparedDataset) -> dict[str, np.ndarray]:
+    """A saved model's outputs for every image of ``data``, preprocessed as the model was trained (``state``:
+    ``load_metric_model``'s saved state with ``image_size``, ``image_mean``, ``image_std``)."""
+    return embed(model, image_tensor(data, state["image_size"], state["image_mean"], state["image_std"]))
