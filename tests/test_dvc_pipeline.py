@@ -33,9 +33,13 @@ STAGES = [
     "train_metric",
     "retrieve",
     "retrieve_transfer@0",
+    "prepare_generative@0",
+    "train_generative",
+    "evaluate_generative",
     "report",
     "register",
     "register_metric",
+    "register_generative",
 ]
 
 
@@ -115,6 +119,7 @@ def test_a_code_change_reruns_the_stages_that_import_it_and_no_others(project):
     ran = _ran(_dvc(project, "repro"))
     assert ran[:3] == ["train_classifier", "transfer_cv@0", "evaluate"]
     assert not set(ran) & {*STAGES[:8], "train_metric", "retrieve", "retrieve_transfer@0"}  # nor does seed 002
+    assert not set(ran) & {"prepare_generative@0", "train_generative", "evaluate_generative"}  # nor seed 001
 
 
 def test_every_stage_depends_on_every_module_it_imports(repo_root):
@@ -167,7 +172,7 @@ def test_a_second_repro_from_scratch_gives_identical_metrics(reproduced, tmp_pat
     _dvc(again, "init", "-q")
     _dvc(again, "repro")
     files = sorted(p.relative_to(first) for p in (first / "metrics").rglob("*.json"))
-    assert len(files) == 18 and files == sorted(p.relative_to(again) for p in (again / "metrics").rglob("*.json"))
+    assert len(files) == 23 and files == sorted(p.relative_to(again) for p in (again / "metrics").rglob("*.json"))
     for rel in files:
         a, b = json.loads((first / rel).read_text()), json.loads((again / rel).read_text())
         if isinstance(a, dict):  # wall-clock time is the one thing allowed to differ

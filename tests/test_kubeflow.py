@@ -28,7 +28,7 @@ def test_compiled_pipeline_requests_gpus_retries_and_fans_out(repo_root):
     }
     assert set(gpu) == {  # the extraction runs for the main data and, in the loop, for each transfer set
         "exec-pretrain-objects-op", "exec-finetune-detector-op", "exec-extract-regions-op", "exec-extract-regions-op-2",
-        "exec-train-metric-op",
+        "exec-train-metric-op", "exec-train-generative-op",
     }  # fmt: skip
     for resources in gpu.values():
         assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
@@ -39,17 +39,21 @@ def test_compiled_pipeline_requests_gpus_retries_and_fans_out(repo_root):
     tasks = spec["root"]["dag"]["tasks"]
     assert tasks["finetune-detector-op"]["retryPolicy"]["maxRetryCount"] == 2
     loops = {name: t for name, t in tasks.items() if "parameterIterator" in t}
-    assert len(loops) == 2  # the λ sweep and the transfer sets
+    assert len(loops) == 3  # the λ sweep, the transfer sets and the generative sets
     condition = next(t for t in tasks.values() if "triggerPolicy" in t)
     assert "min_accuracy" in condition["triggerPolicy"]["condition"]
     inputs = spec["root"]["inputDefinitions"]["parameters"]
-    expected = {"mlflow_tracking_uri", "mlflow_experiment", "params_yaml", "lambdas", "transfer_sets", "min_accuracy"}
+    expected = {
+        "mlflow_tracking_uri", "mlflow_experiment", "params_yaml", "lambdas", "transfer_sets", "generative_sets",
+        "min_accuracy",
+    }  # fmt: skip
     assert expected <= set(inputs)
 
 
 def test_pipeline_arguments_follow_params():
     args = pipeline_arguments(tiny_config())
     assert args["lambdas"] == [0.0, 0.5, 1.0] and args["transfer_sets"] == ["small"]
+    assert args["generative_sets"] == ["generative:ekman"]  # prepare_op's role of each set of generative.sets
     assert yaml.safe_load(args["params_yaml"])["detector"]["min_size"] == 96
 
 
@@ -91,8 +95,9 @@ def test_local_run_of_the_whole_pipeline_registers_a_model(tmp_path, monkeypatch
     stage_runs = {r.info.run_name: r.info.run_id for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id}
     # the same tree as under `dvc repro` (tests/test_pipeline_stages.py): one run per stage, λ and folds below
     assert sorted(stage_runs) == [
-        "evaluate", "extract_regions", "finetune_detector", "pretrain_objects", "register", "register_metric",
-        "report", "retrieve", "retrieve@small", "train_classifier", "train_metric", "transfer_cv@small",
+        "evaluate", "evaluate_generative", "extract_regions", "finetune_detector", "pretrain_objects", "register",
+        "register_generative", "register_metric", "report", "retrieve", "retrieve@small", "train_classifier",
+        "train_generative", "train_metric", "transfer_cv@small",
     ]  # fmt: skip
     lambda_runs = set(children[stage_runs["train_classifier"]])
     assert {"lambda=0.0", "lambda=0.5", "lambda=1.0", "loss=p", "mode=global", "binary"} <= lambda_runs

@@ -51,6 +51,8 @@ def paper_project(tmp_path_factory, repo_root):
             "transfer.sets": f"[{{name: artphoto, dataset: artphoto, root: {artphoto}}}, "
             f"{{name: abstract, dataset: abstract, root: {abstract}}}, "
             f"{{name: emotion6, dataset: emotion6, root: {emotion6}}}]",
+            "generative.sets": f"[{{name: emotionroi, dataset: emotionroi, root: {emotionroi}}}, "
+            f"{{name: emotion6, dataset: emotion6, root: {emotion6}}}]",
             "synthetic.sets": "{objects: {num_images: 16, seed: 2}}",  # COCO's role stays synthetic
             "finetune.max_images": "null",
         }
@@ -77,7 +79,8 @@ def test_every_stage_ran_in_the_papers_roles(paper_project):
             "prepare_transfer@2", "pretrain_objects", "finetune_detector", "extract_main", "extract_transfer@0",
             "extract_transfer@1", "extract_transfer@2", "train_classifier", "transfer_cv@0", "transfer_cv@1",
             "transfer_cv@2", "evaluate", "report", "register", "train_metric", "retrieve", "retrieve_transfer@0",
-            "retrieve_transfer@1", "retrieve_transfer@2", "register_metric",
+            "retrieve_transfer@1", "retrieve_transfer@2", "register_metric", "prepare_generative@0",
+            "prepare_generative@1", "train_generative", "evaluate_generative", "register_generative",
         ]
     )  # fmt: skip
     assert _json(root / "metrics/objects.json")["images"] == 16  # the synthetic objects set played COCO
@@ -134,6 +137,29 @@ def test_classifier_on_fi_and_transfer_to_artphoto_and_abstract(paper_project):
         == (pd.read_csv(root / "data/prepared/main/manifest.csv")["split"] == "test").sum()
     )
     assert _json(root / "metrics/register.json")["version"] == 1
+
+
+def test_one_generative_model_answers_fi_emotionroi_and_emotion6(paper_project):
+    root, _ = paper_project
+    trained = _json(root / "metrics/generative_train.json")
+    assert trained["emotion_models"] == ["mikels8", "binary", "ekman6", "emotion6"]
+    train = {
+        name: pd.read_csv(root / path / "manifest.csv").query("split == 'train'")
+        for name, path in (
+            ("fi", "data/prepared/main"),
+            ("emotionroi", "data/prepared/generative/emotionroi"),
+            ("emotion6", "data/prepared/generative/emotion6"),
+        )
+    }
+    polar = sum(len(t) for t in train.values()) - int((train["emotion6"]["label"] == "neutral").sum())
+    assert trained["train_examples"] == {  # Emotion6's neutral images have no positive / negative view
+        "mikels8": len(train["fi"]), "binary": polar, "ekman6": len(train["emotionroi"]),
+        "emotion6": len(train["emotion6"]),
+    }  # fmt: skip
+    evaluation = _json(root / "metrics/generative.json")
+    assert evaluation["decoding"]["valid"] == 1.0 and set(evaluation["emotion_models"]) == set(
+        trained["emotion_models"]
+    )
 
 
 def test_report_sets_the_papers_figures_beside_the_datasets_it_has_and_flags_the_one_it_lacks(paper_project):

@@ -1,7 +1,9 @@
 """The report stage: its tables say what the metrics files say, beside the paper's published figures (typed here
 from the paper, not read from the package's data file); a banner when the data are not the paper's; the HTML
 is one self-contained file with the same tables; later seeds' results get their section (seed 002's: its Table 1,
-the retrieval measures, its claims and figures, beside its paper's figures); logged to MLflow."""
+the retrieval measures, its claims and figures, beside its paper's figures; seed 001's: the one model beside the
+probes and seed 000's classifier, the low-resource curve, its claims and figure, with no paper numbers); logged to
+MLflow."""
 
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ PAPER_TABLE1 = {
     "global+emotional": ("75.46", "87.51"),
 }
 PAPER_TABLE2 = {"L_cls": ("73.05", "85.94"), "L_p": ("73.58", "86.07"), "L_multi": ("75.46", "87.51")}
+SEED_001 = "Seed 001: one generative model for every emotion model"
+SEED_002 = "Seed 002: deep metric learning and affective image retrieval"
 
 
 def _paths(work: Path, out: Path) -> ReportPaths:
@@ -37,6 +41,7 @@ def _paths(work: Path, out: Path) -> ReportPaths:
     return ReportPaths(
         m / "prepare", m / "detector.json", m / "classifier.json", m / "sweep.json", m / "ablation.json",
         m / "transfer", m / "evaluate.json", m, work / "plots", out, work / "plots_retrieval",
+        work / "plots_generative",
     )  # fmt: skip
 
 
@@ -177,24 +182,12 @@ def test_the_report_is_logged_to_the_pipeline_parent_run(written, mlflow_uri):
     assert runs[0].data.metrics["claim.regions_over_global"] == float(written[1]["regions_over_global"])
 
 
-def test_later_seeds_results_get_their_section_when_present(tiny_run, mlflow_uri, tmp_path):
-    work, config = tiny_run
-    copy = tmp_path / "run"
-    shutil.copytree(work / "metrics", copy / "metrics")
-    shutil.copytree(work / "plots", copy / "plots")
-    # seed 001's results: a table of their numbers; seed 002 not run: said so (its own section when it runs)
-    (copy / "metrics/generative.json").write_text(json.dumps({"accuracy": 0.3125, "decoding": {"valid": 1.0}}))
-    report.run(config, _paths(copy, tmp_path / "out"))
-    md = (tmp_path / "out/paper.md").read_text()
-    assert md_tables(md)["Seed 001: one generative model for every emotion model"][1:] == [
-        ["accuracy", "0.3125"],
-        ["decoding.valid", "1"],
-    ]
-    assert "## Seed 002: deep metric learning and affective image retrieval\n\nNot run in this pipeline yet." in md
-    page = (tmp_path / "out/paper.html").read_text()
-    assert (
-        "<h2>Seed 002: deep metric learning and affective image retrieval</h2><p>Not run in this pipeline yet." in page
-    )
+def test_later_seeds_sections_wait_for_their_results(written):
+    _, result, md, page = written  # the tiny run stops at evaluate: neither retrieval.json nor generative.json
+    for title in (SEED_002, SEED_001):
+        assert f"## {title}\n\nNot run in this pipeline yet." in md, title
+        assert f"<h2>{title}</h2><p>Not run in this pipeline yet." in page, title
+    assert not {"one_model_vs_probes", "low_resource_vs_probe_fewest_shots", "sv_over_softmax_map8"} & set(result)
 
 
 def test_a_missing_results_file_is_named(tiny_run, tmp_path):
@@ -235,7 +228,6 @@ def test_no_banner_when_every_role_is_the_papers_dataset():
 
 # ---------------------------------------------------------------------------------------------- seed 002
 
-SEED_002 = "Seed 002: deep metric learning and affective image retrieval"
 T1_002, RETRIEVAL_002, CLAIMS_002 = (
     "Table 1 (seed 002)",
     "Retrieval (Table 2 protocol)",
@@ -457,3 +449,287 @@ def test_seed_002_figures_inlined_in_html_when_both_exist(tmp_path):
     ]
     assert inlined == pngs
     assert "../plots_retrieval/tsne.png" in _md(built) and "../plots_retrieval/queries.png" in _md(built)
+
+
+# ---------------------------------------------------------------------------------------------- seed 001
+
+ONE_MODEL_001, LOW_001, CLAIMS_001 = (
+    "One model, every emotion model (seed 001)",
+    "Low resource (seed 001)",
+    "The paper's claims on this run (seed 001)",
+)
+GENERATIVE_FIG = "Low-resource curve: test accuracy by training images a class, the one model and the probes"
+TRAIN_A_CLASS = {"mikels8": 8, "binary": 2, "ekman6": 6}  # classes: training images at k shots = k x this
+# probes: each emotion model's separate probe; the one model's accuracies are 0.55 (mikels8), 0.75 (binary),
+# 0.40 (ekman6): the first ties nothing, binary loses to its probe by 3 points, ekman6 ties its probe
+PROBES_WIN_ONE = {"mikels8": 0.50, "binary": 0.78, "ekman6": 0.40}
+PROBES_ALL_BELOW_OR_EQUAL = {"mikels8": 0.50, "binary": 0.70, "ekman6": 0.40}
+
+
+def _lr(shots: int, model: str, gen: float, probe: float | None, gen_std=None, probe_std=None, seeds=(0,)) -> dict:
+    """One row of generative.json's low_resource."""
+    return {
+        "shots": shots, "emotion_model": model, "train_images": shots * TRAIN_A_CLASS[model], "generative": gen,
+        "generative_std": gen_std, "probe": probe, "probe_std": probe_std, "seeds": list(seeds),
+    }  # fmt: skip
+
+
+def _scores(accuracy: float, n: int, generated: float, unconstrained: float, polarity: float | None = None) -> dict:
+    out = {
+        "accuracy": accuracy, "per_class_accuracy": {}, "confusion_matrix": [], "num_samples": n,
+        "generated_valid": 1.0, "generated_accuracy": generated, "generation_agrees_with_ranking": 0.9,
+        "unconstrained_valid": unconstrained, "kl_to_target": 1.1,
+    }  # fmt: skip
+    return out | ({} if polarity is None else {"polarity_accuracy": polarity})
+
+
+def _generative(probes: dict | None = None, low_resource: list | None = None, dataset: str = "synthetic") -> dict:
+    """A hand-written metrics/generative.json (evaluate_generative's schema)."""
+    probes = PROBES_WIN_ONE if probes is None else probes
+    return {
+        "dataset": dataset, "label_set": "mikels8", "accuracy": 0.55,
+        "emotion_models": {
+            "mikels8": _scores(0.55, 120, 0.5333, 0.80, polarity=0.8),
+            "binary": _scores(0.75, 120, 0.7417, 0.95),
+            "ekman6": _scores(0.40, 60, 0.3833, 0.85, polarity=0.7),
+        },
+        "probe_accuracy": probes,
+        "decoding": {"valid": 1.0, "unconstrained_valid": 0.8},
+        "low_resource": [
+            _lr(1, "mikels8", 0.30, 0.25, gen_std=0.025, probe_std=0.011, seeds=(0, 1, 2)),
+            _lr(1, "binary", 0.55, 0.60, gen_std=0.05, probe_std=0.02, seeds=(0, 1, 2)),
+            _lr(1, "ekman6", 0.20, None, gen_std=0.01, seeds=(0, 1, 2)),
+            _lr(5, "mikels8", 0.35, 0.45, gen_std=0.02, probe_std=0.03, seeds=(0, 1, 2)),
+            _lr(5, "binary", 0.65, 0.65, gen_std=0.01, probe_std=0.01, seeds=(0, 1, 2)),
+            _lr(5, "ekman6", 0.25, 0.22, gen_std=0.02, probe_std=0.04, seeds=(0, 1, 2)),
+        ] if low_resource is None else low_resource,
+        "sets": {"main": {"dataset": dataset, "label_set": "mikels8", "images": 800},
+                 "ekman": {"dataset": dataset, "label_set": "ekman6", "images": 400}},
+        "encoder": "efficientnet_lite0", "decoder": "small BART (d_model 128, 2+2 layers)",
+    }  # fmt: skip
+
+
+EVALUATION = {"dataset": "synthetic", "label_set": "mikels8", "test_accuracy": 0.48, "binary_test_accuracy": 0.71}
+
+
+def _seed_001_report(generative: dict, evaluation: dict | None = None, tmp_path: Path | None = None):
+    """The report of a run whose seed 000 files say little but evaluate.json, and whose generative.json is given."""
+    run = RunFigures(
+        prepare={}, detector={}, classifier={}, sweep=[], ablation=[], transfer={},
+        evaluation=EVALUATION if evaluation is None else evaluation,
+        extras={"generative": generative},
+        plots=tmp_path / "plots" if tmp_path else None,
+        generative_plots=tmp_path / "plots_generative" if tmp_path else None,
+    )  # fmt: skip
+    return build_report(run, tiny_config(), "abc", "hash")
+
+
+def test_seed_001_one_model_table_sets_the_probes_and_seed_000s_classifier_beside_the_one_model():
+    md = _md(_seed_001_report(_generative()))
+    rows = md_tables(md)[ONE_MODEL_001]
+    assert rows[0] == [
+        "emotion model", "test images", "one model", "separate probe", "seed 000 classifier", "constrained valid",
+        "unconstrained valid", "generation accuracy",
+    ]  # fmt: skip
+    assert rows[1:] == [  # the classifier: evaluate.json's test_accuracy (mikels8), binary_test_accuracy (binary)
+        ["mikels8 (main)", "120", "55.0", "50.0", "48.0", "100.0", "80.0", "53.3"],
+        ["binary", "120", "75.0", "78.0", "71.0", "100.0", "95.0", "74.2"],
+        ["ekman6", "60", "40.0", "40.0", "—", "100.0", "85.0", "38.3"],
+    ]
+    section = md[md.index(f"## {SEED_001}") :]
+    assert f"## {SEED_001}\n\nNot run" not in md
+    header = next(line for line in section.splitlines() if line.startswith("- **this run**"))
+    for part in ("synthetic (mikels8, 800 images)", "ekman: synthetic (ekman6, 400 images)",
+                 "Encoder efficientnet_lite0 (frozen)", "decoder small BART (d_model 128, 2+2 layers)",
+                 "100.0% constrained, 80.0% unconstrained"):  # fmt: skip
+        assert part in header, part
+    note = next(line for line in section.splitlines() if line.startswith("> "))
+    assert "abstract only" in note and "no numbers" in note
+
+
+@pytest.mark.parametrize(
+    ("evaluation", "classifier_column"),
+    [
+        # seed 000's classifier on another emotion model than the one model's main one: its 8-class figure applies
+        # to no row (ekman6 is not the one model's main emotion model either); its binary head still does
+        ({"dataset": "synthetic", "label_set": "ekman6", "test_accuracy": 0.48, "binary_test_accuracy": 0.71},
+         ["—", "71.0", "—"]),
+        # another main set: nothing of seed 000 applies
+        ({"dataset": "other", "label_set": "mikels8", "test_accuracy": 0.48, "binary_test_accuracy": 0.71},
+         ["—", "—", "—"]),
+    ],
+)  # fmt: skip
+def test_seed_001_classifier_column_only_where_it_answers_the_same_emotion_model_on_the_same_set(
+    evaluation, classifier_column
+):
+    rows = md_tables(_md(_seed_001_report(_generative(), evaluation)))[ONE_MODEL_001][1:]
+    assert [r[4] for r in rows] == classifier_column
+
+
+def test_seed_001_low_resource_table_one_row_a_k_the_one_model_beside_the_probe():
+    built = _seed_001_report(_generative())
+    table = next(t for t in built.generative.tables if t.title == LOW_001)
+    rows = md_tables(_md(built))[LOW_001]
+    assert rows[0] == [
+        "k (images a class)", "mikels8: one model", "mikels8: probe", "binary: one model", "binary: probe",
+        "ekman6: one model", "ekman6: probe",
+    ]  # fmt: skip
+    assert rows[1:] == [
+        ["1", "30.0 ± 2.5", "25.0 ± 1.1", "55.0 ± 5.0", "60.0 ± 2.0", "20.0 ± 1.0", "—"],
+        ["5", "35.0 ± 2.0", "45.0 ± 3.0", "65.0 ± 1.0", "65.0 ± 1.0", "25.0 ± 2.0", "22.0 ± 4.0"],
+    ]
+    assert table.notes[:2] == [
+        "k = 1: training images 8 (mikels8), 2 (binary), 6 (ekman6).",
+        "k = 5: training images 40 (mikels8), 10 (binary), 30 (ekman6).",
+    ]
+    # one seed (no std): the figure alone
+    one_seed = _seed_001_report(_generative(low_resource=[_lr(10, "mikels8", 0.4, 0.375)]))
+    assert md_tables(_md(one_seed))[LOW_001][1:] == [["10", "40.0", "37.5"]]
+    # no curve: an empty table that says so
+    none = _seed_001_report(_generative(low_resource=[]))
+    table = next(t for t in none.generative.tables if t.title == LOW_001)
+    assert table.rows == [] and "no low-resource curve" in table.notes[-1]
+
+
+@pytest.mark.parametrize(
+    ("probes", "low_resource", "expected", "cells"),
+    [
+        (  # binary's probe beats the one model by 3 points; at k = 1 (listed after k = 5) the one model wins
+            PROBES_WIN_ONE,
+            [_lr(5, "mikels8", 0.35, 0.45), _lr(1, "binary", 0.55, 0.60), _lr(1, "mikels8", 0.30, 0.25)],
+            {"one_model_vs_probes": (-3.0, False), "low_resource_vs_probe_fewest_shots": (5.0, True)},
+            ["mikels8 55.0 vs 50.0; binary 75.0 vs 78.0; ekman6 40.0 vs 40.0", "-3.0 points (smallest)",
+             "k = 1 (mikels8): 30.0 vs 25.0", "+5.0 points"],
+        ),
+        (  # no probe above the one model (ekman6 ties: at least as accurate); at k = 1 the probe wins by 2 points
+            PROBES_ALL_BELOW_OR_EQUAL,
+            [_lr(1, "mikels8", 0.20, 0.22), _lr(1, "binary", 0.7, 0.6), _lr(5, "mikels8", 0.5, 0.4)],
+            {"one_model_vs_probes": (0.0, True), "low_resource_vs_probe_fewest_shots": (-2.0, False)},
+            ["mikels8 55.0 vs 50.0; binary 75.0 vs 70.0; ekman6 40.0 vs 40.0", "+0.0 points (smallest)",
+             "k = 1 (mikels8): 20.0 vs 22.0", "-2.0 points"],
+        ),
+        (  # ties everywhere: at least as accurate, both hold
+            {"mikels8": 0.55, "binary": 0.75, "ekman6": 0.40},
+            [_lr(1, "mikels8", 0.30, 0.30), _lr(5, "mikels8", 0.2, 0.4)],
+            {"one_model_vs_probes": (0.0, True), "low_resource_vs_probe_fewest_shots": (0.0, True)},
+            ["mikels8 55.0 vs 55.0; binary 75.0 vs 75.0; ekman6 40.0 vs 40.0", "+0.0 points (smallest)",
+             "k = 1 (mikels8): 30.0 vs 30.0", "+0.0 points"],
+        ),
+    ],
+)  # fmt: skip
+def test_seed_001_claims_hold_or_fail_with_the_runs_accuracies(probes, low_resource, expected, cells):
+    built = _seed_001_report(_generative(probes, low_resource))
+    keys = [c.key for c in built.claims]  # seed 000's claims first, unchanged; then seed 001's
+    assert keys == ["regions_over_global", "emotional_over_object", "multi_over_cls", "lambda_inside", *expected]
+    got = {c.key: (c.ours, c.holds, c.paper, c.seed) for c in built.claims if c.key in expected}
+    assert got == {k: (pytest.approx(d), holds, None, "001") for k, (d, holds) in expected.items()}
+    rows = md_tables(_md(built))[CLAIMS_001]
+    assert rows[0] == ["claim", "this run", "difference", "verdict", "the paper"]
+    verdicts = ["holds" if holds else "does not hold" for _, holds in expected.values()]
+    assert [r[3] for r in rows[1:]] == verdicts
+    assert [rows[1][1], rows[1][2], rows[2][1], rows[2][2]] == cells
+    assert all(r[4] == "claimed in the abstract; no number published" for r in rows[1:])
+    assert len(md_tables(_md(built))["The paper's claims on this run"]) == 1 + 4  # not in seed 000's table
+
+
+def test_seed_001_a_claim_without_its_numbers_is_not_measured():
+    # ekman6 has no probe and the others tie or lose nothing: "every emotion model" cannot be said
+    no_probe = _generative({"mikels8": 0.5, "binary": 0.7}, low_resource=[_lr(1, "mikels8", 0.3, None)])
+    got = {c.key: (c.ours, c.holds) for c in _seed_001_report(no_probe).claims if c.seed == "001"}
+    assert got == {
+        "one_model_vs_probes": (pytest.approx(5.0), None),
+        "low_resource_vs_probe_fewest_shots": (None, None),
+    }
+    rows = md_tables(_md(_seed_001_report(no_probe)))[CLAIMS_001][1:]
+    assert [r[3] for r in rows] == ["not measured", "not measured"]
+    assert rows[1][1:3] == ["k = 1 (mikels8): 30.0 vs —", "—"]
+    # but one emotion model whose probe wins is enough to fail it
+    fails = _generative({"mikels8": 0.6, "binary": 0.7}, low_resource=[])
+    got = {c.key: (c.ours, c.holds) for c in _seed_001_report(fails).claims if c.seed == "001"}
+    assert got == {
+        "one_model_vs_probes": (pytest.approx(-5.0), False),
+        "low_resource_vs_probe_fewest_shots": (None, None),
+    }
+    # a generative.json of an older stage (no emotion models, no curve): a section, nothing measured
+    old = _seed_001_report({"accuracy": 0.3125, "decoding": {"valid": 1.0}})
+    assert [(c.ours, c.holds) for c in old.claims if c.seed == "001"] == [(None, None), (None, None)]
+    assert md_tables(_md(old))[ONE_MODEL_001][1:] == []
+
+
+def test_seed_001_summary_says_which_is_higher_per_row_from_the_numbers():
+    summary = _seed_001_report(_generative()).generative.summary
+    assert summary[:5] == [
+        "mikels8: the one model is higher than the probe (55.0 vs 50.0, +5.0 points); "
+        "the one model is higher than seed 000's classifier (55.0 vs 48.0, +7.0 points).",
+        "binary: the probe is higher than the one model (78.0 vs 75.0, +3.0 points); "
+        "the one model is higher than seed 000's classifier (75.0 vs 71.0, +4.0 points).",
+        "ekman6: the one model and the probe are equal (40.0).",
+        "Low resource, k = 1: the one model is higher on mikels8; the probe is higher on binary.",
+        "Low resource, k = 5: the one model is higher on ekman6; the probe is higher on mikels8; "
+        "they are equal on binary.",
+    ]
+    assert "encoder (efficientnet_lite0) is frozen" in summary[5]
+    assert "small BART (d_model 128, 2+2 layers)" in summary[5]
+    # the classifier above the one model: said so
+    higher = _seed_001_report(_generative(), EVALUATION | {"test_accuracy": 0.6}).generative.summary
+    assert higher[0].endswith("seed 000's classifier is higher than the one model (60.0 vs 55.0, +5.0 points).")
+    md = _md(_seed_001_report(_generative()))
+    assert "### What this run shows\n\n- mikels8: the one model is higher than the probe" in md
+
+
+def test_seed_001_section_in_the_stages_report_with_its_figure(tiny_run, mlflow_uri, tmp_path):
+    work, config = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(work / "metrics", copy / "metrics")
+    shutil.copytree(work / "plots", copy / "plots")
+    evaluation = json.loads((work / "metrics/evaluate.json").read_text())
+    # one model above binary's probe, below mikels8's: the first claim fails; at k = 1 it wins: the second holds
+    probes = {"mikels8": 0.6, "binary": 0.7, "ekman6": 0.35}
+    generative = _generative(probes, dataset=evaluation["dataset"])
+    (copy / "metrics/generative.json").write_text(json.dumps(generative))
+    png = _png(copy / "plots_generative/low_resource.png", (30, 160, 60))
+    out = tmp_path / "out"
+    result = report.run(config, _paths(copy, out))
+    md, page = (out / "paper.md").read_text(), (out / "paper.html").read_text()
+
+    assert result["one_model_vs_probes"] is False and result["low_resource_vs_probe_fewest_shots"] is True
+    client = mlflow.MlflowClient(mlflow_uri)
+    runs = client.search_runs(
+        [client.get_experiment_by_name("image-emotion").experiment_id],
+        "tags.stage = 'report'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    assert runs[0].data.metrics["claim.one_model_vs_probes"] == 0.0
+    assert runs[0].data.metrics["claim.low_resource_vs_probe_fewest_shots"] == 1.0
+
+    tables = md_tables(md)
+    rows = {r[0]: r for r in tables[ONE_MODEL_001][1:]}
+    assert evaluation["label_set"] == "mikels8"  # the tiny run's classifier answers the one model's main emotion model
+    assert rows["mikels8 (main)"][3:5] == ["60.0", _pct(evaluation["test_accuracy"])]
+    assert rows["binary"][3:5] == ["70.0", _pct(evaluation["binary_test_accuracy"])]
+    assert rows["ekman6"][3:5] == ["35.0", "—"]
+    # Markdown: the figure linked relative to the report
+    section = md[md.index(f"## {SEED_001}") :]
+    links = [line.split("](", 1)[1].rstrip(")") for line in section.splitlines() if line.startswith("![")]
+    assert len(links) == 1 and (out / links[0]).resolve() == (copy / "plots_generative/low_resource.png").resolve()
+    # HTML: the same tables, the figure inlined under its heading
+    parsed = _HtmlTables()
+    parsed.feed(page)
+    for title in (ONE_MODEL_001, LOW_001, CLAIMS_001):
+        assert parsed.tables[title] == tables[title], title
+    fig = next(h for h in parsed.images if h.startswith("Low-resource curve"))
+    assert [base64.b64decode(s.split(",", 1)[1]) for s in parsed.images[fig]] == [png]
+
+    # a report that travels alone (kfp): the Markdown inlines the figure too
+    report.write_report(config, _paths(copy, tmp_path / "alone"), inline_figures=True)
+    alone = (tmp_path / "alone/paper.md").read_text()
+    srcs = [line.split("](", 1)[1].rstrip(")") for line in alone[alone.index(SEED_001) :].splitlines() if "![" in line]
+    assert [base64.b64decode(s.split(",", 1)[1]) for s in srcs] == [png]
+
+    # the figure not written: said so, in both
+    (copy / "plots_generative/low_resource.png").unlink()
+    report.run(config, _paths(copy, tmp_path / "nofig"))
+    md = (tmp_path / "nofig/paper.md").read_text()
+    assert f"### {GENERATIVE_FIG}\n\n(not written)" in md
+    assert f"<h3>{GENERATIVE_FIG}</h3><p>(not written)</p>" in (tmp_path / "nofig/paper.html").read_text()

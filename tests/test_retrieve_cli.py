@@ -21,11 +21,12 @@ from image_emotion.data.datasets import load_dataset
 from image_emotion.data.emotions import MIKELS8
 from image_emotion.data.images import load_image
 from image_emotion.data.synthetic import generate
+from image_emotion.data.torch_data import preprocess
 from image_emotion.models.metric import SentimentVectorNet, save_metric_model
 from image_emotion.retrieval import EmbeddingIndex
 from image_emotion.tracking.pyfunc import encode_image_file
 from image_emotion.tracking.retrieval_pyfunc import RetrievalPredictor, log_retrieval_model
-from image_emotion.training.metric import embed, preprocess
+from image_emotion.training.metric import embed
 
 SIZE = 64
 

@@ -12,7 +12,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 TINY_OVERRIDES = [
     "synthetic.sets={objects: {num_images: 16, seed: 2}, regions: {num_images: 32, seed: 3}, "
-    "main: {num_images: 48, seed: 0}, small: {num_images: 40, seed: 1}}",
+    "main: {num_images: 48, seed: 0}, small: {num_images: 40, seed: 1}, "
+    "ekman: {num_images: 36, seed: 4, label_set: ekman6}}",
     "synthetic.image_size=96",
     "pretrain.epochs=1",
     "detector.min_size=96",
@@ -37,6 +38,16 @@ TINY_OVERRIDES = [
     "metric.min_per_class=1",
     "retrieve.k=3",
     "retrieve.grid_queries=2",
+    "generative.image_size=48",
+    "generative.d_model=16",
+    "generative.layers=1",
+    "generative.heads=2",
+    "generative.mapping_hidden=32",
+    "generative.prefix_length=2",
+    "generative.epochs=3",
+    "generative.batch_size=16",
+    "generative.low_resource_shots=[1, 2]",
+    "generative.low_resource_steps=4",
     "device=cpu",
 ]
 

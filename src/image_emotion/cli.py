@@ -1,5 +1,6 @@
-"""``image-emotion``: one sub-command a pipeline stage, plus ``predict`` and ``retrieve`` (seed 002: the images
-nearest in feeling to query images). Errors print one line and exit with status 2.
+"""``image-emotion``: one sub-command a pipeline stage, plus ``predict``, ``retrieve`` (seed 002: the images
+nearest in feeling to query images) and ``describe`` (seed 001: every emotion model from one generative
+model). Errors print one line and exit with status 2.
 
 Every stage sub-command takes ``--params`` / ``--set key=value`` and one option per path of the stage's
 ``*Paths`` dataclass (``--out-dir``, ``--metrics``, ...), defaulting to the paths ``dvc.yaml`` uses.
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from image_emotion.config import DEFAULT_PARAMS, load_config
-from image_emotion.errors import ImageEmotionError
+from image_emotion.errors import ConfigError, ImageEmotionError
 from image_emotion.stages import paths as stage_paths
 
 # sub-command -> (stage module, its paths dataclass, help)
@@ -52,12 +53,27 @@ STAGES = {
         "RetrieveTransferPaths",
         "seed 002: leave-one-out retrieval measures on one transfer set (the paper's small-set protocol)",
     ),
+    "train-generative": (
+        "train_generative",
+        "TrainGenerativePaths",
+        "seed 001: one generative model (encoder -> mapping -> BART) for every emotion model; low-resource curve",
+    ),
+    "evaluate-generative": (
+        "evaluate_generative",
+        "EvaluateGenerativePaths",
+        "seed 001: accuracy per emotion model from one model, constrained decoding, vs the classifiers",
+    ),
     "report": ("report", "ReportPaths", "the paper's tables beside this run's figures: reports/paper.md and .html"),
     "register": ("register", "RegisterPaths", "log + register the model in MLflow; promote to champion if better"),
     "register-metric": (
         "register_metric",
         "RegisterMetricPaths",
         "seed 002: log + register the retrieval model; champion if its test mAP8 is better",
+    ),
+    "register-generative": (
+        "register_generative",
+        "RegisterGenerativePaths",
+        "seed 001: log + register the generative model; champion if its test accuracy is better",
     ),
 }
 
@@ -149,6 +165,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-uri", default=None, help="an MLflow model, e.g. models:/image-emotion-retrieval@champion")
     p.set_defaults(func=_retrieve)
 
+    p = sub.add_parser(
+        "describe", help="seed 001: each image's label in every emotion model from one generative model (a table)"
+    )
+    p.add_argument("images", nargs="+", help="image files, folders (searched recursively) or glob patterns")
+    p.add_argument(
+        "--emotion-models", default="", help="comma-separated, e.g. mikels8,binary (default: every one it answers)"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON {image: [{emotion_model, label, ...}, ...]}")
+    p.add_argument("--model", type=Path, default=Path("models/generative"), help="(default: %(default)s)")
+    p.add_argument("--model-uri", default=None, help="an MLflow model, e.g. models:/image-emotion-generative@champion")
+    p.set_defaults(func=_describe)
+
     p = sub.add_parser("params", help="check a params file against the schema, or write the defaults (--write)")
     p.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: params.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -182,6 +210,58 @@ def _predict(args: argparse.Namespace) -> int:
         print(json.dumps({**results, **{k: {"error": v} for k, v in failures.items()}}, indent=2))
     else:
         print_table(results, failures)
+    return 1 if failures else 0
+
+
+def _describe(args: argparse.Namespace) -> int:
+    """``describe``: every image in every emotion model the generative model answers; bad files are reported and
+    skipped; exit status 1 when any failed."""
+    import pandas as pd
+
+    from image_emotion.data.images import load_image
+    from image_emotion.errors import ImageDecodeError
+    from image_emotion.predict import expand_inputs
+    from image_emotion.tracking.pyfunc import encode_image_file
+
+    files, failures = expand_inputs(args.images)
+    good = []
+    for f in files:
+        try:
+            load_image(f)
+            good.append(f)
+        except ImageDecodeError as exc:
+            failures[str(f)] = str(exc)
+    if args.model_uri:
+        import mlflow
+
+        model = mlflow.pyfunc.load_model(args.model_uri)
+        frame = pd.DataFrame({"image": [encode_image_file(f) for f in good]})
+        answer = model.predict(frame, params={"emotion_models": args.emotion_models}) if good else None
+    else:
+        from image_emotion.tracking.generative_pyfunc import GenerativePredictor
+
+        if not (args.model / "model.pt").is_file():
+            raise ConfigError(
+                f"{args.model}: no generative model; run `dvc repro` (or `image-emotion train-generative`)"
+            )
+        predictor = GenerativePredictor(args.model)
+        answer = predictor.predict_images([load_image(f) for f in good], args.emotion_models or None) if good else None
+    rows: dict[str, list[dict]] = {str(f): [] for f in good}
+    if answer is not None:
+        for record in answer.to_dict("records"):
+            record["distribution"] = json.loads(record["distribution"])
+            rows[str(good[int(record.pop("image"))])].append(record)
+    if args.json:
+        print(json.dumps({**rows, **{k: {"error": v} for k, v in failures.items()}}, indent=2))
+    else:
+        print(f"{'image':40} {'emotion model':14} {'label':12} {'confidence':>10}  polarity")
+        for image, records in rows.items():
+            for r in records:
+                print(
+                    f"{image[-40:]:40} {r['emotion_model']:14} {r['label']:12} {r['confidence']:10.3f}  {r['polarity']}"
+                )
+        for image, why in failures.items():
+            print(f"{image[-40:]:40} error: {why}")
     return 1 if failures else 0
 
 

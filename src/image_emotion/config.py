@@ -89,6 +89,11 @@ class ImagesConfig(Section):
 class SyntheticSet(Section):
     num_images: int = Field(ge=16, description="at least 2 per class")
     seed: int
+    label_set: Literal["mikels8", "ekman6"] = Field(
+        "mikels8",
+        description="ekman6: Mikels motifs labelled by Ekman's emotions (joy: amusement, contentment, "
+        "excitement; surprise: awe)",
+    )
 
 
 class SyntheticConfig(Section):
@@ -108,8 +113,10 @@ class SyntheticConfig(Section):
             "regions": SyntheticSet(num_images=400, seed=3),
             "main": SyntheticSet(num_images=800, seed=0),
             "small": SyntheticSet(num_images=240, seed=1),
+            "ekman": SyntheticSet(num_images=400, seed=4, label_set="ekman6"),
         },
-        description="drawn under data/synthetic/<name>: objects plays COCO, regions EmotionROI, main FI",
+        description="drawn under data/synthetic/<name>: objects plays COCO, regions EmotionROI, main FI, small the "
+        "small transfer sets, ekman a second emotion model for seed 001",
     )
 
     @classmethod
@@ -323,6 +330,64 @@ class RetrieveConfig(Section):
     grid_queries: int = Field(4, ge=0, description="test queries drawn with their top-k (queries.png)")
 
 
+class GenerativeConfig(Section):
+    """Seed 001's generative model (UGRIE): image encoder -> mapping -> BART filling each emotion model's template.
+
+    One model is trained on the main set (its label set and, with ``binary_view``, its polarity) mixed with
+    ``sets`` (other emotion models, e.g. EmotionROI's Ekman-6, Emotion6); the encoder is frozen and its features
+    computed once. CPU-sized defaults; the paper: CLIP + BART from their pretrained weights.
+    """
+
+    encoder: Literal["efficientnet_lite0", "clip"] = Field(
+        "efficientnet_lite0", description="clip: CLIP's vision tower (the paper) | Lite0 standing in for it"
+    )
+    encoder_weights: str | None = Field(
+        "imagenet",
+        description="Lite0: imagenet | a .pth path | null; clip: a local from_pretrained directory | "
+        "null (a small random CLIP, tests only)",
+    )
+    decoder_weights: str | None = Field(
+        None,
+        description="a local BART directory with its tokenizer (the paper: bart-base) | null: a small BART "
+        "trained from scratch over the template words",
+    )
+    image_size: int = Field(160, ge=32, le=1024, description="Lite0's input size (CLIP uses its own)")
+    prefix_length: int = Field(4, ge=1, description="image prefix vectors the mapping makes")
+    mapping_hidden: int = Field(512, ge=1)
+    d_model: int = Field(128, ge=8, description="the small BART (decoder_weights null): width")
+    layers: int = Field(2, ge=1, description="the small BART: encoder and decoder layers each")
+    heads: int = Field(4, ge=1, description="the small BART: attention heads (divides d_model)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="the small BART's dropout")
+    epochs: int = Field(15, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(0.0005, gt=0, description="AdamW (about 5e-5 with a pretrained BART)")
+    weight_decay: float = Field(0.01, ge=0)
+    distribution_weight: float = Field(
+        0.5, ge=0, le=1, description="λ of (1-λ)·template NLL + λ·CE(emotion distribution, label softmax) (eq. 4)"
+    )
+    binary_view: bool = Field(True, description="every set also trains and is evaluated as positive/negative")
+    sets: tuple[TransferSet, ...] = Field(
+        (TransferSet(name="ekman", dataset="synthetic", root="data/synthetic/ekman"),),
+        description="more emotion models mixed into the one model (the paper: emotionroi, emotion6, ...)",
+    )
+    num_beams: int = Field(2, ge=1, description="beam search of the constrained generation")
+    low_resource_shots: tuple[int, ...] = Field(
+        (1, 5, 10), description="k training images a class for the low-resource curve ([] skips it)"
+    )
+    low_resource_seeds: tuple[int, ...] = Field((0,), description="draws of the k-shot sets (mean ± std)")
+    low_resource_steps: int = Field(200, ge=1, description="optimiser steps of each k-shot model")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> GenerativeConfig:
+        if self.d_model % self.heads:
+            raise ValueError(f"heads ({self.heads}) must divide d_model ({self.d_model})")
+        names = [s.name for s in self.sets]
+        if len(set(names)) != len(names) or "main" in names:
+            raise ValueError(f"set names must be unique and not 'main', got {names}")
+        return self
+
+
 class EvaluateConfig(Section):
     num_overlays: int = Field(8, ge=0, description="test images drawn with their emotional regions")
 
@@ -334,6 +399,10 @@ class RegisterConfig(Section):
     )
     retrieval_model_name: str = Field("image-emotion-retrieval", description="seed 002's model (register_metric)")
     min_map8: float = Field(0.0, ge=0, le=1, description="never promote a retrieval model below this test mAP8")
+    generative_model_name: str = Field("image-emotion-generative", description="seed 001's model")
+    min_generative_accuracy: float = Field(
+        0.0, ge=0, le=1, description="never promote a generative model below this test accuracy (main emotion model)"
+    )
 
 
 class MlflowConfig(Section):
@@ -369,6 +438,7 @@ with warnings.catch_warnings():  # the section `register` shadows ABCMeta.regist
         evaluate: EvaluateConfig = EvaluateConfig()
         metric: MetricConfig = MetricConfig()
         retrieve: RetrieveConfig = RetrieveConfig()
+        generative: GenerativeConfig = GenerativeConfig()
         register: RegisterConfig = RegisterConfig()
         mlflow: MlflowConfig = MlflowConfig()
 

@@ -16,8 +16,12 @@ Why it is a fair test of seed 000's claims (regions beat global features; the em
   single label is the top vote (ties broken at random), so on ambiguous images it is noisy, and the vote
   distribution carries what a one-hot label lacks.
 
-Written in a published-like layout: ``images/<id>.png`` and ``annotations.csv`` (``path, label, votes,
-boxes, objects, ambiguous``; votes in Mikels-8 order). Everything follows from the seed: the same params
+A set with ``label_set: ekman6`` (seed 001's second emotion model) draws balanced Ekman emotions, each shown
+by the motif of a Mikels emotion that maps onto it (joy: amusement, contentment or excitement; surprise: awe;
+the four negative emotions their own), and sums the viewers' Mikels votes into Ekman's six.
+
+Written in a published-like layout: ``images/<id>.png`` and ``annotations.csv`` (``path, label, label_set,
+votes, boxes, objects, ambiguous``; votes in the label set's order). Everything follows from the seed: the same params
 give the same bytes.
 """
 
@@ -33,7 +37,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from image_emotion.config import SyntheticConfig
-from image_emotion.data.emotions import MIKELS8, WHEEL_ORDER, mikels_distance_matrix
+from image_emotion.data.emotions import EKMAN6, MIKELS8, MIKELS_TO_EKMAN, WHEEL_ORDER, mikels_distance_matrix
 from image_emotion.errors import ConfigError, DatasetError
 from image_emotion.files import atomic_dir
 
@@ -220,6 +224,26 @@ def draw_example(
     return img, row
 
 
+def to_ekman(rng: np.random.Generator, row: dict) -> dict:
+    """A Mikels-8 annotation row relabelled in Ekman-6: votes summed along ``MIKELS_TO_EKMAN``, label = top vote."""
+    votes = [0] * len(EKMAN6)
+    for label, count in zip(MIKELS8.labels, json.loads(row["votes"]), strict=True):
+        votes[EKMAN6.index(MIKELS_TO_EKMAN[label])] += count
+    return {**row, "label": EKMAN6.labels[top_vote(rng, votes)], "votes": json.dumps(votes)}
+
+
+def _emotions_to_draw(rng: np.random.Generator, n: int, label_set: str) -> list[str]:
+    """``n`` Mikels emotions to draw, balanced over ``label_set``'s classes, in shuffled order."""
+    if label_set == "mikels8":
+        emotions = [MIKELS8.labels[i % len(MIKELS8)] for i in range(n)]
+        rng.shuffle(emotions)
+        return emotions
+    targets = [EKMAN6.labels[i % len(EKMAN6)] for i in range(n)]
+    rng.shuffle(targets)
+    sources = {e: [m for m in MIKELS8.labels if MIKELS_TO_EKMAN[m] == e] for e in EKMAN6.labels}
+    return [sources[t][int(rng.integers(len(sources[t])))] for t in targets]
+
+
 def generate(out_dir: str | Path, config: SyntheticConfig, role: str = "main") -> Path:
     """Write the synthetic set of ``role`` (``config.sets``) to ``out_dir`` atomically (images drawn around
     balanced emotions in shuffled order): images, top-vote labels, votes, emotional-region boxes and every
@@ -228,19 +252,21 @@ def generate(out_dir: str | Path, config: SyntheticConfig, role: str = "main") -
         raise ConfigError(f"synthetic.sets has no set {role!r}; defined: {', '.join(config.sets)}")
     spec, size = config.sets[role], config.image_size
     rng = np.random.default_rng(spec.seed)
-    emotions = [MIKELS8.labels[i % len(MIKELS8)] for i in range(spec.num_images)]
-    rng.shuffle(emotions)
+    emotions = _emotions_to_draw(rng, spec.num_images, spec.label_set)
     ambiguous = rng.random(spec.num_images) < config.ambiguous_fraction
     with atomic_dir(out_dir) as tmp:
         (tmp / "images").mkdir()
         rows = []
         for i, (emotion, is_ambiguous) in enumerate(zip(emotions, ambiguous, strict=True)):
             img, row = draw_example(rng, emotion, size, config.votes_per_image, bool(is_ambiguous))
+            if spec.label_set == "ekman6":
+                row = to_ekman(rng, row)
             rel = f"images/{i:05d}.png"
             img.save(tmp / rel, optimize=False, compress_level=1)
-            rows.append({"path": rel, **row})
+            rows.append({"path": rel, "label_set": spec.label_set, **row})
         with (tmp / ANNOTATIONS).open("w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=["path", "label", "votes", "boxes", "objects", "ambiguous"])
+            fields = ["path", "label", "label_set", "votes", "boxes", "objects", "ambiguous"]
+            writer = csv.DictWriter(fh, fieldnames=fields)
             writer.writeheader()
             writer.writerows(rows)
     return Path(out_dir)

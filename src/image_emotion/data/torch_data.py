@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms.functional import to_tensor
@@ -93,6 +95,12 @@ class PreparedDataset:
             ],
             dtype=torch.float32,
         )
+
+
+def preprocess(image: Image.Image, size: int, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """One RGB image as the model's input: resized to ``size × size`` and normalised, ``(3, size, size)``."""
+    x = to_tensor(image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
+    return (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
 
 
 def load_tensor_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tensor:

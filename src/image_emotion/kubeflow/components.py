@@ -38,6 +38,7 @@ def prepare_op(
     out = Path(dataset.path)
     config = runtime.draw_if_synthetic(config, out / "images")
     summary = prepare.run(config, prepare.PreparePaths(out / "prepared", out / "prepare.json"))
+    (out / "role.txt").write_text(role)  # names a generative set among the collected ones
     runtime.log_to_kfp(metrics, summary)
     runtime.write_json(metrics.path, {"role": role, **summary})  # the report reads the sizes from here
 
@@ -332,6 +333,69 @@ def retrieve_transfer_op(
     runtime.log_to_kfp(result, runtime.read_json(result.path))
 
 
+@dsl.component(base_image=IMAGE_CUDA)
+def train_generative_op(
+    params_yaml: str,
+    mlflow_tracking_uri: str,
+    mlflow_experiment: str,
+    pipeline_run_id: str,
+    main: Input[Dataset],
+    sets: Input[List[Dataset]],  # noqa: UP006
+    model: Output[Model],
+    metrics: Output[Metrics],
+):
+    """Seed 001: one generative model for every emotion model (main set + ``generative.sets``), the probes'
+    baseline and the low-resource curve; ``model`` also holds generative_train.json and
+    generative_low_resource.json."""
+    import tempfile
+    from pathlib import Path
+
+    from image_emotion.kubeflow import runtime
+    from image_emotion.stages import train_generative
+
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
+    work = Path(tempfile.mkdtemp(prefix="generative-"))
+    out = Path(model.path)
+    paths = train_generative.TrainGenerativePaths(
+        Path(main.path) / "prepared", runtime.link_generative_sets(sets, work / "sets"), work / "checkpoint.pt",
+        out, out / "generative_train.json", out / "generative_low_resource.json",
+    )  # fmt: skip
+    runtime.log_to_kfp(metrics, train_generative.run(config, paths)["test_accuracy"])
+
+
+@dsl.component(base_image=IMAGE_CPU)
+def evaluate_generative_op(
+    params_yaml: str,
+    mlflow_tracking_uri: str,
+    mlflow_experiment: str,
+    pipeline_run_id: str,
+    main: Input[Dataset],
+    sets: Input[List[Dataset]],  # noqa: UP006
+    model: Input[Model],
+    metrics: Output[Metrics],
+    plots: Output[Dataset],
+) -> float:
+    """Seed 001: accuracy per emotion model from the one model, constrained decoding, low-resource curve;
+    ``metrics`` holds ``generative.json``. Returns the main emotion model's test accuracy."""
+    import tempfile
+    from pathlib import Path
+
+    from image_emotion.kubeflow import runtime
+    from image_emotion.stages import evaluate_generative
+
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
+    work = Path(tempfile.mkdtemp(prefix="generative-"))
+    trained = Path(model.path)
+    paths = evaluate_generative.EvaluateGenerativePaths(
+        Path(main.path) / "prepared", runtime.link_generative_sets(sets, work / "sets"), trained,
+        trained / "generative_train.json", trained / "generative_low_resource.json", Path(metrics.path),
+        Path(plots.path),
+    )  # fmt: skip
+    result = evaluate_generative.run(config, paths)
+    runtime.log_to_kfp(metrics, {"accuracy": result["accuracy"], **result["decoding"]})
+    return float(result["accuracy"])
+
+
 @dsl.component(base_image=IMAGE_CPU)
 def report_op(
     params_yaml: str,
@@ -349,6 +413,8 @@ def report_op(
     retrieval: Input[Metrics],
     retrieval_transfer: Input[List[Metrics]],  # noqa: UP006
     retrieval_plots: Input[Dataset],
+    generative: Input[Metrics],
+    generative_plots: Input[Dataset],
     html: Output[HTML],
     markdown: Output[Markdown],
 ):
@@ -372,6 +438,7 @@ def report_op(
     shutil.copy(Path(detector.path) / "detector.json", results / "detector.json")
     shutil.copy(evaluation.path, results / "evaluate.json")
     shutil.copy(retrieval.path, results / "retrieval.json")
+    shutil.copy(generative.path, results / "generative.json")
     for result in retrieval_transfer:
         summary = runtime.read_json(result.path)
         runtime.write_json(results / "retrieval_transfer" / f"{summary['set']}.json", summary)
@@ -379,7 +446,7 @@ def report_op(
     paths = report.ReportPaths(
         results / "prepare", results / "detector.json", results / "classifier.json", results / "lambda_sweep.json",
         results / "ablation.json", results / "transfer", results / "evaluate.json", results, Path(plots.path), out,
-        Path(retrieval_plots.path),
+        Path(retrieval_plots.path), Path(generative_plots.path),
     )  # fmt: skip
     report.write_report(config, paths, inline_figures=True)
     shutil.copy(out / "paper.html", html.path)
@@ -437,4 +504,30 @@ def register_metric_op(
         Path(tempfile.mkdtemp(prefix="register-")) / "register_metric.json",
     )  # fmt: skip
     result = register_metric.run(config, paths)
+    return runtime.register_outputs(result)
+
+
+@dsl.component(base_image=IMAGE_CPU)
+def register_generative_op(
+    params_yaml: str,
+    mlflow_tracking_uri: str,
+    mlflow_experiment: str,
+    pipeline_run_id: str,
+    main: Input[Dataset],
+    model: Input[Model],
+    evaluation: Input[Metrics],
+) -> NamedTuple("RegisterOutputs", [("version", int), ("promoted", bool)]):
+    """Seed 001: log and register the generative model; ``champion`` only when its test accuracy is better."""
+    import tempfile
+    from pathlib import Path
+
+    from image_emotion.kubeflow import runtime
+    from image_emotion.stages import register_generative
+
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
+    paths = register_generative.RegisterGenerativePaths(
+        Path(main.path) / "prepared", Path(model.path), Path(evaluation.path),
+        Path(tempfile.mkdtemp(prefix="register-")) / "register_generative.json",
+    )  # fmt: skip
+    result = register_generative.run(config, paths)
     return runtime.register_outputs(result)

@@ -4,8 +4,9 @@ pretrain_objects [GPU] + prepare detector data -> finetune_detector [GPU] -> pre
 extract_regions [GPU] -> ParallelFor λ: train_lambda -> Collected -> select_classifier -> ParallelFor transfer
 set: prepare, extract_regions [GPU], transfer_cv -> Collected -> evaluate -> report (HTML + Markdown artifacts)
 and, if test accuracy >= min_accuracy, register. Seed 002: prepare main data -> train_metric [GPU] -> retrieve ->
-report, register_metric, and retrieve_transfer for each transfer set (in its loop) -> report. The same graph as
-dvc.yaml.
+report, register_metric, and retrieve_transfer for each transfer set (in its loop) -> report. Seed 001: prepare
+each generative set (ParallelFor) -> Collected -> train_generative [GPU] -> evaluate_generative -> report,
+register_generative. The same graph as dvc.yaml.
 """
 
 from pathlib import Path
@@ -44,6 +45,7 @@ def image_emotion_pipeline(
     params_yaml: str,
     lambdas: list = list(DEFAULTS.classifier.lambdas),  # noqa: B006 - kfp default, from the config schema
     transfer_sets: list = [t.name for t in DEFAULTS.transfer.sets],  # noqa: B006
+    generative_sets: list = [f"generative:{s.name}" for s in DEFAULTS.generative.sets],  # noqa: B006
     min_accuracy: float = DEFAULTS.register.min_accuracy,
     mlflow_tracking_uri: str = "",
     mlflow_experiment: str = DEFAULTS.mlflow.experiment,
@@ -101,6 +103,21 @@ def image_emotion_pipeline(
                 set_name=set_name, dataset=small.outputs["dataset"], model=metric.outputs["model"], **common
             )
         )
+    with dsl.ParallelFor(items=generative_sets, name="generative-sets") as role:
+        other = _cpu(c.prepare_op(role=role, **common)).set_display_name("prepare generative set")
+    generative = _gpu(
+        c.train_generative_op(main=main.outputs["dataset"], sets=dsl.Collected(other.outputs["dataset"]), **common),
+        "8",
+        "32G",
+    )
+    generative_evaluation = _cpu(
+        c.evaluate_generative_op(
+            main=main.outputs["dataset"],
+            sets=dsl.Collected(other.outputs["dataset"]),
+            model=generative.outputs["model"],
+            **common,
+        )
+    )
     evaluation = _cpu(
         c.evaluate_op(
             main=main.outputs["dataset"],
@@ -124,6 +141,8 @@ def image_emotion_pipeline(
             retrieval=retrieval.outputs["metrics"],
             retrieval_transfer=dsl.Collected(small_retrieval.outputs["result"]),
             retrieval_plots=retrieval.outputs["plots"],
+            generative=generative_evaluation.outputs["metrics"],
+            generative_plots=generative_evaluation.outputs["plots"],
             **common,
         )
     )
@@ -147,6 +166,14 @@ def image_emotion_pipeline(
             **common,
         )
     )
+    _cpu(
+        c.register_generative_op(
+            main=main.outputs["dataset"],
+            model=generative.outputs["model"],
+            evaluation=generative_evaluation.outputs["metrics"],
+            **common,
+        )
+    )
 
 
 def pipeline_arguments(config: Config) -> dict[str, Any]:
@@ -155,6 +182,7 @@ def pipeline_arguments(config: Config) -> dict[str, Any]:
         "params_yaml": yaml.safe_dump(config.to_dict(), sort_keys=True),
         "lambdas": list(config.classifier.lambdas),
         "transfer_sets": [t.name for t in config.transfer.sets],
+        "generative_sets": [f"generative:{s.name}" for s in config.generative.sets],
         "min_accuracy": config.register.min_accuracy,
         "mlflow_experiment": config.mlflow.experiment,
     }

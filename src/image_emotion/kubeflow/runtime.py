@@ -25,13 +25,23 @@ def setup(params_yaml: str, mlflow_tracking_uri: str, mlflow_experiment: str, pi
     return config.with_overrides([f"mlflow.experiment={mlflow_experiment}"] if mlflow_experiment else [])
 
 
+GENERATIVE_ROLE = "generative:"  # prepare_op's role of a set of generative.sets: "generative:<name>"
+
+
 def role_config(config: Config, role: str) -> Config:
     """The config that ``prepare`` of ``role`` sees, as dvc.yaml's prepare stages set it: ``data.dataset`` and
-    ``data.root`` are those of ``detector`` (detector_data), ``main`` (data) or the transfer set ``role``."""
+    ``data.root`` are those of ``detector`` (detector_data), ``main`` (data), ``generative:<name>`` (a set of
+    ``generative.sets``) or the transfer set ``role``."""
     if role == "main":
         return config
     if role == "detector":
         ref = config.detector_data
+    elif role.startswith(GENERATIVE_ROLE):
+        by_name = {s.name: s for s in config.generative.sets}
+        name = role.removeprefix(GENERATIVE_ROLE)
+        if name not in by_name:
+            raise ConfigError(f"no set {name!r} in generative.sets ({', '.join(by_name)})")
+        ref = by_name[name]
     else:
         by_name = {t.name: t for t in config.transfer.sets}
         if role not in by_name:
@@ -70,6 +80,16 @@ def collect_transfer(results: list[Any], out: Path) -> None:
     for result in results:
         summary = read_json(result.path)
         write_json(Path(out) / f"{summary['set']}.json", summary)
+
+
+def link_generative_sets(datasets: list[Any], out: Path) -> Path:
+    """The collected ``prepare_op`` artifacts of ``generative.sets`` as ``out/<name>`` (links to each one's
+    ``prepared`` directory, named by the role each recorded): the layout of ``data/prepared/generative``."""
+    out.mkdir(parents=True, exist_ok=True)
+    for dataset in datasets:
+        role = (Path(dataset.path) / "role.txt").read_text().strip()
+        (out / role.removeprefix(GENERATIVE_ROLE)).symlink_to(Path(dataset.path) / "prepared")
+    return out
 
 
 def log_to_kfp(metrics_artifact: Any, values: dict[str, Any]) -> None:

@@ -1,7 +1,8 @@
 """``Report`` -> Markdown (images linked) and a self-contained HTML page (images inlined, no external files).
 
-Seed 002's section (``Report.retrieval``) prints its tables under its own heading and its figures
-(``plots_retrieval/``) the way the others are printed: linked or inlined through the Markdown's ``figure_src``,
+Seed 002's section (``Report.retrieval``) and seed 001's (``Report.generative``) print their tables under their
+own heading, seed 001's what its numbers say in words, and their figures (``plots_retrieval/``,
+``plots_generative/``) the way the others are printed: linked or inlined through the Markdown's ``figure_src``,
 inlined in the HTML page.
 """
 
@@ -21,6 +22,7 @@ FIGURES = (  # (file under plots/, heading): the λ curve (Fig. 8), the confusio
     ("regions.png", "Emotional regions (red, the best first and thickest) and ground truth (green) on test images"),
 )
 TITLE = "image-emotion: seed 000's tables, this run beside the paper"
+SUMMARY = "What this run shows"  # the heading of a section's ``summary``
 
 
 def _claim_verdict(holds: bool | None) -> str:
@@ -72,10 +74,13 @@ def _md_src(figure_src: Callable[[str], str], name: str) -> str:
 
 
 def md_retrieval(section: RetrievalSection, figure_src: Callable[[str], str]) -> str:
-    """Seed 002's section: header, notes, its tables and its figures (names relative to ``plots/``)."""
+    """A later seed's section: header, notes, its tables, its summary and its figures (names relative to
+    ``plots/``)."""
     out = [f"## {section.title}", "", f"- **paper**: {section.paper}", f"- **this run**: {section.header}", ""]
     out += [f"> {n}" for n in section.notes] + ([""] if section.notes else [])
     out += [md_table(t, level=3) for t in section.tables]
+    if section.summary:
+        out += [f"### {SUMMARY}", ""] + [f"- {line}" for line in section.summary] + [""]
     for fig in section.figures:
         body = f"![{fig.title}]({_md_src(figure_src, fig.name)})" if fig.name is not None else "(not written)"
         out += [f"### {fig.title}", "", body, ""]
@@ -84,7 +89,7 @@ def md_retrieval(section: RetrievalSection, figure_src: Callable[[str], str]) ->
 
 def markdown(report: Report, figure_src: Callable[[str], str]) -> str:
     """The report as GitHub Markdown; ``figure_src(file name under plots/)`` gives each figure's link (seed 002's
-    figures are named relative to ``plots/``, e.g. ``../plots_retrieval/tsne.png``)."""
+    and 001's figures are named relative to ``plots/``, e.g. ``../plots_retrieval/tsne.png``)."""
     out = [f"# {TITLE}", ""]
     out += [f"- **{k}**: {v}" for k, v in report.header] + [""]
     if report.banner:
@@ -97,9 +102,10 @@ def markdown(report: Report, figure_src: Callable[[str], str]) -> str:
     out.append(md_table(report.lambda_table))
     out += ["## Emotional-region detector", ""] + [f"- {k}: {v}" for k, v in report.detector] + [""]
     out += ["## Figures", ""] + [f"![{title}]({figure_src(name)})" for name, title in FIGURES] + [""]
+    sections = report.sections()
     for name, table in report.extras.items():
-        if name == "retrieval" and report.retrieval is not None:
-            out.append(md_retrieval(report.retrieval, figure_src))
+        if sections.get(name) is not None:
+            out.append(md_retrieval(sections[name], figure_src))
         else:
             out.append(md_table(table) if table else f"## {EXTRAS[name]}\n\nNot run in this pipeline yet.\n")
     return "\n".join(out).rstrip() + "\n"
@@ -150,7 +156,7 @@ def inline_png(path: Path) -> str:
 
 
 def html_retrieval(section: RetrievalSection) -> str:
-    """Seed 002's section, its figures inlined."""
+    """A later seed's section, its figures inlined."""
     parts = [
         f"<h2>{html.escape(section.title)}</h2>",
         f'<dl class="header"><dt>paper</dt><dd>{html.escape(section.paper)}</dd>'
@@ -158,6 +164,9 @@ def html_retrieval(section: RetrievalSection) -> str:
     ]
     parts += [f'<p class="banner">{html.escape(n)}</p>' for n in section.notes]
     parts += [html_table(t, level=3) for t in section.tables]
+    if section.summary:
+        items = "".join(f"<li>{html.escape(line)}</li>" for line in section.summary)
+        parts.append(f"<h3>{html.escape(SUMMARY)}</h3><ul>{items}</ul>")
     for fig in section.figures:
         body = (
             f'<img alt="{html.escape(fig.title)}" src="{inline_png(fig.path)}"/>'
@@ -193,9 +202,10 @@ def html_page(report: Report, plots: Path) -> str:
         path = plots / name
         body = f'<img alt="{html.escape(title)}" src="{inline_png(path)}"/>' if path.is_file() else "(not written)"
         parts.append(f"<h2>{html.escape(title)}</h2>{body}")
+    sections = report.sections()
     for name, table in report.extras.items():
-        if name == "retrieval" and report.retrieval is not None:
-            parts.append(html_retrieval(report.retrieval))
+        if sections.get(name) is not None:
+            parts.append(html_retrieval(sections[name]))
             continue
         missing = f"<h2>{html.escape(EXTRAS[name])}</h2><p>Not run in this pipeline yet.</p>"
         parts.append(html_table(table) if table else missing)

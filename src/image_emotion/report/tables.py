@@ -10,6 +10,12 @@ Seed 002 (``metrics/retrieval.json``, when the ``retrieve`` stage ran) gets its 
 figures (``published_002.yaml``): Table 1 (constraints and sampling), the retrieval measures of Table 2 on the main
 set and every transfer set, its two claims (also in ``Report.claims``, after seed 000's) and its figures
 (``plots_retrieval/``).
+
+Seed 001 (``metrics/generative.json``, when the ``evaluate_generative`` stage ran) gets its own section too: one
+generative model answering every emotion model beside a separate probe per emotion model and seed 000's multi-level
+classifier (``metrics/evaluate.json``), its low-resource curve, its two claims (in ``Report.claims`` after seed
+002's) and its figure (``plots_generative/low_resource.png``). The source we have of that paper is its abstract
+only: there are no published numbers to set beside ours, and its claims are checked qualitatively.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ EXTRAS = {  # later seeds' results, gathered when their stages have written them
     "retrieval": "Seed 002: deep metric learning and affective image retrieval",
     "generative": "Seed 001: one generative model for every emotion model",
 }
+SECTIONS = ("retrieval", "generative")  # the EXTRAS printed as their own sections (``Report.sections``)
 DASH = "—"
 
 
@@ -64,6 +71,7 @@ class RunFiles(Protocol):
     extras: Path  # retrieval.json + retrieval_transfer/ (seed 002), generative.json (seed 001) when present
     plots: Path  # the figures of evaluate
     retrieval_plots: Path  # tsne.png, queries.png (seed 002's retrieve) when present
+    generative_plots: Path  # low_resource.png (seed 001's evaluate_generative) when present
 
 
 @dataclass
@@ -80,6 +88,7 @@ class RunFigures:
     extras: dict[str, dict[str, Any]] = field(default_factory=dict)
     plots: Path | None = None  # where the figures of evaluate are (the report links figures relative to it)
     retrieval_plots: Path | None = None  # where seed 002's figures are
+    generative_plots: Path | None = None  # where seed 001's figures are
 
 
 def _read(path: Path) -> Any:
@@ -115,6 +124,7 @@ def read_run(inputs: RunFiles) -> RunFigures:
         extras=extras,
         plots=inputs.plots,
         retrieval_plots=inputs.retrieval_plots,
+        generative_plots=inputs.generative_plots,
     )
 
 
@@ -131,20 +141,22 @@ class Table:
 
 @dataclass
 class Claim:
-    """One of the paper's shapes: our difference (points, or λ*) and whether it holds, beside the paper's."""
+    """One of the paper's shapes: our difference (points, or λ*) and whether it holds, beside the paper's (None:
+    the paper publishes no number for it, seed 001's)."""
 
     key: str
     text: str
     ours: float | None
-    paper: float
+    paper: float | None
     holds: bool | None
-    seed: str = "000"  # the paper it comes from ("002": a difference in mAP8, not in points)
+    seed: str = "000"  # the paper it comes from ("002": a difference in mAP8, not in points; "001": points)
 
 
 @dataclass
 class RetrievalFigure:
-    """One of seed 002's figures: its title, its file (None when the run did not write it) and its name relative
-    to the run's ``plots/`` (what ``render.markdown``'s ``figure_src`` takes, e.g. ``../plots_retrieval/tsne.png``)."""
+    """One of a later seed's figures (seed 002's, seed 001's): its title, its file (None when the run did not write
+    it) and its name relative to the run's ``plots/`` (what ``render.markdown``'s ``figure_src`` takes, e.g.
+    ``../plots_retrieval/tsne.png``)."""
 
     title: str
     file_name: str
@@ -154,8 +166,10 @@ class RetrievalFigure:
 
 @dataclass
 class RetrievalSection:
-    """Seed 002's section: the paper, a header line (dataset, backbone, image size, feature, index), notes,
-    Table 1, the retrieval measures, the claims (as a table, and as ``Claim``s) and the figures."""
+    """A later seed's section. Seed 002's: the paper, a header line (dataset, backbone, image size, feature,
+    index), notes, Table 1, the retrieval measures, the claims (as a table, and as ``Claim``s) and the figures.
+    Seed 001's: the same, its tables the emotion models and the low-resource curve, and ``summary``: what the
+    numbers say, in words."""
 
     title: str
     paper: str
@@ -164,6 +178,7 @@ class RetrievalSection:
     tables: list[Table]
     claims: list[Claim]
     figures: list[RetrievalFigure]
+    summary: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -180,6 +195,11 @@ class Report:
     detector: list[tuple[str, str]]
     extras: dict[str, Table | None]
     retrieval: RetrievalSection | None = None  # seed 002's section, when metrics/retrieval.json exists
+    generative: RetrievalSection | None = None  # seed 001's section, when metrics/generative.json exists
+
+    def sections(self) -> dict[str, RetrievalSection | None]:
+        """The later seeds' sections by their ``EXTRAS`` name (None: that seed's stages have not run)."""
+        return {"retrieval": self.retrieval, "generative": self.generative}
 
 
 def pct(value: float | None) -> str:
@@ -581,17 +601,25 @@ def retrieval_claims(figures: dict[str, Any]) -> tuple[list[Claim], Table]:
     return claims, table
 
 
-def retrieval_figures(run: RunFigures) -> list[RetrievalFigure]:
-    """Seed 002's figures: each with its file and its name relative to ``plots/`` when the run wrote it."""
+def section_figures(
+    run: RunFigures, folder: Path | None, figures: tuple[tuple[str, str], ...]
+) -> list[RetrievalFigure]:
+    """A later seed's figures (``figures``: (file under ``folder``, title)): each with its file and its name
+    relative to ``plots/`` when the run wrote it."""
     out = []
-    for file_name, title in RETRIEVAL_FIGURES:
-        path = run.retrieval_plots / file_name if run.retrieval_plots is not None else None
+    for file_name, title in figures:
+        path = folder / file_name if folder is not None else None
         if path is None or not path.is_file():
             out.append(RetrievalFigure(title, file_name, None, None))
             continue
         name = Path(os.path.relpath(path, run.plots)).as_posix() if run.plots is not None else path.as_posix()
         out.append(RetrievalFigure(title, file_name, path, name))
     return out
+
+
+def retrieval_figures(run: RunFigures) -> list[RetrievalFigure]:
+    """Seed 002's figures: each with its file and its name relative to ``plots/`` when the run wrote it."""
+    return section_figures(run, run.retrieval_plots, RETRIEVAL_FIGURES)
 
 
 def retrieval_section(run: RunFigures) -> RetrievalSection | None:
@@ -625,10 +653,272 @@ def retrieval_section(run: RunFigures) -> RetrievalSection | None:
     )
 
 
+# ---------------------------------------------------------------------------------------------- seed 001
+
+PAPER_001 = (
+    "Shi et al., One for All: A Unified Generative Framework for Image Emotion Classification (UGRIE; IEEE TCSVT "
+    "34(8), 2024, pp. 7057-7068; seed 001)"
+)
+SOURCE_001 = (
+    "The source we have of this paper is its abstract only: it publishes no numbers we could set beside ours, so "
+    "this section has no paper column. Its claims (one model for several emotion models; large gains in supervised "
+    "and in low-resource settings) are checked qualitatively, on this run's own numbers: the one model against "
+    "separate models trained for each emotion model."
+)
+GENERATIVE_FIGURES = (  # (file under plots_generative/, title), as the evaluate_generative stage writes them
+    ("low_resource.png", "Low-resource curve: test accuracy by training images a class, the one model and the probes"),
+)
+CLAIMS_001 = (  # (key, text): seed 001's shapes, checked on every run (the abstract gives no number)
+    (
+        "one_model_vs_probes",
+        "one generative model (one set of weights) is at least as accurate as a separate probe on every emotion model",
+    ),
+    (
+        "low_resource_vs_probe_fewest_shots",
+        "with the fewest training images a class (the curve's smallest k), the one model is at least as accurate "
+        "as the probe on the main emotion model",
+    ),
+)
+
+
+def _points(a: float | None, b: float | None) -> float | None:
+    """``a - b`` in percentage points (two decimals); None when either is absent."""
+    return None if a is None or b is None else round(100 * (a - b), 2)
+
+
+def classifier_accuracy(emotion_model: str, figures: dict[str, Any], evaluation: dict[str, Any]) -> float | None:
+    """Seed 000's multi-level classifier's test accuracy where it answers ``emotion_model`` on the same test set:
+    ``test_accuracy`` for its own label set when that is also the one model's main emotion model, and the binary
+    head's ``binary_test_accuracy`` for ``binary``; None elsewhere, or when the two stages read different main
+    sets."""
+    ours, theirs = figures.get("dataset"), evaluation.get("dataset")
+    if ours is not None and theirs is not None and ours != theirs:
+        return None
+    if emotion_model == "binary":
+        return evaluation.get("binary_test_accuracy")
+    if emotion_model == evaluation.get("label_set") == figures.get("label_set"):
+        return evaluation.get("test_accuracy")
+    return None
+
+
+def one_model_table(figures: dict[str, Any], evaluation: dict[str, Any]) -> Table:
+    """One row an emotion model: its test images, the one model's accuracy, the separate probe's, seed 000's
+    classifier's where it applies, and the constrained (and unconstrained) generation."""
+    probes = figures.get("probe_accuracy") or {}
+    primary = figures.get("label_set")
+    rows = []
+    for name, m in (figures.get("emotion_models") or {}).items():
+        rows.append(
+            [
+                f"{name} (main)" if name == primary else name,
+                str(m.get("num_samples", DASH)),
+                pct(m.get("accuracy")),
+                pct(probes.get(name)),
+                pct(classifier_accuracy(name, figures, evaluation)),
+                pct(m.get("generated_valid")),
+                pct(m.get("unconstrained_valid")),
+                pct(m.get("generated_accuracy")),
+            ]
+        )
+    return Table(
+        "One model, every emotion model (seed 001)",
+        "Test accuracy (%) of the one generative model (one set of weights answers every emotion model: the most "
+        "likely template), of a separate softmax probe trained for each emotion model on the same frozen features, "
+        "and of seed 000's multi-level classifier (metrics/evaluate.json) where it answers the same emotion model on "
+        f"the same main set ({evaluation.get('dataset', DASH)}): its own label set "
+        f"({evaluation.get('label_set', DASH)}) when that is the one model's main emotion model, its binary head on "
+        "binary; a dash elsewhere.",
+        [
+            "emotion model",
+            "test images",
+            "one model",
+            "separate probe",
+            "seed 000 classifier",
+            "constrained valid",
+            "unconstrained valid",
+            "generation accuracy",
+        ],
+        rows,
+        [
+            "constrained valid: share (%) of the beam-search generations, constrained to the templates, that are a "
+            "valid template; unconstrained valid: the same without the constraint; generation accuracy: the "
+            "accuracy of the constrained generation.",
+        ],
+    )
+
+
+def low_resource_table(figures: dict[str, Any]) -> Table:
+    """The low-resource curve: one row a k (training images a class), the one model and the probe per emotion
+    model."""
+    curve = figures.get("low_resource") or []
+    models = list(dict.fromkeys(r["emotion_model"] for r in curve))
+    by_key = {(r["shots"], r["emotion_model"]): r for r in curve}
+    shots = sorted({r["shots"] for r in curve})
+    columns = ["k (images a class)"] + [f"{m}: {who}" for m in models for who in ("one model", "probe")]
+    rows, notes = [], []
+    for k in shots:
+        row = [str(k)]
+        for m in models:
+            r = by_key.get((k, m), {})
+            row += [
+                _mean_std(r.get("generative"), r.get("generative_std"), pct),
+                _mean_std(r.get("probe"), r.get("probe_std"), pct),
+            ]
+        rows.append(row)
+        sizes = [f"{by_key[(k, m)]['train_images']} ({m})" for m in models if "train_images" in by_key.get((k, m), {})]
+        if sizes:
+            notes.append(f"k = {k}: training images " + ", ".join(sizes) + ".")
+    seeds = next((r.get("seeds") for r in curve if r.get("seeds")), None)
+    if seeds:
+        notes.append(
+            f"Seeds {', '.join(str(s) for s in seeds)}: mean ± std over the seeds (one seed: the figure alone)."
+        )
+    if not curve:
+        notes.append("The run measured no low-resource curve (metrics/generative.json: low_resource is empty).")
+    return Table(
+        "Low resource (seed 001)",
+        "Test accuracy (%) of a fresh one model and of a fresh probe per emotion model, each trained on k images a "
+        "class of the training split (the same frozen features).",
+        columns,
+        rows,
+        notes,
+    )
+
+
+def _verdict(holds: bool | None) -> str:
+    return "not measured" if holds is None else "holds" if holds else "does not hold"
+
+
+def generative_claims(figures: dict[str, Any]) -> tuple[list[Claim], Table]:
+    """Seed 001's shapes checked on this run (differences in points, at least 0 holds), and them as a table."""
+    probes = figures.get("probe_accuracy") or {}
+    models = figures.get("emotion_models") or {}
+    pairs = {name: (m.get("accuracy"), probes.get(name)) for name, m in models.items()}
+    diffs = {name: _points(a, b) for name, (a, b) in pairs.items()}
+    measured = {name: d for name, d in diffs.items() if d is not None}
+    if any(d < 0 for d in measured.values()):  # one emotion model where the probe wins: it fails
+        every = False
+    else:  # every emotion model must be measured for "every" to hold
+        every = None if not measured or len(measured) < len(diffs) else True
+    one_model = (
+        min(measured.values()) if measured else None,
+        "; ".join(f"{name} {pct(a)} vs {pct(b)}" for name, (a, b) in pairs.items()) or DASH,
+        every,
+    )
+    primary = figures.get("label_set")
+    curve = [r for r in figures.get("low_resource") or [] if r.get("emotion_model") == primary]
+    fewest = min(curve, key=lambda r: r["shots"]) if curve else {}
+    d = _points(fewest.get("generative"), fewest.get("probe"))
+    low = (
+        d,
+        f"k = {fewest['shots']} ({primary}): {pct(fewest.get('generative'))} vs {pct(fewest.get('probe'))}"
+        if fewest
+        else DASH,
+        None if d is None else d >= 0,
+    )
+    claims, rows = [], []
+    for (key, text), (ours, shown, holds) in zip(CLAIMS_001, (one_model, low), strict=True):
+        claims.append(Claim(key, text, ours, None, holds, seed="001"))
+        difference = (
+            DASH if ours is None else f"{ours:+.1f} points" + (" (smallest)" if key == CLAIMS_001[0][0] else "")
+        )
+        rows.append([text, shown, difference, _verdict(holds), "claimed in the abstract; no number published"])
+    table = Table(
+        "The paper's claims on this run (seed 001)",
+        "Test accuracy (%) of the one model vs the separate probe (this run, one model first) and the difference "
+        "in points; a claim holds at a difference of at least 0, and is not measured where a number is missing.",
+        ["claim", "this run", "difference", "verdict", "the paper"],
+        rows,
+    )
+    return claims, table
+
+
+def _compare(a_name: str, a: float, b_name: str, b: float) -> str:
+    """Which of two accuracies is higher, in words, with the difference in points."""
+    if a == b:
+        return f"{a_name} and {b_name} are equal ({pct(a)})"
+    (hi_name, hi), (lo_name, lo) = ((a_name, a), (b_name, b)) if a > b else ((b_name, b), (a_name, a))
+    return f"{hi_name} is higher than {lo_name} ({pct(hi)} vs {pct(lo)}, {100 * (hi - lo):+.1f} points)"
+
+
+def generative_summary(figures: dict[str, Any], evaluation: dict[str, Any]) -> list[str]:
+    """What the numbers say: per emotion model, which of the one model, the probe and seed 000's classifier is
+    higher; per k, where the one model beats the probe; and the setup they share."""
+    probes = figures.get("probe_accuracy") or {}
+    out = []
+    for name, m in (figures.get("emotion_models") or {}).items():
+        acc = m.get("accuracy")
+        if acc is None:
+            out.append(f"{name}: the one model's accuracy was not measured.")
+            continue
+        parts = []
+        if probes.get(name) is not None:
+            parts.append(_compare("the one model", acc, "the probe", probes[name]))
+        clf = classifier_accuracy(name, figures, evaluation)
+        if clf is not None:
+            parts.append(_compare("the one model", acc, "seed 000's classifier", clf))
+        out.append(f"{name}: " + ("; ".join(parts) if parts else f"the one model {pct(acc)}, nothing beside it") + ".")
+    curve = figures.get("low_resource") or []
+    for k in sorted({r["shots"] for r in curve}):
+        rows = [r for r in curve if r["shots"] == k and r.get("generative") is not None and r.get("probe") is not None]
+        if not rows:
+            continue
+        wins = [r["emotion_model"] for r in rows if r["generative"] > r["probe"]]
+        losses = [r["emotion_model"] for r in rows if r["generative"] < r["probe"]]
+        ties = [r["emotion_model"] for r in rows if r["generative"] == r["probe"]]
+        said = [f"the one model is higher on {', '.join(wins)}"] if wins else []
+        said += [f"the probe is higher on {', '.join(losses)}"] if losses else []
+        said += [f"they are equal on {', '.join(ties)}"] if ties else []
+        out.append(f"Low resource, k = {k}: " + "; ".join(said) + ".")
+    out.append(
+        f"The encoder ({figures.get('encoder') or DASH}) is frozen: the one model, the probes and the low-resource "
+        f"runs all read its features of the same images; the decoder is {figures.get('decoder') or DASH}. "
+        "Seed 000's classifier reads its own features (its detector's global and region features)."
+    )
+    return out
+
+
+def generative_section(run: RunFigures) -> RetrievalSection | None:
+    """Seed 001's section from ``metrics/generative.json`` (None when evaluate_generative has not run)."""
+    figures = run.extras.get("generative")
+    if figures is None:
+        return None
+    sets = figures.get("sets") or {}
+    main = sets.get("main") or {}
+    header = (
+        f"Main set {figures.get('dataset', DASH)} ({figures.get('label_set', DASH)}, {main.get('images', DASH)} images)"
+    )
+    others = [
+        f"{name}: {s.get('dataset', DASH)} ({s.get('label_set', DASH)}, {s.get('images', DASH)} images)"
+        for name, s in sets.items()
+        if name != "main"
+    ]
+    if others:
+        header += "; also " + "; ".join(others)
+    header += (
+        f". Encoder {figures.get('encoder') or DASH} (frozen), decoder {figures.get('decoder') or DASH}. "
+        f"Valid generations, the smallest over the emotion models: "
+        f"{pct((figures.get('decoding') or {}).get('valid'))}% constrained, "
+        f"{pct((figures.get('decoding') or {}).get('unconstrained_valid'))}% unconstrained."
+    )
+    claims, claims_table = generative_claims(figures)
+    return RetrievalSection(
+        title=EXTRAS["generative"],
+        paper=PAPER_001,
+        header=header,
+        notes=[SOURCE_001],
+        tables=[one_model_table(figures, run.evaluation), low_resource_table(figures), claims_table],
+        claims=claims,
+        figures=section_figures(run, run.generative_plots, GENERATIVE_FIGURES),
+        summary=generative_summary(figures, run.evaluation),
+    )
+
+
 def build_report(run: RunFigures, config: Config, revision: str, params_hash: str) -> Report:
     """The whole report of one run."""
     datasets = dataset_table(run, config)
     retrieval = retrieval_section(run)
+    generative = generative_section(run)
     return Report(
         header=[
             ("paper", published()["paper"]),
@@ -640,13 +930,16 @@ def build_report(run: RunFigures, config: Config, revision: str, params_hash: st
         datasets=datasets,
         banner=banner(datasets),
         differences=setup_differences(config),
-        claims=claims(run) + (retrieval.claims if retrieval else []),  # seed 000's first
+        claims=claims(run)  # seed 000's first, then seed 002's, then seed 001's
+        + (retrieval.claims if retrieval else [])
+        + (generative.claims if generative else []),
         tables=[table1(run), table2(run), table3(run, config)],
         lambda_table=lambda_table(run),
         detector=detector_summary(run),
-        extras={  # seed 002's results get their own section (retrieval); the others a table of their numbers
-            name: (extras_table(name, run.extras[name]) if name in run.extras and name != "retrieval" else None)
+        extras={  # seeds 002 and 001 get their own sections; any other a table of its numbers
+            name: (extras_table(name, run.extras[name]) if name in run.extras and name not in SECTIONS else None)
             for name in EXTRAS
         },
         retrieval=retrieval,
+        generative=generative,
     )

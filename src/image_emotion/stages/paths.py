@@ -124,6 +124,37 @@ class RegisterMetricPaths:
 
 
 @dataclass(frozen=True)
+class TrainGenerativePaths:
+    """Seed 001's generative model, trained on the main set mixed with ``generative.sets``."""
+
+    prepared: Path = Path("data/prepared/main")
+    sets: Path = Path("data/prepared/generative")  # <name>/ a set of generative.sets
+    checkpoint: Path = Path("checkpoints/generative/last.pt")
+    out_dir: Path = Path("models/generative")  # model.pt, tokenizer/, settings.json
+    metrics: Path = Path("metrics/generative_train.json")
+    low_resource: Path = Path("metrics/generative_low_resource.json")
+
+
+@dataclass(frozen=True)
+class EvaluateGenerativePaths:
+    prepared: Path = Path("data/prepared/main")
+    sets: Path = Path("data/prepared/generative")
+    model: Path = Path("models/generative")
+    training: Path = Path("metrics/generative_train.json")
+    low_resource: Path = Path("metrics/generative_low_resource.json")
+    metrics: Path = Path("metrics/generative.json")
+    plots: Path = Path("plots_generative")  # low_resource.csv / .png, confusion_<emotion model>.csv
+
+
+@dataclass(frozen=True)
+class RegisterGenerativePaths:
+    prepared: Path = Path("data/prepared/main")
+    model: Path = Path("models/generative")
+    evaluation: Path = Path("metrics/generative.json")
+    metrics: Path = Path("metrics/register_generative.json")
+
+
+@dataclass(frozen=True)
 class ReportPaths:
     """What the report reads (every result file of the run) and where it writes ``paper.md`` / ``paper.html``."""
 
@@ -138,6 +169,7 @@ class ReportPaths:
     plots: Path = Path("plots")  # lambda_curve.png, confusion.png, regions.png (evaluate)
     out_dir: Path = Path("reports")
     retrieval_plots: Path = Path("plots_retrieval")  # tsne.png, queries.png (retrieve) when present
+    generative_plots: Path = Path("plots_generative")  # low_resource.png (evaluate_generative) when present
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@
 Reads every result file of the run (``ReportPaths``; a missing one is named), builds the tables of
 ``report/tables.py`` and writes them as Markdown (figures linked to ``plots/``) and as one self-contained
 HTML page (figures inlined). Both are logged to the pipeline's MLflow parent run (``report/``) and to the
-stage's own run, with the paper's claims as metrics (``claim.<key>``: 1 holds, 0 does not).
+stage's own run, with the papers' claims as metrics (``claim.<key>``: 1 holds, 0 does not; seed 000's, then
+seed 002's and seed 001's when their stages ran; a claim not measured is not logged). The later seeds' figures
+(``plots_retrieval/``, ``plots_generative/``) are named relative to ``plots/``, so both modes reach them.
 """
 
 from __future__ import annotations

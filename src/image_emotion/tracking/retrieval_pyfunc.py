@@ -79,7 +79,7 @@ class RetrievalPredictor:
 
     def embed_and_classify(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
         """Retrieval features ``(N, D)`` float32 and predicted class ids ``(N,)`` of ``images``, in batches."""
-        from image_emotion.training.metric import preprocess
+        from image_emotion.data.torch_data import preprocess
 
         features, classes = [], []
         with torch.inference_mode():

@@ -19,7 +19,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from PIL import Image
 
 from image_emotion.data.images import DEFAULT_MAX_PIXELS, load_image_bytes
-from image_emotion.errors import ImageDecodeError
+from image_emotion.errors import ConfigError, ImageDecodeError
 
 MAX_IMAGE_BYTES = 32 * 2**20  # one encoded image file (a 24-megapixel JPEG is ~10 MB)
 COLUMN = "image"
@@ -27,6 +27,13 @@ COLUMN = "image"
 
 class BadImageInput(MlflowException, ValueError):
     """A cell of the ``image`` column that is not an image the model can read (HTTP 400 when served)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+class BadServedParameter(MlflowException, ConfigError):
+    """A request parameter the model cannot honour (HTTP 400 when served; a one-line error in the CLI)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message, error_code=INVALID_PARAMETER_VALUE)

@@ -20,13 +20,11 @@ from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
-from torchvision.transforms.functional import to_tensor
 
 from image_emotion.config import MetricConfig
 from image_emotion.data.images import load_image
-from image_emotion.data.torch_data import PreparedDataset
+from image_emotion.data.torch_data import PreparedDataset, preprocess
 from image_emotion.errors import ConfigError
 from image_emotion.losses import centre_loss, sentiment_constraint_loss, triplet_loss
 from image_emotion.models.metric import SentimentVectorNet
@@ -114,12 +112,6 @@ class TrunkCache:
         out = TrunkCache.__new__(TrunkCache)
         out.maps, out.pooled, out.device = [m[rows] for m in self.maps], self.pooled[rows], self.device
         return out
-
-
-def preprocess(image: Image.Image, size: int, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """One RGB image as the model's input: resized to ``size × size`` and normalised, ``(3, size, size)``."""
-    x = to_tensor(image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
-    return (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
 
 
 def image_tensor(data: PreparedDataset, size: int, mean: Sequence[float], std: Sequence[float]) -> Tensor:

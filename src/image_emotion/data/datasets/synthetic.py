@@ -1,7 +1,8 @@
 """The embedded default dataset (``data/synthetic.py``): ``images/<id>.png`` + ``annotations.csv``.
 
-``annotations.csv`` columns: ``path, label, votes, boxes`` (votes: JSON list of 8 counts in Mikels-8
-order; boxes: JSON list of ``[x1, y1, x2, y2]``). Split scheme: random stratified 80/5/15.
+``annotations.csv`` columns: ``path, label, label_set, votes, boxes`` (label_set: mikels8 or ekman6, mikels8
+when the column is absent; votes: JSON list of counts in that set's order; boxes: JSON list of
+``[x1, y1, x2, y2]``). Split scheme: random stratified 80/5/15.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def load(root: Path, options: LoaderOptions) -> LoadResult:
                 collector.add(
                     root / row["path"],
                     row["label"],
-                    "mikels8",
+                    row.get("label_set") or "mikels8",
                     distribution=distribution_from_votes(votes).tolist(),
                     boxes=boxes,
                 )
