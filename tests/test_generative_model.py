@@ -325,6 +325,20 @@ def test_a_batch_mixing_emotion_models_trains_one_model_for_all_of_them():
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.encoder.parameters())  # encoder frozen
 
 
+def test_resume_with_dropout_draws_the_same_masks_as_an_uninterrupted_run(tmp_path):
+    cfg = tiny_cfg(epochs=2, dropout=0.3)
+    dim = new_model(cfg, seed=0).encoder.output_dim
+    feats = random_features(6, dim, seed=9)
+    train = examples(feats, ["mikels8"] * 6, ["awe", "fear", "anger"] * 2)
+    train_generative_model(new_model(cfg, seed=0), train, cfg, seed=0, checkpoint=tmp_path / "c.pt", fingerprint="d")
+    longer = tiny_cfg(epochs=4, dropout=0.3)
+    torch.manual_seed(123)  # whatever the global generator holds, the checkpoint's state is restored
+    resumed = train_generative_model(new_model(longer, seed=0), train, longer, seed=0, checkpoint=tmp_path / "c.pt",
+                                     fingerprint="d")  # fmt: skip
+    straight = train_generative_model(new_model(longer, seed=0), train, longer, seed=0)
+    assert resumed == straight  # bit for bit on the CPU
+
+
 def test_resume_from_a_checkpoint_matches_an_uninterrupted_run(tmp_path):
     ckpt = tmp_path / "last.pt"
     dim = new_model(tiny_cfg(), seed=0).encoder.output_dim

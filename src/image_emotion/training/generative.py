@@ -201,6 +201,7 @@ def train_generative_model(
         model.load_state_dict(state["model"], strict=False)
         optimizer.load_state_dict(state["optimizer"])
         losses = list(state["losses"])
+        torch.set_rng_state(state["rng"])  # dropout draws on as if never interrupted
     model.train()
     model.encoder.eval()
     for epoch in range(len(losses), epochs):
@@ -223,6 +224,7 @@ def train_generative_model(
                     "model": trainable_state(model),
                     "optimizer": optimizer.state_dict(),
                     "losses": losses,
+                    "rng": torch.get_rng_state(),
                 },
             )
         if on_epoch is not None:
