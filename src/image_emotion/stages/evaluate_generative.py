@@ -106,7 +106,7 @@ def run(config: Config, paths: EvaluateGenerativePaths) -> dict[str, Any]:
     names = [name for name in state["sets"] if name != "main"]
     sets = {name: data.split("test") for name, data in load_sets(paths.prepared, paths.sets, names).items()}
     features = {name: (data, encode_dataset(model, data)) for name, data in sets.items()}
-    binary_view = "binary" in state["emotion_models"] and sets["main"].label_set != "binary"
+    binary_view = "binary" in state["emotion_models"]  # (a binary set is its own view already)
     test = build_examples(features, config.emotions, binary_view)
     primary = state["primary"]
     training = json.loads(paths.training.read_text())
