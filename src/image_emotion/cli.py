@@ -224,13 +224,13 @@ def _describe(args: argparse.Namespace) -> int:
     from image_emotion.tracking.pyfunc import encode_image_file
 
     files, failures = expand_inputs(args.images)
-    good = []
+    decoded = {}  # each file decoded once: the check and the local model's input
     for f in files:
         try:
-            load_image(f)
-            good.append(f)
+            decoded[f] = load_image(f)
         except ImageDecodeError as exc:
             failures[str(f)] = str(exc)
+    good = list(decoded)
     if args.model_uri:
         import mlflow
 
@@ -245,7 +245,7 @@ def _describe(args: argparse.Namespace) -> int:
                 f"{args.model}: no generative model; run `dvc repro` (or `image-emotion train-generative`)"
             )
         predictor = GenerativePredictor(args.model)
-        answer = predictor.predict_images([load_image(f) for f in good], args.emotion_models or None) if good else None
+        answer = predictor.predict_images(list(decoded.values()), args.emotion_models or None) if good else None
     rows: dict[str, list[dict]] = {str(f): [] for f in good}
     if answer is not None:
         for record in answer.to_dict("records"):
