@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from image_emotion.config import DEFAULT_PARAMS, load_config
+from image_emotion.config import DEFAULT_PARAMS, Config, load_config
 from image_emotion.errors import ConfigError, ImageEmotionError
 from image_emotion.stages import paths as stage_paths
 
@@ -192,9 +192,64 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--local", action="store_true", required=True, help="run with kfp.local.SubprocessRunner")
     p.add_argument("--pipeline-root", type=Path, default=Path("local_outputs"))
-    p.add_argument("--mlflow-tracking-uri", default="", help="default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
+    p.add_argument("--mlflow-tracking-uri", default="", help="default: $MLFLOW_TRACKING_URI or the project's mlflow.db")
     p.set_defaults(func=_run_pipeline)
+
+    p = sub.add_parser(
+        "tracking-server",
+        help="start / stop the deployed tracking stack here: mlflow server on PostgreSQL with S3 artifacts",
+    )
+    p.add_argument("action", choices=("start", "stop", "status"))
+    p.add_argument("--dir", type=Path, default=Path(".tracking"), help="its data, logs and state (default: .tracking)")
+    p.add_argument("--port", type=int, default=5000, help="the server's port on 127.0.0.1 (default: 5000)")
+    p.add_argument("--s3-endpoint", default=None, help="an S3 / MinIO endpoint for artifacts (default: a moto server)")
+    p.set_defaults(func=_tracking_server)
+
+    p = sub.add_parser(
+        "lineage", help="a registered model's git revision, params and data versions (models:/image-emotion@champion)"
+    )
+    p.add_argument("model_uri", help="models:/NAME@ALIAS or models:/NAME/VERSION")
+    p.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="for mlflow.tracking_uri (default: params.yaml)")
+    p.add_argument("--json", action="store_true", help="print the record as JSON")
+    p.set_defaults(func=_lineage)
     return parser
+
+
+def _tracking_server(args: argparse.Namespace) -> int:
+    import time
+
+    from image_emotion.tracking.stack import TrackingStack, is_running, load_state
+
+    stack = TrackingStack(args.dir, port=args.port, s3_endpoint=args.s3_endpoint)
+    began = time.monotonic()
+    if args.action == "start":
+        state = stack.start()
+        print(f"tracking stack up in {time.monotonic() - began:.1f} s (logs in {args.dir})")
+        print(f"  backend store   {state.backend_store_uri}")
+        print(f"  artifacts       {state.artifacts_destination} at {state.s3_endpoint}")
+        print(f"export MLFLOW_TRACKING_URI={state.tracking_uri}")
+        return 0
+    if args.action == "stop":
+        stack.stop()
+        print(f"tracking stack stopped in {time.monotonic() - began:.1f} s")
+        return 0
+    state = load_state(args.dir)
+    up = is_running(state)
+    print(f"{state.tracking_uri}: {'up' if up else 'not answering'}")
+    return 0 if up else 1
+
+
+def _lineage(args: argparse.Namespace) -> int:
+    from mlflow import MlflowClient
+
+    from image_emotion.tracking import lineage
+    from image_emotion.tracking.runs import reachable, tracking_uri
+
+    config = load_config(args.params, []) if args.params.is_file() else Config()  # only its tracking URI is read
+    with reachable(config):
+        record = lineage.model_lineage(MlflowClient(tracking_uri(config)), args.model_uri)
+    print(json.dumps(record, indent=2, sort_keys=True) if args.json else lineage.format_lineage(record))
+    return 0
 
 
 def _predict(args: argparse.Namespace) -> int:

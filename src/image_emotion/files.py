@@ -87,6 +87,17 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def files_fingerprint(*paths: str | Path) -> str:
+    """A short hash of the bytes of files and directory trees (relative names included): the identity of a
+    model's files."""
+    h = hashlib.sha256()
+    for path in map(Path, paths):
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            h.update(f"{file.relative_to(path) if path.is_dir() else file.name}\0{file_sha256(file)}\n".encode())
+    return h.hexdigest()[:16]
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """``torch.save(state)`` to ``path`` atomically (a crash mid-write leaves the previous checkpoint)."""
     import torch

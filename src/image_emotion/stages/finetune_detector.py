@@ -74,6 +74,7 @@ def run(config: Config, paths: FinetunePaths) -> dict[str, Any]:
         history, resumed_from = train_detector(
             detector, dataset, ft, detector, paths.checkpoint, identity, device, mlflow, "finetune"
         )
+        tracking.log_missing_steps(history, first_step=1)  # an epoch whose logging failed before a resume
         recall = evaluate_recall(detector, holdout, device, (cfg.top_k, 2))
         metrics = {
             "epochs": ft.epochs,

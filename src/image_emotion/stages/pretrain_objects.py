@@ -54,6 +54,7 @@ def run(config: Config, paths: PretrainPaths) -> dict[str, Any]:
             history, resumed_from = train_detector(
                 detector, dataset, hp, detector.object_losses, paths.checkpoint, identity, device, mlflow, "pretrain"
             )
+            tracking.log_missing_steps(history, first_step=1)  # an epoch whose logging failed before a resume
             detector.freeze_object_branch()
             detector.roi_heads.requires_grad_(True)
             metrics = {

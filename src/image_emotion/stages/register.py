@@ -34,16 +34,18 @@ def run(config: Config, paths: RegisterPaths) -> dict[str, Any]:
     with tracking.stage_run(config, "register", ("register",)) as mlflow:
         from mlflow.models import infer_signature
 
-        output_example = EmotionPredictor(paths.detector, paths.head, device="cpu").predict(example)
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=EmotionModel(),
-            artifacts={"detector": str(paths.detector), "head": str(paths.head)},
-            code_paths=[str(PACKAGE_DIR)],
-            signature=infer_signature(example, output_example),
-            input_example=example,
-            pip_requirements=model_requirements(),
-        )
-        result = register_and_promote(mlflow, info.model_uri, name, candidate, min_accuracy)
+        def log_model() -> str:
+            output_example = EmotionPredictor(paths.detector, paths.head, device="cpu").predict(example)
+            return mlflow.pyfunc.log_model(
+                name="model",
+                python_model=EmotionModel(),
+                artifacts={"detector": str(paths.detector), "head": str(paths.head)},
+                code_paths=[str(PACKAGE_DIR)],
+                signature=infer_signature(example, output_example),
+                input_example=example,
+                pip_requirements=model_requirements(),
+            ).model_uri
+
+        result = register_and_promote(mlflow, log_model, [paths.detector, paths.head], name, candidate, min_accuracy)
     write_json_atomic(paths.metrics, result)
     return result

@@ -32,12 +32,14 @@ def run(config: Config, paths: RegisterGenerativePaths) -> dict[str, Any]:
     }
     example = input_example(paths.prepared)
     with tracking.stage_run(config, "register_generative", ("register",)) as mlflow:
-        info = log_generative_model(
-            mlflow, paths.model, example, [str(PACKAGE_DIR)], model_requirements(("transformers", "tokenizers"))
-        )
         result = register_and_promote(
             mlflow,
-            info.model_uri,
+            lambda: (
+                log_generative_model(
+                    mlflow, paths.model, example, [str(PACKAGE_DIR)], model_requirements(("transformers", "tokenizers"))
+                ).model_uri
+            ),
+            [paths.model],
             config.register.generative_model_name,
             candidate,
             config.register.min_generative_accuracy,

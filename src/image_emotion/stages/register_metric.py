@@ -30,12 +30,14 @@ def run(config: Config, paths: RegisterMetricPaths) -> dict[str, Any]:
     }
     example = input_example(paths.prepared)
     with tracking.stage_run(config, "register_metric", ("register",)) as mlflow:
-        info = log_retrieval_model(
-            mlflow, paths.model, paths.index, example, [str(PACKAGE_DIR)], model_requirements(("faiss-cpu",))
-        )
         result = register_and_promote(
             mlflow,
-            info.model_uri,
+            lambda: (
+                log_retrieval_model(
+                    mlflow, paths.model, paths.index, example, [str(PACKAGE_DIR)], model_requirements(("faiss-cpu",))
+                ).model_uri
+            ),
+            [paths.model, paths.index],
             config.register.retrieval_model_name,
             candidate,
             config.register.min_map8,

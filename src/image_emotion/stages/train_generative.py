@@ -133,6 +133,7 @@ def run(config: Config, paths: TrainGenerativePaths) -> dict[str, Any]:
                 model, train, cfg, seed=cfg.seed, checkpoint=paths.checkpoint, fingerprint=identity,
                 on_epoch=lambda epoch, loss: tracking.log_metrics({"loss": loss}, step=epoch),
             )  # fmt: skip
+            tracking.log_missing_steps([{"loss": loss} for loss in losses])  # epochs lost to an outage before a resume
             val_accuracy = accuracy_by_model(model, val) if len(val) else {}
             test_accuracy = accuracy_by_model(model, test)
             tracking.log_metrics({f"test_accuracy_{k}": v for k, v in test_accuracy.items()})

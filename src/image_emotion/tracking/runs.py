@@ -11,10 +11,15 @@ A stage run is found by its tags (``pipeline_key``, ``stage``) and re-opened whe
 components that split a stage (one per λ, one per fold) nest their runs under the same stage run.
 Concurrent creators settle on the oldest run (the others delete theirs), so parallel pods agree.
 
-- Tracking URI: ``$MLFLOW_TRACKING_URI``, else params ``mlflow.tracking_uri``, else ``sqlite:///mlflow.db``.
+- Tracking URI: ``$MLFLOW_TRACKING_URI``, else params ``mlflow.tracking_uri``, else ``mlflow.db`` at the root of
+  the DVC project (``$DVC_ROOT``: a queued ``dvc exp run`` runs in a temporary copy of the workspace, and its runs
+  belong in the project's store, not in a file deleted with the copy), else in the working directory.
 - The parent run of a pipeline run is found by its tag ``pipeline_key``: ``$IMAGE_EMOTION_PIPELINE_RUN``
-  when set (the kfp pipeline sets it to its run id), else a hash of the resolved params and the git revision,
-  so every stage of one ``dvc repro`` (separate processes) lands under the same parent.
+  when set (the kfp pipeline sets it to its run id), else a hash of the resolved params, the git revision and the
+  DVC hash of every dataset that enters from outside (``tracking/lineage.py``), so every stage of one ``dvc repro``
+  (separate processes) lands under the same parent, and new data makes a new one. The parent run records the
+  version of every dataset role (``data.<role>.*`` tags and MLflow dataset inputs): ``image-emotion lineage``
+  follows a registered model back to them.
 - Artifacts go where the experiment says: params ``mlflow.artifact_location`` (e.g. ``s3://bucket/mlflow``
   with ``$MLFLOW_S3_ENDPOINT_URL`` for a MinIO/S3 endpoint) when the experiment is created.
 """
@@ -32,7 +37,9 @@ from typing import Any
 import numpy as np
 
 from image_emotion.config import Config
+from image_emotion.errors import ImageEmotionError
 from image_emotion.files import fingerprint
+from image_emotion.tracking import lineage
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -44,9 +51,16 @@ def _mlflow():
     return mlflow
 
 
+def default_tracking_uri() -> str:
+    """The project's own sqlite store: ``mlflow.db`` in the DVC project's root (``$DVC_ROOT``, which dvc sets for
+    every stage and points at the main workspace for queued experiments), else in the working directory."""
+    root = os.environ.get("DVC_ROOT")
+    return f"sqlite:///{Path(root).resolve() / 'mlflow.db'}" if root else DEFAULT_TRACKING_URI
+
+
 def tracking_uri(config: Config) -> str:
-    """Where runs go: env, then params, then a local sqlite file."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or config.mlflow.tracking_uri or DEFAULT_TRACKING_URI
+    """Where runs go: env, then params, then the project's sqlite file."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or config.mlflow.tracking_uri or default_tracking_uri()
 
 
 def git_revision() -> str:
@@ -61,9 +75,16 @@ def git_revision() -> str:
     return rev + ("+dirty" if dirty else "")
 
 
-def pipeline_key(config: Config) -> str:
-    """Identity of one pipeline run (see module docstring)."""
-    return os.environ.get("IMAGE_EMOTION_PIPELINE_RUN") or fingerprint(config.to_dict(), git_revision())
+def external_data(versions: dict[str, lineage.DataVersion]) -> dict[str, str]:
+    """The versions of the datasets that enter the graph from outside (``dvc add``, ``import-url``, unversioned),
+    by role; a dataset a stage makes (the synthetic sets) is already fixed by the params and the code."""
+    return {role: v.digest for role, v in versions.items() if not v.source.startswith("dvc stage") and not v.within}
+
+
+def pipeline_key(config: Config, versions: dict[str, lineage.DataVersion] | None = None) -> str:
+    """Identity of one pipeline run (see module docstring): params, code and the external data versions."""
+    external = external_data(versions or {})
+    return os.environ.get("IMAGE_EMOTION_PIPELINE_RUN") or fingerprint(config.to_dict(), git_revision(), external)
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -81,10 +102,14 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def setup(config: Config) -> str:
     """Point MLflow at the tracking URI and experiment (created with the artifact location); its id."""
     mlflow = _mlflow()
-    mlflow.set_tracking_uri(tracking_uri(config))
+    uri = tracking_uri(config)
+    mlflow.set_tracking_uri(uri)
     experiment = mlflow.get_experiment_by_name(config.mlflow.experiment)
     if experiment is None:
-        return mlflow.create_experiment(config.mlflow.experiment, artifact_location=config.mlflow.artifact_location)
+        location = config.mlflow.artifact_location
+        if location is None and uri == default_tracking_uri() and os.environ.get("DVC_ROOT"):
+            location = (Path(os.environ["DVC_ROOT"]).resolve() / "mlruns").as_uri()  # beside the project's store
+        return mlflow.create_experiment(config.mlflow.experiment, artifact_location=location)
     return experiment.experiment_id
 
 
@@ -115,7 +140,8 @@ def parent_run(config: Config) -> tuple[str, str, str]:
     params and the revision) on first use."""
     mlflow = _mlflow()
     experiment_id = setup(config)
-    key = pipeline_key(config)
+    versions = lineage.data_versions(config, Path.cwd(), skip_missing=True)  # a stage that needs one checks it
+    key = pipeline_key(config, versions)
     client = mlflow.MlflowClient()
 
     def create() -> str:
@@ -135,40 +161,101 @@ def parent_run(config: Config) -> tuple[str, str, str]:
         for start in range(0, len(entries), 100):  # MLflow takes at most 100 params per batch
             client.log_batch(run_id, params=entries[start : start + 100])
         client.log_text(run_id, json.dumps(config.to_dict(), indent=2, sort_keys=True), "params.resolved.json")
+        lineage.log_data_versions(client, run_id, versions, Path.cwd())
         client.set_terminated(run_id)
     return experiment_id, run_id, key
 
 
+class TrackingUnavailable(ImageEmotionError):
+    """The MLflow tracking server cannot be reached."""
+
+
+def _unreachable(error: BaseException) -> bool:
+    """Whether ``error`` (or what it wraps) is a failed connection to the tracking server."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        text = str(error)
+        if any(s in text for s in ("Max retries exceeded", "Connection refused", "Failed to establish")):
+            return True
+        if type(error).__name__ in ("ConnectionError", "ConnectTimeout", "ReadTimeout", "NewConnectionError"):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+@contextmanager
+def reachable(config: Config) -> Iterator[None]:
+    """Turn a failed connection to the tracking server into one line naming its URI and the way out."""
+    try:
+        yield
+    except Exception as e:
+        if isinstance(e, ImageEmotionError) or not _unreachable(e):
+            raise
+        raise TrackingUnavailable(
+            f"MLflow tracking server {tracking_uri(config)} cannot be reached; outputs and checkpoints written so "
+            "far are kept: bring the server back (image-emotion tracking-server start) or point "
+            "MLFLOW_TRACKING_URI at a reachable one, then re-run the stage to resume"
+        ) from e
+
+
 @contextmanager
 def stage_run(config: Config, stage: str, sections: tuple[str, ...] = ()) -> Iterator[Any]:
-    """The MLflow run of ``stage`` under the pipeline's parent run (re-opened when it exists), active while the
-    block runs, with the config ``sections`` as its params; yields the ``mlflow`` module."""
+    """The MLflow run of ``stage`` under the pipeline's parent run (re-opened when it exists: a re-run after a
+    failure completes it), active while the block runs, with the config ``sections`` as its params; yields the
+    ``mlflow`` module. An unreachable tracking server is a ``TrackingUnavailable`` error."""
     mlflow = _mlflow()
-    experiment_id, parent, key = parent_run(config)
-    tags = {"mlflow.parentRunId": parent, "stage": stage, "pipeline_key": key}
+    with reachable(config):
+        experiment_id, parent, key = parent_run(config)
+        tags = {"mlflow.parentRunId": parent, "stage": stage, "pipeline_key": key}
 
-    def create() -> str:
-        client = mlflow.MlflowClient()
-        return client.create_run(experiment_id, run_name=stage, tags=tags).info.run_id
+        def create() -> str:
+            client = mlflow.MlflowClient()
+            return client.create_run(experiment_id, run_name=stage, tags=tags).info.run_id
 
-    run_id, _ = _find_or_create(experiment_id, {"stage": stage, "pipeline_key": key}, create)
-    with mlflow.start_run(run_id=run_id):
-        params = {name: getattr(config, name).to_dict() for name in sections}
-        if params:
-            mlflow.log_params({k: str(v)[:6000] for k, v in flatten(params).items()})
-        yield mlflow
+        run_id, _ = _find_or_create(experiment_id, {"stage": stage, "pipeline_key": key}, create)
+        with mlflow.start_run(run_id=run_id):
+            params = {name: getattr(config, name).to_dict() for name in sections}
+            if params:
+                mlflow.log_params({k: str(v)[:6000] for k, v in flatten(params).items()})
+            yield mlflow
 
 
 @contextmanager
 def child_run(name: str, log_params: dict[str, Any] | None = None) -> Iterator[Any]:
-    """A run nested under the active stage run (one per λ, per fold...)."""
+    """A run nested under the active stage run (one per λ, per fold...). The child of that name is re-opened when
+    it exists (a re-run of the same pipeline run completes it instead of leaving a second, unfinished one)."""
     mlflow = _mlflow()
     active = mlflow.active_run()
-    experiment_id = active.info.experiment_id if active else None
-    with mlflow.start_run(run_name=name, nested=True, experiment_id=experiment_id):
+    if active is None:
+        with mlflow.start_run(run_name=name, nested=True):
+            if log_params:
+                mlflow.log_params({k: str(v) for k, v in flatten(log_params).items()})
+            yield mlflow
+        return
+    experiment_id, parent = active.info.experiment_id, active.info.run_id
+    found = mlflow.search_runs(
+        [experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent}' and attributes.run_name = '{name}'",
+        output_format="list",
+    )
+    run_id = min(found, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id if found else None
+    kwargs = {"run_id": run_id} if run_id else {"run_name": name, "experiment_id": experiment_id}
+    with mlflow.start_run(nested=True, **kwargs):
         if log_params:
             mlflow.log_params({k: str(v) for k, v in flatten(log_params).items()})
         yield mlflow
+
+
+def log_missing_steps(history: list[dict[str, float]], first_step: int = 0, key: str = "loss") -> None:
+    """Log the entries of a per-epoch ``history`` (``history[i]`` at step ``first_step + i``) that the active run
+    lacks (judged by ``key``): the epoch whose logging failed before a resume is logged now, none twice."""
+    mlflow = _mlflow()
+    run_id = mlflow.active_run().info.run_id
+    logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, key)}
+    for i, metrics in enumerate(history):
+        if first_step + i not in logged:
+            log_metrics(metrics, step=first_step + i)
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:

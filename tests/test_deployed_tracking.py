@@ -1,0 +1,282 @@
+"""The pipeline against the deployed tracking shape: `mlflow server` on PostgreSQL with S3 (moto) artifacts, started
+by `image-emotion tracking-server` as a developer would. Over HTTP: runs, nested runs, metrics, proxied artifacts in
+the bucket, registry versions and aliases, lineage; two promotions racing (20 times) leave the better champion; a
+retried register makes no second version; the server stopped mid-training fails the stage with one line, keeps the
+checkpoint, and a re-run resumes and completes the MLflow run."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import boto3
+import mlflow
+import pandas as pd
+import pytest
+from tiny import tiny_config, write_tiny_params
+
+from image_emotion.files import load_checkpoint
+from image_emotion.stages import register, train_classifier
+from image_emotion.tracking import registry
+from image_emotion.tracking.pyfunc import encode_image_file
+from image_emotion.tracking.runs import TrackingUnavailable, stage_run
+from image_emotion.tracking.stack import TrackingStack, free_port, is_running, load_state
+
+pytestmark = pytest.mark.e2e
+CLI = [sys.executable, "-m", "image_emotion.cli"]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """The stack, started and stopped by the CLI (the README's commands); yields its ``TrackingStack``."""
+    directory = tmp_path_factory.mktemp("stack") / "tracking"
+    port = str(free_port())
+    began = time.monotonic()
+    started = subprocess.run(
+        [*CLI, "tracking-server", "start", "--dir", str(directory), "--port", port],
+        capture_output=True,
+        text=True,
+    )
+    assert started.returncode == 0, started.stderr
+    print(f"\nstack started in {time.monotonic() - began:.1f} s")
+    assert f"export MLFLOW_TRACKING_URI=http://127.0.0.1:{port}" in started.stdout
+    stack = TrackingStack(directory)
+    stack.state = load_state(directory)
+    assert stack.state.backend_store_uri.startswith("postgresql+psycopg2://")
+    yield stack
+    began = time.monotonic()
+    stopped = subprocess.run([*CLI, "tracking-server", "stop", "--dir", str(directory)], capture_output=True, text=True)
+    print(f"stack stopped in {time.monotonic() - began:.1f} s")
+    assert stopped.returncode == 0, stopped.stderr
+    assert not is_running(stack.state)
+
+
+@pytest.fixture
+def http_uri(stack, monkeypatch) -> str:
+    """``$MLFLOW_TRACKING_URI`` is the stack's server for this test; a refused connection fails at once."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", stack.state.tracking_uri)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    mlflow.set_tracking_uri(stack.state.tracking_uri)
+    return stack.state.tracking_uri
+
+
+def _bucket_keys(stack) -> list[str]:
+    s3 = boto3.client(
+        "s3", endpoint_url=stack.state.s3_endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )  # fmt: skip
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket="mlflow-artifacts")
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+def test_stages_track_runs_artifacts_and_the_registry_over_http(tiny_run, stack, http_uri, tmp_path):
+    work, config = tiny_run
+    config = config.with_overrides(["mlflow.experiment=over-http", "register.model_name=http-emotion"])
+    sweep = train_classifier.run(
+        config,
+        train_classifier.ClassifierPaths(
+            work / "prepared/main", work / "features/main", tmp_path / "classifier", tmp_path / "sweep.json",
+            tmp_path / "ablation.json", tmp_path / "classifier.json",
+        ),
+    )  # fmt: skip
+    result = register.run(
+        config,
+        register.RegisterPaths(
+            work / "prepared/main", work / "models/detector.pt", tmp_path / "classifier/head.pt",
+            work / "metrics/evaluate.json", tmp_path / "register.json",
+        ),
+    )  # fmt: skip
+    assert result["promoted"] and result["version"] == 1
+
+    client = mlflow.MlflowClient(http_uri)
+    experiment = client.get_experiment_by_name("over-http")
+    assert experiment.artifact_location.startswith("mlflow-artifacts:")  # proxied, not a local path
+    runs = client.search_runs([experiment.experiment_id], max_results=200)
+    by_stage = {r.data.tags.get("stage"): r for r in runs if "stage" in r.data.tags}
+    parent = [r for r in runs if r.data.tags.get("kind") == "pipeline"]
+    assert len(parent) == 1 and set(by_stage) == {"train_classifier", "register"}
+    assert {r.data.tags["mlflow.parentRunId"] for r in by_stage.values()} == {parent[0].info.run_id}
+    assert parent[0].data.params["classifier.hidden"] == str(config.classifier.hidden)
+    nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == by_stage["train_classifier"].info.run_id]
+    lambdas = {r.info.run_name for r in nested if r.info.run_name.startswith("lambda=")}
+    assert lambdas == {f"lambda={lam}" for lam in config.classifier.lambdas}
+    assert all(r.info.status == "FINISHED" for r in runs)
+    best = next(r for r in nested if r.info.run_name == f"lambda={sweep['best_lambda']}")
+    assert best.data.metrics["val_accuracy"] == pytest.approx(sweep["val_accuracy"])
+
+    # the model's files went through the server into the bucket (read with boto3, not through MLflow)
+    keys = _bucket_keys(stack)
+    assert any(k.endswith("/MLmodel") for k in keys), keys[:10]
+    assert any(k.endswith("head.pt") for k in keys)
+
+    # registry: version, aliases, tags; the champion loads and answers from the server
+    assert client.get_model_version_by_alias("http-emotion", "champion").version == "1"
+    assert client.get_model_version_by_alias("http-emotion", "challenger").version == "1"
+    model = mlflow.pyfunc.load_model("models:/http-emotion@champion")
+    image = next((work / "synthetic/main/images").iterdir())
+    out = model.predict(pd.DataFrame({"image": [encode_image_file(image)] * 2}))
+    assert len(out) == 2 and out["label"][0] == out["label"][1]
+
+    # the same register retried (same run, files, evaluation): the same version, no second one
+    again = register.run(
+        config,
+        register.RegisterPaths(
+            work / "prepared/main", work / "models/detector.pt", tmp_path / "classifier/head.pt",
+            work / "metrics/evaluate.json", tmp_path / "register.json",
+        ),
+    )  # fmt: skip
+    assert again["version"] == 1 and again["promoted"]
+    assert len(client.search_model_versions("name = 'http-emotion'")) == 1
+
+    # lineage from the CLI: the pipeline run's git revision and the data versions of its roles
+    shown = subprocess.run(
+        [*CLI, "lineage", "models:/http-emotion@champion", "--json"], capture_output=True, text=True, cwd=work
+    )
+    assert shown.returncode == 0, shown.stderr
+    record = json.loads(shown.stdout)
+    assert record["pipeline"]["run_id"] == parent[0].info.run_id
+    assert record["params"]["register.model_name"] == "http-emotion"
+
+
+def _tiny_model(tmp_path) -> tuple[str, Path]:
+    """A logged pyfunc (URI) and a file standing for its weights."""
+
+    class Constant(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):
+            return model_input
+
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(b"w")
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(name="m", python_model=Constant(), pip_requirements=[])
+    return info.model_uri, weights
+
+
+def test_racing_promotions_leave_the_better_champion_every_time(stack, http_uri, tmp_path, monkeypatch):
+    model_uri, weights = _tiny_model(tmp_path)
+    read_champion = registry.current_champion
+
+    def slow_read(*args, **kwargs):  # widen the window between reading the champion and setting the alias
+        champion = read_champion(*args, **kwargs)
+        time.sleep(random.uniform(0.0, 0.05))
+        return champion
+
+    monkeypatch.setattr(registry, "current_champion", slow_read)
+    random.seed(0)
+    for trial in range(20):
+        name = f"race-{trial}"
+        scores = [0.6, 0.9] if trial % 2 else [0.9, 0.6]
+        results: dict[float, dict] = {}
+        barrier = threading.Barrier(2)
+
+        def promote(score: float, name: str = name, barrier=barrier, results=results) -> None:
+            try:
+                with mlflow.start_run(run_name=f"{name}-{score}"):
+                    barrier.wait()
+                    time.sleep(random.uniform(0.0, 0.03))
+                    results[score] = registry.register_and_promote(
+                        mlflow,
+                        lambda: model_uri,
+                        [weights],
+                        name,
+                        {"accuracy": score, "dataset": "synthetic", "label_set": "mikels8"},
+                        0.0,
+                    )
+            except Exception as e:  # reported by the main thread
+                results[score] = {"error": repr(e)}
+
+        threads = [threading.Thread(target=promote, args=(s,)) for s in scores]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not [r for r in results.values() if "error" in r], f"trial {trial}: {results}"
+        client = mlflow.MlflowClient(http_uri)
+        champion = client.get_model_version_by_alias(name, "champion")
+        assert champion.tags["test_accuracy"] == "0.9", f"trial {trial}: the worse model became champion"
+        assert results[0.9]["promoted"] and str(results[0.9]["version"]) == champion.version
+        assert len(client.search_model_versions(f"name = '{name}'")) == 2
+        assert not client.search_registered_models(f"name = '{name}{registry.LOCK_SUFFIX}'")  # lock released
+
+
+def test_a_stale_lock_is_broken_and_a_held_one_times_out_with_its_name(mlflow_uri):
+    client = mlflow.MlflowClient(mlflow_uri)
+    lock = "locked" + registry.LOCK_SUFFIX
+    client.create_registered_model(lock, tags={"owner": "gone", "acquired_at": str(time.time() - 3600)})
+    with registry.promotion_lock(client, "locked", wait_s=5) as owner:
+        assert client.get_registered_model(lock).tags["owner"] == owner
+    assert not client.search_registered_models(f"name = '{lock}'")
+
+    client.create_registered_model(lock, tags={"owner": "busy", "acquired_at": str(time.time())})
+    with (
+        pytest.raises(registry.RegistryLockTimeout, match=f"{lock}.*held by busy"),
+        registry.promotion_lock(client, "locked", wait_s=0.5),
+    ):
+        pass
+    assert client.get_registered_model(lock).tags["owner"] == "busy"  # someone else's lock is left alone
+
+
+def test_an_unreachable_server_is_one_line_naming_it(tmp_path, monkeypatch):
+    uri = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with pytest.raises(TrackingUnavailable) as caught, stage_run(tiny_config(), "evaluate"):
+        pass
+    message = str(caught.value)
+    assert uri in message and "re-run the stage to resume" in message and "\n" not in message
+
+
+def _finetune(project: Path, work: Path) -> list[str]:
+    return [
+        *CLI, "finetune-detector", "--params", str(project / "params.yaml"),
+        "--prepared", str(work / "prepared/detector"), "--objects", str(work / "models/objects.pt"),
+        "--checkpoint", str(project / "ckpt/last.pt"), "--model", str(project / "model/detector.pt"),
+        "--metrics", str(project / "detector.json"), "--set", "finetune.epochs=6",
+        "--set", "mlflow.experiment=outage",
+    ]  # fmt: skip
+
+
+def test_a_server_outage_mid_training_loses_nothing_and_the_rerun_completes_the_run(tiny_run, stack, http_uri,
+                                                                                    tmp_path):  # fmt: skip
+    work, _ = tiny_run
+    project = tmp_path
+    write_tiny_params(project / "params.yaml")
+    env = {**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    proc = subprocess.Popen(_finetune(project, work), stderr=subprocess.PIPE, text=True, env=env, cwd=project)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        state = load_checkpoint(project / "ckpt/last.pt") if (project / "ckpt/last.pt").exists() else None
+        if state and state["epoch"] >= 1:
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, "training finished before the outage"
+    stack.stop_server()
+    try:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 2, err[-3000:]
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("error: MLflow tracking server http://127.0.0.1:") and http_uri in last, last
+        stopped_at = load_checkpoint(project / "ckpt/last.pt")["epoch"]  # the checkpoint is intact
+        assert 1 <= stopped_at < 6
+        assert not (project / "model/detector.pt").exists()
+    finally:
+        stack.start_server()
+
+    done = subprocess.run(_finetune(project, work), capture_output=True, text=True, env=env, cwd=project)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"after epoch {stopped_at}" in done.stderr
+    client = mlflow.MlflowClient(http_uri)
+    experiment = client.get_experiment_by_name("outage")
+    runs = client.search_runs([experiment.experiment_id])
+    stage = [r for r in runs if r.data.tags.get("stage") == "finetune_detector"]
+    assert len(stage) == 1 and stage[0].info.status == "FINISHED"
+    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+    steps = sorted(m.step for m in client.get_metric_history(stage[0].info.run_id, "loss"))
+    assert steps == [1, 2, 3, 4, 5, 6]  # the epoch whose logging failed is logged after the resume, none twice
