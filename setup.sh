@@ -6,7 +6,7 @@ cd "$(dirname "$0")"
 export MLFLOW_DISABLE_TELEMETRY=true DVC_NO_ANALYTICS=1
 [ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[dev,gen]'
+.venv/bin/python -m pip install --quiet -e '.[dev,gen,server]'
 export PATH="$PWD/.venv/bin:$PATH"
 dvc repro
 dvc metrics show
