@@ -82,8 +82,11 @@ def external_data(versions: dict[str, lineage.DataVersion]) -> dict[str, str]:
 
 
 def pipeline_key(config: Config, versions: dict[str, lineage.DataVersion] | None = None) -> str:
-    """Identity of one pipeline run (see module docstring): params, code and the external data versions."""
-    external = external_data(versions or {})
+    """Identity of one pipeline run (see module docstring): params, code and the external data versions (found
+    here unless given)."""
+    if versions is None:
+        versions = lineage.data_versions(config, Path.cwd(), skip_missing=True)
+    external = external_data(versions)
     return os.environ.get("IMAGE_EMOTION_PIPELINE_RUN") or fingerprint(config.to_dict(), git_revision(), external)
 
 
