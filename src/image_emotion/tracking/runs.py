@@ -84,10 +84,11 @@ def external_data(versions: dict[str, lineage.DataVersion]) -> dict[str, str]:
 def pipeline_key(config: Config, versions: dict[str, lineage.DataVersion] | None = None) -> str:
     """Identity of one pipeline run (see module docstring): params, code and the external data versions (found
     here unless given)."""
+    if os.environ.get("IMAGE_EMOTION_PIPELINE_RUN"):
+        return os.environ["IMAGE_EMOTION_PIPELINE_RUN"]
     if versions is None:
         versions = lineage.data_versions(config, Path.cwd(), skip_missing=True)
-    external = external_data(versions)
-    return os.environ.get("IMAGE_EMOTION_PIPELINE_RUN") or fingerprint(config.to_dict(), git_revision(), external)
+    return fingerprint(config.to_dict(), git_revision(), external_data(versions))
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -230,20 +231,16 @@ def child_run(name: str, log_params: dict[str, Any] | None = None) -> Iterator[A
     it exists (a re-run of the same pipeline run completes it instead of leaving a second, unfinished one)."""
     mlflow = _mlflow()
     active = mlflow.active_run()
-    if active is None:
-        with mlflow.start_run(run_name=name, nested=True):
-            if log_params:
-                mlflow.log_params({k: str(v) for k, v in flatten(log_params).items()})
-            yield mlflow
-        return
-    experiment_id, parent = active.info.experiment_id, active.info.run_id
-    found = mlflow.search_runs(
-        [experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{parent}' and attributes.run_name = '{name}'",
-        output_format="list",
-    )
-    run_id = min(found, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id if found else None
-    kwargs = {"run_id": run_id} if run_id else {"run_name": name, "experiment_id": experiment_id}
+    kwargs: dict[str, Any] = {"run_name": name}
+    if active is not None:
+        experiment_id, parent = active.info.experiment_id, active.info.run_id
+        found = mlflow.search_runs(
+            [experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{parent}' and attributes.run_name = '{name}'",
+            output_format="list",
+        )
+        oldest = min(found, key=lambda r: (r.info.start_time, r.info.run_id)) if found else None
+        kwargs = {"run_id": oldest.info.run_id} if oldest else {**kwargs, "experiment_id": experiment_id}
     with mlflow.start_run(nested=True, **kwargs):
         if log_params:
             mlflow.log_params({k: str(v) for k, v in flatten(log_params).items()})
