@@ -104,6 +104,10 @@ def test_stages_track_runs_artifacts_and_the_registry_over_http(tiny_run, stack,
     assert len(parent) == 1 and set(by_stage) == {"train_classifier", "register"}
     assert {r.data.tags["mlflow.parentRunId"] for r in by_stage.values()} == {parent[0].info.run_id}
     assert parent[0].data.params["classifier.hidden"] == str(config.classifier.hidden)
+    data_tags = {k: v for k, v in parent[0].data.tags.items() if k.startswith("data.")}
+    assert data_tags["data.data.path"] == str(config.data.root)  # the data version of each role it trained on
+    for run in by_stage.values():
+        assert {k: run.data.tags.get(k) for k in data_tags} == data_tags
     nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == by_stage["train_classifier"].info.run_id]
     lambdas = {r.info.run_name for r in nested if r.info.run_name.startswith("lambda=")}
     assert lambdas == {f"lambda={lam}" for lam in config.classifier.lambdas}

@@ -139,9 +139,9 @@ def _find_or_create(experiment_id: str, tags: dict[str, str], create) -> tuple[s
     return winner, winner == mine
 
 
-def parent_run(config: Config) -> tuple[str, str, str]:
-    """(experiment id, parent run id, pipeline key) of this pipeline run; the parent run is created (with the
-    params and the revision) on first use."""
+def parent_run(config: Config) -> tuple[str, str, str, dict[str, lineage.DataVersion]]:
+    """(experiment id, parent run id, pipeline key, data versions) of this pipeline run; the parent run is created
+    (with the params, the revision and the data versions) on first use."""
     mlflow = _mlflow()
     experiment_id = setup(config)
     versions = lineage.data_versions(config, Path.cwd(), skip_missing=True)  # a stage that needs one checks it
@@ -167,7 +167,7 @@ def parent_run(config: Config) -> tuple[str, str, str]:
         client.log_text(run_id, json.dumps(config.to_dict(), indent=2, sort_keys=True), "params.resolved.json")
         lineage.log_data_versions(client, run_id, versions, Path.cwd())
         client.set_terminated(run_id)
-    return experiment_id, run_id, key
+    return experiment_id, run_id, key, versions
 
 
 class TrackingUnavailable(ImageEmotionError):
@@ -210,12 +210,14 @@ def stage_run(config: Config, stage: str, sections: tuple[str, ...] = ()) -> Ite
     ``mlflow`` module. An unreachable tracking server is a ``TrackingUnavailable`` error."""
     mlflow = _mlflow()
     with reachable(config):
-        experiment_id, parent, key = parent_run(config)
+        experiment_id, parent, key, versions = parent_run(config)
         tags = {"mlflow.parentRunId": parent, "stage": stage, "pipeline_key": key}
 
         def create() -> str:
             client = mlflow.MlflowClient()
-            return client.create_run(experiment_id, run_name=stage, tags=tags).info.run_id
+            run_id = client.create_run(experiment_id, run_name=stage, tags=tags).info.run_id
+            lineage.log_data_versions(client, run_id, versions, Path.cwd())  # each stage run names its data too
+            return run_id
 
         run_id, _ = _find_or_create(experiment_id, {"stage": stage, "pipeline_key": key}, create)
         with mlflow.start_run(run_id=run_id):
