@@ -86,13 +86,11 @@ def test_stages_track_runs_artifacts_and_the_registry_over_http(tiny_run, stack,
             tmp_path / "ablation.json", tmp_path / "classifier.json",
         ),
     )  # fmt: skip
-    result = register.run(
-        config,
-        register.RegisterPaths(
-            work / "prepared/main", work / "models/detector.pt", tmp_path / "classifier/head.pt",
-            work / "metrics/evaluate.json", tmp_path / "register.json",
-        ),
+    registering = register.RegisterPaths(
+        work / "prepared/main", work / "models/detector.pt", tmp_path / "classifier/head.pt",
+        work / "metrics/evaluate.json", tmp_path / "register.json",
     )  # fmt: skip
+    result = register.run(config, registering)
     assert result["promoted"] and result["version"] == 1
 
     client = mlflow.MlflowClient(http_uri)
@@ -129,13 +127,7 @@ def test_stages_track_runs_artifacts_and_the_registry_over_http(tiny_run, stack,
     assert len(out) == 2 and out["label"][0] == out["label"][1]
 
     # the same register retried (same run, files, evaluation): the same version, no second one
-    again = register.run(
-        config,
-        register.RegisterPaths(
-            work / "prepared/main", work / "models/detector.pt", tmp_path / "classifier/head.pt",
-            work / "metrics/evaluate.json", tmp_path / "register.json",
-        ),
-    )  # fmt: skip
+    again = register.run(config, registering)
     assert again["version"] == 1 and again["promoted"]
     assert len(client.search_model_versions("name = 'http-emotion'")) == 1
 
