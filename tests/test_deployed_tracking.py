@@ -19,7 +19,7 @@ import boto3
 import mlflow
 import pandas as pd
 import pytest
-from tiny import tiny_config, write_tiny_params
+from tiny import tiny_config, wait_for_checkpoint, write_tiny_params
 
 from image_emotion.files import load_checkpoint
 from image_emotion.stages import register, train_classifier
@@ -246,13 +246,7 @@ def test_a_server_outage_mid_training_loses_nothing_and_the_rerun_completes_the_
     write_tiny_params(project / "params.yaml")
     env = {**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
     proc = subprocess.Popen(_finetune(project, work), stderr=subprocess.PIPE, text=True, env=env, cwd=project)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        state = load_checkpoint(project / "ckpt/last.pt") if (project / "ckpt/last.pt").exists() else None
-        if state and state["epoch"] >= 1:
-            break
-        time.sleep(0.1)
-    assert proc.poll() is None, "training finished before the outage"
+    wait_for_checkpoint(project / "ckpt/last.pt", proc)
     stack.stop_server()
     try:
         _, err = proc.communicate(timeout=300)

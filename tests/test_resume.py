@@ -6,15 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
-from tiny import write_tiny_params
+from tiny import detector_inputs, wait_for_checkpoint
 
 from image_emotion.files import CheckpointError, load_checkpoint
-from image_emotion.models.region_detector import RegionDetector, save_detector
-from image_emotion.stages import finetune_detector, make_synthetic, prepare
+from image_emotion.stages import finetune_detector
 
 pytestmark = pytest.mark.e2e
 
@@ -23,14 +21,7 @@ pytestmark = pytest.mark.e2e
 def project(tmp_path, mlflow_uri):
     """A tiny project: the synthetic regions set prepared, and an object-pretrained detector to start from
     (built untrained: what is resumed here is the fine-tuning)."""
-    params = write_tiny_params(tmp_path / "params.yaml")
-    from image_emotion.config import load_config
-
-    config = load_config(params, [f"data.root={tmp_path / 'synthetic' / 'regions'}"])
-    make_synthetic.run(config, make_synthetic.MakeSyntheticPaths(tmp_path / "synthetic"))
-    prepare.run(config, prepare.PreparePaths(tmp_path / "prepared", tmp_path / "prepare.json"))
-    torch.manual_seed(0)
-    save_detector(RegionDetector(config.detector), tmp_path / "objects.pt")
+    detector_inputs(tmp_path, tmp_path / "prepared", tmp_path / "objects.pt")
     return tmp_path
 
 
@@ -60,13 +51,7 @@ def _cmd(project, *extra):
 
 def test_killed_training_resumes_from_the_last_checkpoint(project):
     proc = subprocess.Popen(_cmd(project), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy())
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        state = load_checkpoint(project / "ckpt/last.pt") if (project / "ckpt/last.pt").exists() else None
-        if state and state["epoch"] >= 1:
-            break
-        time.sleep(0.2)
-    assert proc.poll() is None, "training finished before it could be interrupted"
+    wait_for_checkpoint(project / "ckpt/last.pt", proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = load_checkpoint(project / "ckpt/last.pt")["epoch"]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import time
 from pathlib import Path
 
 import yaml
 
 from image_emotion.config import Config, load_config
+from image_emotion.files import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,3 +64,32 @@ def write_tiny_params(path: Path) -> Path:
     """Write a params.yaml for a tiny project at ``path``."""
     path.write_text(yaml.safe_dump(tiny_config().to_dict(), sort_keys=False))
     return path
+
+
+def wait_for_checkpoint(path: Path, proc: subprocess.Popen, epoch: int = 1, timeout: float = 240) -> None:
+    """Wait until training in ``proc`` has checkpointed ``epoch`` at ``path``; fail if it ended before that."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        state = load_checkpoint(path) if path.exists() else None
+        if state and state["epoch"] >= epoch:
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, f"training ended before it could be interrupted after epoch {epoch}"
+
+
+def detector_inputs(root: Path, prepared: Path, objects: Path) -> Config:
+    """A tiny detector fine-tuning's inputs under ``root``: ``params.yaml``, the synthetic regions set drawn and
+    prepared at ``prepared``, and an untrained object detector saved at ``objects`` (what a test resumes is the
+    fine-tuning). Returns the config, its data root pointing at the drawn set."""
+    import torch
+
+    from image_emotion.models.region_detector import RegionDetector, save_detector
+    from image_emotion.stages import make_synthetic, prepare
+
+    params = write_tiny_params(root / "params.yaml")
+    config = load_config(params, [f"data.root={root / 'synthetic' / 'regions'}"])
+    make_synthetic.run(config, make_synthetic.MakeSyntheticPaths(root / "synthetic"))
+    prepare.run(config, prepare.PreparePaths(prepared, prepared.parent / "prepare.json"))
+    torch.manual_seed(0)
+    save_detector(RegionDetector(config.detector), objects)
+    return config

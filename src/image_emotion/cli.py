@@ -18,6 +18,7 @@ from pathlib import Path
 
 from image_emotion.config import DEFAULT_PARAMS, Config, load_config
 from image_emotion.errors import ConfigError, ImageEmotionError
+from image_emotion.kubeflow.cluster import DEFAULTS as CLUSTER
 from image_emotion.stages import paths as stage_paths
 
 # sub-command -> (stage module, its paths dataclass, help)
@@ -183,9 +184,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--write", action="store_true", help="write the schema's defaults (with comments) to --params")
     p.set_defaults(func=_params)
 
-    p = sub.add_parser("compile-pipeline", help="compile the kfp v2 pipeline to YAML (pipelines/image_emotion.yaml)")
+    p = sub.add_parser(
+        "compile-pipeline",
+        help="compile the kfp v2 pipeline (pipelines/image_emotion.yaml) and its components (components/<name>/)",
+    )
     p.add_argument("--out", type=Path, default=Path("pipelines/image_emotion.yaml"))
+    p.add_argument("--components", type=Path, default=Path("components"), help="the components' folder")
+    p.add_argument("--registry", default=CLUSTER.registry, help=f"image registry (default: {CLUSTER.registry})")
+    p.add_argument(
+        "--parallelism", type=int, default=CLUSTER.parallelism, help="pods of one ParallelFor at once (0: all)"
+    )
+    p.add_argument(
+        "--gpu-type", default=CLUSTER.gpu_type, help=f"the GPU steps' accelerator (default: {CLUSTER.gpu_type})"
+    )
     p.set_defaults(func=_compile_pipeline)
+
+    p = sub.add_parser("build-images", help="docker build (and push) the CPU and CUDA images the pipeline names")
+    p.add_argument("--registry", default=CLUSTER.registry, help=f"image registry (default: {CLUSTER.registry})")
+    p.add_argument("--push", action="store_true", help="docker push both images after building them")
+    p.add_argument("--no-pin", action="store_true", help="keep the base image's tag instead of pinning its digest")
+    p.add_argument("--dry-run", action="store_true", help="print the docker commands, run nothing")
+    p.set_defaults(func=_build_images)
 
     p = sub.add_parser("run-pipeline", help="run the whole kfp pipeline (--local: kfp.local, no cluster)")
     p.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: params.yaml)")
@@ -443,9 +462,31 @@ def _params(args: argparse.Namespace) -> dict:
 
 
 def _compile_pipeline(args: argparse.Namespace) -> dict:
+    from image_emotion.kubeflow.catalog import write_components
+    from image_emotion.kubeflow.images import images
     from image_emotion.kubeflow.pipeline import compile_pipeline
 
-    return {"compiled": str(compile_pipeline(args.out))}
+    built = images(args.registry)
+    compiled = compile_pipeline(args.out, args.registry, args.parallelism, args.gpu_type)
+    written = write_components(args.components, built)
+    return {"compiled": str(compiled), "components": len(written), "cpu_image": built.cpu, "cuda_image": built.cuda}
+
+
+def _build_images(args: argparse.Namespace) -> int:
+    import shlex
+    import subprocess
+
+    from image_emotion.kubeflow import images
+
+    built = images.images(args.registry)
+    base = images.BASE_IMAGE if args.no_pin or args.dry_run else images.resolve_base_digest()
+    root = images.source_root()
+    for command in images.build_commands(built, base, push=args.push, root=root):
+        print(shlex.join(command), flush=True)
+        if not args.dry_run and subprocess.run(command, cwd=root).returncode != 0:
+            print(f"error: `{shlex.join(command[:2])}` failed (see above); is docker running?", file=sys.stderr)
+            return 1
+    return 0
 
 
 def _run_pipeline(args: argparse.Namespace) -> dict:

@@ -1,8 +1,13 @@
 """One kfp v2 component per pipeline stage; each is a thin function that calls the package's stage code.
 
+The functions are plain here; ``build_components`` makes them kfp components that run in the images of this
+source tree (``images.Images``: the GPU steps in the CUDA image), with the package already installed there
+(``install_kfp_package=False``: nothing is installed when a pod starts).
+
 Data flows through kfp artifacts (``Dataset`` directories, ``Model`` directories, ``Metrics``, ``HTML``),
 never through shared paths. Every component takes the pipeline's resolved ``params_yaml`` and its MLflow
-settings, so a stage behaves as under ``dvc repro``. The λ sweep is split into one component call per λ
+settings, so a stage behaves as under ``dvc repro``; ``data_dir`` is the directory relative dataset roots and
+weight paths resolve against (the data volume in a pod). The λ sweep is split into one component call per λ
 and the transfer into one call per transfer set (the pipeline fans them out with ``dsl.ParallelFor``); the
 stage modules expose those steps (``sweep_point``, ``select_lambda``, ``variants``) so nothing is written twice.
 """
@@ -12,29 +17,27 @@ from typing import List, NamedTuple  # noqa: UP035 - kfp reads typing.List for c
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Markdown, Metrics, Model, Output
 
-from image_emotion.kubeflow import IMAGE_CPU, IMAGE_CUDA
+from image_emotion.kubeflow.images import Images
 
 
-@dsl.component(base_image=IMAGE_CPU)
 def prepare_op(
     params_yaml: str,
     role: str,
     mlflow_tracking_uri: str,
     mlflow_experiment: str,
-    pipeline_run_id: str,
+    data_dir: str,
     dataset: Output[Dataset],
     metrics: Output[Metrics],
 ):
-    """``prepare`` of one role's dataset: ``detector`` (detector_data), ``main`` (data) or a transfer set's
-    name. A synthetic set is drawn inside the artifact, so it travels with its manifest."""
+    """``prepare`` of one role's dataset: ``detector`` (detector_data), ``main`` (data), a transfer set's name or
+    ``generative:<name>`` (a set of generative.sets). A synthetic set is drawn inside the artifact, so it travels
+    with its manifest; a real set's root is on the data volume."""
     from pathlib import Path
 
     from image_emotion.kubeflow import runtime
     from image_emotion.stages import prepare
 
-    config = runtime.role_config(
-        runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id), role
-    )
+    config = runtime.role_config(runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, data_dir), role)
     out = Path(dataset.path)
     config = runtime.draw_if_synthetic(config, out / "images")
     summary = prepare.run(config, prepare.PreparePaths(out / "prepared", out / "prepare.json"))
@@ -43,65 +46,66 @@ def prepare_op(
     runtime.write_json(metrics.path, {"role": role, **summary})  # the report reads the sizes from here
 
 
-@dsl.component(base_image=IMAGE_CUDA)
 def pretrain_objects_op(
     params_yaml: str,
     mlflow_tracking_uri: str,
     mlflow_experiment: str,
-    pipeline_run_id: str,
+    data_dir: str,
+    checkpoint_root: str,
     objects: Output[Model],
     metrics: Output[Metrics],
 ):
     """The object-pretrained detector: the COCO checkpoint, or training on the synthetic objects set (drawn
-    inside the artifact)."""
+    inside the artifact). A retried pod resumes from its checkpoint under ``checkpoint_root``."""
     from pathlib import Path
 
     from image_emotion.kubeflow import runtime
     from image_emotion.stages import pretrain_objects
 
-    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, data_dir)
     out = Path(objects.path)
     if not config.detector.object_weights:
         config = runtime.draw_objects(config, out / "synthetic")
-    paths = pretrain_objects.PretrainPaths(out / "checkpoint" / "last.pt", out / "detector.pt", out / "objects.json")
+    checkpoint = runtime.checkpoint_path(checkpoint_root, "pretrain_objects")
+    paths = pretrain_objects.PretrainPaths(checkpoint, out / "detector.pt", out / "objects.json")
     runtime.log_to_kfp(metrics, pretrain_objects.run(config, paths))
 
 
-@dsl.component(base_image=IMAGE_CUDA)
 def finetune_detector_op(
     params_yaml: str,
     mlflow_tracking_uri: str,
     mlflow_experiment: str,
-    pipeline_run_id: str,
+    data_dir: str,
+    checkpoint_root: str,
     dataset: Input[Dataset],
     objects: Input[Model],
     detector: Output[Model],
     metrics: Output[Metrics],
 ):
-    """Train the emotional-region branch on the detector dataset (checkpoints every epoch beside the model)."""
+    """Train the emotional-region branch on the detector dataset; a checkpoint every epoch under
+    ``checkpoint_root/<run id>/finetune_detector/``, from which a retried pod resumes."""
     from pathlib import Path
 
     from image_emotion.kubeflow import runtime
     from image_emotion.stages import finetune_detector
 
-    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, data_dir)
     out = Path(detector.path)
     paths = finetune_detector.FinetunePaths(
         Path(dataset.path) / "prepared",
         Path(objects.path) / "detector.pt",
-        out / "checkpoint" / "last.pt",
+        runtime.checkpoint_path(checkpoint_root, "finetune_detector"),
         out / "detector.pt",
         out / "detector.json",
     )
     runtime.log_to_kfp(metrics, finetune_detector.run(config, paths))
 
 
-@dsl.component(base_image=IMAGE_CUDA)
 def extract_regions_op(
     params_yaml: str,
     mlflow_tracking_uri: str,
     mlflow_experiment: str,
-    pipeline_run_id: str,
+    data_dir: str,
     detector: Input[Model],
     dataset: Input[Dataset],
     features: Output[Dataset],
@@ -113,7 +117,7 @@ def extract_regions_op(
     from image_emotion.kubeflow import runtime
     from image_emotion.stages import extract_regions
 
-    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, data_dir)
     out = Path(features.path)
     paths = extract_regions.ExtractPaths(
         Path(detector.path) / "detector.pt", (Path(dataset.path) / "prepared",), (out / "cache",), out / "extract.json"
@@ -121,13 +125,12 @@ def extract_regions_op(
     runtime.log_to_kfp(metrics, extract_regions.run(config, paths))
 
 
-@dsl.component(base_image=IMAGE_CPU)
 def train_lambda_op(
     params_yaml: str,
     lam: float,
     mlflow_tracking_uri: str,
     mlflow_experiment: str,
-    pipeline_run_id: str,
+    data_dir: str,
     main: Input[Dataset],
     features: Input[Dataset],
     head: Output[Model],
@@ -140,7 +143,7 @@ def train_lambda_op(
     from image_emotion.stages import train_classifier
     from image_emotion.tracking import runs as tracking
 
-    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, data_dir)
     inputs = train_classifier.load_inputs(config, Path(main.path) / "prepared", Path(features.path) / "cache")
     with tracking.stage_run(config, "train_classifier", train_classifier.TRACKED_SECTIONS):
         model, row = train_classifier.sweep_point(inputs, lam)
@@ -150,12 +153,11 @@ def train_lambda_op(
     head.metadata.update({k: v for k, v in row.items() if isinstance(v, float)})
 
 
-@dsl.component(base_image=IMAGE_CPU)
 def select_classifier_op(
     params_yaml: str,
     mlflow_tracking_uri: str,
     mlflow_experiment: str,
-    pipeline_run_id: str,
+    data_dir: str,
     main: Input[Dataset],
     features: Input[Dataset],
     heads: Input[List[Model]],  # noqa: UP006
@@ -170,7 +172,7 @@ def select_classifier_op(
     from image_emotion.stages import train_classifier
     from image_emotion.tracking import runs as tracking
 
-    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, data_dir)
     inputs = train_classifier.load_inputs(config, Path(main.path) / "prepared", Path(features.path) / "cache")
     head_of = {}  # λ -> the directory of its head
     for h in heads:
@@ -192,13 +194,12 @@ def select_classifier_op(
     runtime.log_to_kfp(metrics, result)
 
 
-@dsl.component(base_image=IMAGE_CPU)
 def transfer_cv_op(
     params_yaml: str,
     set_name: str,
     mlflow_tracking_uri: str,
     mlflow_experiment: str,
-    pipeline_run_id: str,
+    data_dir: str,
     dataset: Input[Dataset],
     features: Input[Dataset],
     classifier: Input[Model],
@@ -210,7 +211,7 @@ def transfer_cv_op(
     from image_emotion.kubeflow import runtime
     from image_emotion.stages import transfer_cv
 
-    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, data_dir)
     paths = transfer_cv.TransferPaths(
         set_name, Path(dataset.path) / "prepared", Path(features.path) / "cache",
         Path(classifier.path) / "head.pt", Path(result.path),
@@ -220,12 +221,11 @@ def transfer_cv_op(
     result.metadata["set"] = set_name
 
 
-@dsl.component(base_image=IMAGE_CPU)
 def evaluate_op(
     params_yaml: str,
     mlflow_tracking_uri: str,
     mlflow_experiment: str,
-    pipeline_run_id: str,
+    data_dir: str,
     main: Input[Dataset],
     features: Input[Dataset],
     classifier: Input[Model],
@@ -243,7 +243,7 @@ def evaluate_op(
     from image_emotion.kubeflow import runtime
     from image_emotion.stages import evaluate
 
-    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, data_dir)
     cls_dir = Path(classifier.path)
     transfer_dir = Path(tempfile.mkdtemp(prefix="transfer-"))  # <set>.json, as dvc.yaml's metrics/transfer/
     runtime.collect_transfer(transfer, transfer_dir)
@@ -256,12 +256,11 @@ def evaluate_op(
     return float(result["test_accuracy"])
 
 
-@dsl.component(base_image=IMAGE_CUDA)
 def train_metric_op(
     params_yaml: str,
     mlflow_tracking_uri: str,
     mlflow_experiment: str,
-    pipeline_run_id: str,
+    data_dir: str,
     main: Input[Dataset],
     model: Output[Model],
     metrics: Output[Metrics],
@@ -272,7 +271,7 @@ def train_metric_op(
     from image_emotion.kubeflow import runtime
     from image_emotion.stages import train_metric
 
-    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, data_dir)
     out = Path(model.path)
     paths = train_metric.TrainMetricPaths(
         Path(main.path) / "prepared", out, out / "metric.json", out / "metric_ablation.json"
@@ -280,12 +279,11 @@ def train_metric_op(
     runtime.log_to_kfp(metrics, train_metric.run(config, paths))
 
 
-@dsl.component(base_image=IMAGE_CPU)
 def retrieve_op(
     params_yaml: str,
     mlflow_tracking_uri: str,
     mlflow_experiment: str,
-    pipeline_run_id: str,
+    data_dir: str,
     main: Input[Dataset],
     model: Input[Model],
     index: Output[Model],
@@ -299,7 +297,7 @@ def retrieve_op(
     from image_emotion.kubeflow import runtime
     from image_emotion.stages import retrieve
 
-    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, data_dir)
     paths = retrieve.RetrievePaths(
         Path(main.path) / "prepared", Path(model.path) / "model.pt", Path(model.path) / "metric_ablation.json",
         Path(index.path), Path(metrics.path), Path(plots.path),
@@ -308,13 +306,12 @@ def retrieve_op(
     runtime.log_to_kfp(metrics, runtime.read_json(metrics.path)["main"])
 
 
-@dsl.component(base_image=IMAGE_CPU)
 def retrieve_transfer_op(
     params_yaml: str,
     set_name: str,
     mlflow_tracking_uri: str,
     mlflow_experiment: str,
-    pipeline_run_id: str,
+    data_dir: str,
     dataset: Input[Dataset],
     model: Input[Model],
     result: Output[Metrics],
@@ -325,7 +322,7 @@ def retrieve_transfer_op(
     from image_emotion.kubeflow import runtime
     from image_emotion.stages import retrieve_transfer
 
-    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, data_dir)
     paths = retrieve_transfer.RetrieveTransferPaths(
         set_name, Path(dataset.path) / "prepared", Path(model.path) / "model.pt", Path(result.path)
     )
@@ -333,12 +330,12 @@ def retrieve_transfer_op(
     runtime.log_to_kfp(result, runtime.read_json(result.path))
 
 
-@dsl.component(base_image=IMAGE_CUDA)
 def train_generative_op(
     params_yaml: str,
     mlflow_tracking_uri: str,
     mlflow_experiment: str,
-    pipeline_run_id: str,
+    data_dir: str,
+    checkpoint_root: str,
     main: Input[Dataset],
     sets: Input[List[Dataset]],  # noqa: UP006
     model: Output[Model],
@@ -346,29 +343,29 @@ def train_generative_op(
 ):
     """Seed 001: one generative model for every emotion model (main set + ``generative.sets``), the probes'
     baseline and the low-resource curve; ``model`` also holds generative_train.json and
-    generative_low_resource.json."""
+    generative_low_resource.json. A retried pod resumes from its checkpoint under ``checkpoint_root``."""
     import tempfile
     from pathlib import Path
 
     from image_emotion.kubeflow import runtime
     from image_emotion.stages import train_generative
 
-    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, data_dir)
     work = Path(tempfile.mkdtemp(prefix="generative-"))
     out = Path(model.path)
+    checkpoint = runtime.checkpoint_path(checkpoint_root, "train_generative")
     paths = train_generative.TrainGenerativePaths(
-        Path(main.path) / "prepared", runtime.link_generative_sets(sets, work / "sets"), work / "checkpoint.pt",
+        Path(main.path) / "prepared", runtime.link_generative_sets(sets, work / "sets"), checkpoint,
         out, out / "generative_train.json", out / "generative_low_resource.json",
     )  # fmt: skip
     runtime.log_to_kfp(metrics, train_generative.run(config, paths)["test_accuracy"])
 
 
-@dsl.component(base_image=IMAGE_CPU)
 def evaluate_generative_op(
     params_yaml: str,
     mlflow_tracking_uri: str,
     mlflow_experiment: str,
-    pipeline_run_id: str,
+    data_dir: str,
     main: Input[Dataset],
     sets: Input[List[Dataset]],  # noqa: UP006
     model: Input[Model],
@@ -383,7 +380,7 @@ def evaluate_generative_op(
     from image_emotion.kubeflow import runtime
     from image_emotion.stages import evaluate_generative
 
-    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, data_dir)
     work = Path(tempfile.mkdtemp(prefix="generative-"))
     trained = Path(model.path)
     paths = evaluate_generative.EvaluateGenerativePaths(
@@ -396,12 +393,11 @@ def evaluate_generative_op(
     return float(result["accuracy"])
 
 
-@dsl.component(base_image=IMAGE_CPU)
 def report_op(
     params_yaml: str,
     mlflow_tracking_uri: str,
     mlflow_experiment: str,
-    pipeline_run_id: str,
+    data_dir: str,
     prepared_detector: Input[Metrics],
     prepared_main: Input[Metrics],
     prepared_transfer: Input[List[Metrics]],  # noqa: UP006
@@ -427,7 +423,7 @@ def report_op(
     from image_emotion.kubeflow import runtime
     from image_emotion.stages import report
 
-    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, data_dir)
     results = Path(tempfile.mkdtemp(prefix="results-"))  # the run's result files, in dvc.yaml's layout
     for prepared in (prepared_detector, prepared_main, *prepared_transfer):
         summary = runtime.read_json(prepared.path)
@@ -453,12 +449,11 @@ def report_op(
     shutil.copy(out / "paper.md", markdown.path)
 
 
-@dsl.component(base_image=IMAGE_CPU)
 def register_op(
     params_yaml: str,
     mlflow_tracking_uri: str,
     mlflow_experiment: str,
-    pipeline_run_id: str,
+    data_dir: str,
     main: Input[Dataset],
     detector: Input[Model],
     classifier: Input[Model],
@@ -471,7 +466,7 @@ def register_op(
     from image_emotion.kubeflow import runtime
     from image_emotion.stages import register
 
-    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, data_dir)
     paths = register.RegisterPaths(
         Path(main.path) / "prepared", Path(detector.path) / "detector.pt", Path(classifier.path) / "head.pt",
         Path(evaluation.path), Path(tempfile.mkdtemp(prefix="register-")) / "register.json",
@@ -480,12 +475,11 @@ def register_op(
     return runtime.register_outputs(result)
 
 
-@dsl.component(base_image=IMAGE_CPU)
 def register_metric_op(
     params_yaml: str,
     mlflow_tracking_uri: str,
     mlflow_experiment: str,
-    pipeline_run_id: str,
+    data_dir: str,
     main: Input[Dataset],
     model: Input[Model],
     index: Input[Model],
@@ -498,7 +492,7 @@ def register_metric_op(
     from image_emotion.kubeflow import runtime
     from image_emotion.stages import register_metric
 
-    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, data_dir)
     paths = register_metric.RegisterMetricPaths(
         Path(main.path) / "prepared", Path(model.path) / "model.pt", Path(index.path), Path(retrieval.path),
         Path(tempfile.mkdtemp(prefix="register-")) / "register_metric.json",
@@ -507,12 +501,11 @@ def register_metric_op(
     return runtime.register_outputs(result)
 
 
-@dsl.component(base_image=IMAGE_CPU)
 def register_generative_op(
     params_yaml: str,
     mlflow_tracking_uri: str,
     mlflow_experiment: str,
-    pipeline_run_id: str,
+    data_dir: str,
     main: Input[Dataset],
     model: Input[Model],
     evaluation: Input[Metrics],
@@ -524,10 +517,33 @@ def register_generative_op(
     from image_emotion.kubeflow import runtime
     from image_emotion.stages import register_generative
 
-    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, pipeline_run_id)
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, data_dir)
     paths = register_generative.RegisterGenerativePaths(
         Path(main.path) / "prepared", Path(model.path), Path(evaluation.path),
         Path(tempfile.mkdtemp(prefix="register-")) / "register_generative.json",
     )  # fmt: skip
     result = register_generative.run(config, paths)
     return runtime.register_outputs(result)
+
+
+COMPONENT_FUNCTIONS = (
+    prepare_op, pretrain_objects_op, finetune_detector_op, extract_regions_op, train_lambda_op, select_classifier_op,
+    transfer_cv_op, evaluate_op, train_metric_op, retrieve_op, retrieve_transfer_op, train_generative_op,
+    evaluate_generative_op, report_op, register_op, register_metric_op, register_generative_op,
+)  # fmt: skip
+GPU_COMPONENTS = frozenset({
+    "pretrain_objects_op", "finetune_detector_op", "extract_regions_op", "train_metric_op", "train_generative_op",
+})  # fmt: skip
+
+
+def build_components(images: Images) -> dict[str, dsl.base_component.BaseComponent]:
+    """Every component by function name, in the CUDA image where it trains or extracts, else the CPU image."""
+    unknown = GPU_COMPONENTS - {f.__name__ for f in COMPONENT_FUNCTIONS}
+    if unknown:
+        raise ValueError(f"GPU_COMPONENTS names no component: {', '.join(sorted(unknown))}")
+    return {
+        f.__name__: dsl.component(
+            f, base_image=images.cuda if f.__name__ in GPU_COMPONENTS else images.cpu, install_kfp_package=False
+        )
+        for f in COMPONENT_FUNCTIONS
+    }

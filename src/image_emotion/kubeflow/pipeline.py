@@ -7,173 +7,243 @@ and, if test accuracy >= min_accuracy, register. Seed 002: prepare main data -> 
 report, register_metric, and retrieve_transfer for each transfer set (in its loop) -> report. Seed 001: prepare
 each generative set (ParallelFor) -> Collected -> train_generative [GPU] -> evaluate_generative -> report,
 register_generative. The same graph as dvc.yaml.
+
+On a cluster (``_Platform``): every pod mounts the data volume (``data_pvc``) where relative dataset roots and
+weight paths resolve, gets the MLflow and S3 credentials from secrets (``mlflow_secret``, ``s3_secret``) and the
+run id from its ``pipeline/runid`` label, and runs as the images' non-root user; the GPU steps request a
+``gpu_type`` accelerator (a compile option), tolerate ``gpu_tolerations``, select ``gpu_node_selector`` nodes,
+and the training ones keep checkpoints on the work volume (``work_pvc``) so a retried pod resumes. No input
+carries the run id, so kfp's cache hits when params, data artifacts and image are the same; the register steps
+are never cached.
 """
 
+import os
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
-from kfp import compiler, dsl
+from kfp import compiler, dsl, kubernetes
 
 from image_emotion.config import Config
-from image_emotion.kubeflow import components as c
+from image_emotion.kubeflow import cluster
+from image_emotion.kubeflow.components import build_components
+from image_emotion.kubeflow.images import Images, images
 
 PIPELINE_NAME = "image-emotion"
 DEFAULT_PIPELINE_YAML = Path("pipelines/image_emotion.yaml")
-GPU_TYPE = "nvidia.com/gpu"
 DEFAULTS = Config()  # the pipeline parameters' defaults come from the one config schema
+CLUSTER = cluster.DEFAULTS
 
 
-def _gpu(task: dsl.PipelineTask, cpu: str, memory: str) -> dsl.PipelineTask:
-    """One GPU, CPU/memory requests and retries for a training or extraction step."""
-    return (
-        task.set_accelerator_type(GPU_TYPE)
-        .set_accelerator_limit(1)
-        .set_cpu_request(cpu)
-        .set_memory_request(memory)
-        .set_memory_limit(memory)
-        .set_retry(num_retries=2, backoff_duration="60s", backoff_factor=2.0)
-    )
+class _Platform:
+    """What every task gets on a cluster: the data volume, the secrets, the run id, the non-root user;
+    GPU steps also the work volume for checkpoints, an accelerator, tolerations and a node selector."""
 
+    def __init__(self, data_pvc, work_pvc, mlflow_secret, s3_secret, gpu_type, gpu_tolerations, gpu_node_selector):
+        # gpu_type is fixed at compile time: kfp 2.17's compiler does not pass a parameter given to
+        # set_accelerator_type into a ParallelFor (the extraction of each transfer set fails to resolve it)
+        self.data_pvc, self.work_pvc = data_pvc, work_pvc
+        self.mlflow_secret, self.s3_secret = mlflow_secret, s3_secret
+        self.gpu_type, self.gpu_tolerations, self.gpu_node_selector = gpu_type, gpu_tolerations, gpu_node_selector
 
-def _cpu(task: dsl.PipelineTask, cpu: str = "2", memory: str = "8G") -> dsl.PipelineTask:
-    return task.set_cpu_request(cpu).set_memory_request(memory).set_retry(num_retries=2, backoff_duration="30s")
+    def _common(self, task: dsl.PipelineTask) -> dsl.PipelineTask:
+        kubernetes.mount_pvc(task, pvc_name=self.data_pvc, mount_path=cluster.DATA_MOUNT)
+        kubernetes.use_secret_as_env(task, self.mlflow_secret, cluster.MLFLOW_SECRET_KEYS, optional=True)
+        kubernetes.use_secret_as_env(task, self.s3_secret, cluster.S3_SECRET_KEYS, optional=True)
+        kubernetes.use_field_path_as_env(task, cluster.RUN_ID_ENV, cluster.RUN_ID_FIELD)
+        kubernetes.set_security_context(task, run_as_user=cluster.UID, run_as_group=cluster.UID, run_as_non_root=True)
+        return task
 
-
-@dsl.pipeline(name=PIPELINE_NAME, description="Multi-level region-based emotion classification (seed 000), end to end")
-def image_emotion_pipeline(
-    params_yaml: str,
-    lambdas: list = list(DEFAULTS.classifier.lambdas),  # noqa: B006 - kfp default, from the config schema
-    transfer_sets: list = [t.name for t in DEFAULTS.transfer.sets],  # noqa: B006
-    generative_sets: list = [f"generative:{s.name}" for s in DEFAULTS.generative.sets],  # noqa: B006
-    min_accuracy: float = DEFAULTS.register.min_accuracy,
-    mlflow_tracking_uri: str = "",
-    mlflow_experiment: str = DEFAULTS.mlflow.experiment,
-):
-    common = {
-        "params_yaml": params_yaml,
-        "mlflow_tracking_uri": mlflow_tracking_uri,
-        "mlflow_experiment": mlflow_experiment,
-        "pipeline_run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-    }
-    objects = _gpu(c.pretrain_objects_op(**common), "8", "32G")
-    regions = _cpu(c.prepare_op(role="detector", **common)).set_display_name("prepare detector data")
-    main = _cpu(c.prepare_op(role="main", **common)).set_display_name("prepare main data")
-    detector = _gpu(
-        c.finetune_detector_op(dataset=regions.outputs["dataset"], objects=objects.outputs["objects"], **common),
-        "8",
-        "32G",
-    )
-    features = _gpu(
-        c.extract_regions_op(detector=detector.outputs["detector"], dataset=main.outputs["dataset"], **common),
-        "8",
-        "32G",
-    )
-    with dsl.ParallelFor(items=lambdas, name="lambda-sweep") as lam:
-        sweep = _cpu(
-            c.train_lambda_op(lam=lam, main=main.outputs["dataset"], features=features.outputs["features"], **common)
+    def gpu(self, task: dsl.PipelineTask, checkpoints: bool = False) -> dsl.PipelineTask:
+        """One GPU, CPU/memory requests and retries for a training or extraction step (``checkpoints``: the work
+        volume mounted too)."""
+        self._common(task)
+        if checkpoints:
+            kubernetes.mount_pvc(task, pvc_name=self.work_pvc, mount_path=cluster.WORK_MOUNT)
+        kubernetes.add_toleration_json(task, self.gpu_tolerations)
+        kubernetes.add_node_selector_json(task, self.gpu_node_selector)
+        resources = cluster.GPU_RESOURCES
+        return (
+            task.set_accelerator_type(self.gpu_type)
+            .set_accelerator_limit(resources["accelerators"])
+            .set_cpu_request(resources["cpu"])
+            .set_memory_request(resources["memory"])
+            .set_memory_limit(resources["memory"])
+            .set_retry(num_retries=2, backoff_duration="60s", backoff_factor=2.0)
         )
-    classifier = _cpu(
-        c.select_classifier_op(
-            main=main.outputs["dataset"],
-            features=features.outputs["features"],
-            heads=dsl.Collected(sweep.outputs["head"]),
-            **common,
+
+    def register(self, task: dsl.PipelineTask) -> dsl.PipelineTask:
+        """A register step: never cached (it must see the registry as it is now), retried like any step (it is
+        idempotent: a retry of the same run registers nothing new, tracking/registry.py)."""
+        return self.cpu(task).set_caching_options(False)
+
+    def cpu(self, task: dsl.PipelineTask) -> dsl.PipelineTask:
+        self._common(task)
+        resources = cluster.CPU_RESOURCES
+        return (
+            task.set_cpu_request(resources["cpu"])
+            .set_memory_request(resources["memory"])
+            .set_retry(num_retries=2, backoff_duration="30s")
         )
-    )
-    metric = _gpu(c.train_metric_op(main=main.outputs["dataset"], **common), "8", "32G")
-    with dsl.ParallelFor(items=transfer_sets, name="transfer-sets") as set_name:
-        small = _cpu(c.prepare_op(role=set_name, **common)).set_display_name("prepare transfer set")
-        small_features = _gpu(
-            c.extract_regions_op(detector=detector.outputs["detector"], dataset=small.outputs["dataset"], **common),
-            "8",
-            "32G",
+
+
+def build_pipeline(built: Images, parallelism: int = CLUSTER.parallelism, gpu_type: str = CLUSTER.gpu_type) -> Callable:
+    """The pipeline whose components run in ``built``'s images, each ParallelFor ``parallelism`` pods at once,
+    the GPU steps asking for one ``gpu_type`` accelerator."""
+    c = build_components(built)
+    checkpoint_root = f"{cluster.WORK_MOUNT}/checkpoints"
+
+    @dsl.pipeline(name=PIPELINE_NAME, description="Image emotion: seeds 000, 002 and 001 end to end, with a report")
+    def image_emotion_pipeline(
+        params_yaml: str,
+        lambdas: list = list(DEFAULTS.classifier.lambdas),  # noqa: B006 - kfp default, from the config schema
+        transfer_sets: list = [t.name for t in DEFAULTS.transfer.sets],  # noqa: B006
+        generative_sets: list = [f"generative:{s.name}" for s in DEFAULTS.generative.sets],  # noqa: B006
+        min_accuracy: float = DEFAULTS.register.min_accuracy,
+        mlflow_tracking_uri: str = "",
+        mlflow_experiment: str = DEFAULTS.mlflow.experiment,
+        data_pvc: str = CLUSTER.data_pvc,
+        work_pvc: str = CLUSTER.work_pvc,
+        mlflow_secret: str = CLUSTER.mlflow_secret,
+        s3_secret: str = CLUSTER.s3_secret,
+        gpu_tolerations: list = CLUSTER.gpu_tolerations,
+        gpu_node_selector: dict = CLUSTER.gpu_node_selector,
+        data_dir: str = cluster.DATA_MOUNT,
+        checkpoint_root: str = checkpoint_root,
+    ):
+        p = _Platform(data_pvc, work_pvc, mlflow_secret, s3_secret, gpu_type, gpu_tolerations, gpu_node_selector)
+        _gpu, _cpu = p.gpu, p.cpu
+        common = {
+            "params_yaml": params_yaml,
+            "mlflow_tracking_uri": mlflow_tracking_uri,
+            "mlflow_experiment": mlflow_experiment,
+            "data_dir": data_dir,
+        }
+        training = {**common, "checkpoint_root": checkpoint_root}
+        objects = _gpu(c["pretrain_objects_op"](**training), checkpoints=True)
+        regions = _cpu(c["prepare_op"](role="detector", **common)).set_display_name("prepare detector data")
+        main = _cpu(c["prepare_op"](role="main", **common)).set_display_name("prepare main data")
+        detector = _gpu(
+            c["finetune_detector_op"](
+                dataset=regions.outputs["dataset"], objects=objects.outputs["objects"], **training
+            ),
+            checkpoints=True,
         )
-        transfer = _cpu(
-            c.transfer_cv_op(
-                set_name=set_name,
-                dataset=small.outputs["dataset"],
-                features=small_features.outputs["features"],
-                classifier=classifier.outputs["classifier"],
+        features = _gpu(
+            c["extract_regions_op"](detector=detector.outputs["detector"], dataset=main.outputs["dataset"], **common),
+        )
+        with dsl.ParallelFor(items=lambdas, name="lambda-sweep", parallelism=parallelism) as lam:
+            sweep = _cpu(
+                c["train_lambda_op"](
+                    lam=lam, main=main.outputs["dataset"], features=features.outputs["features"], **common
+                )
+            )
+        classifier = _cpu(
+            c["select_classifier_op"](
+                main=main.outputs["dataset"],
+                features=features.outputs["features"],
+                heads=dsl.Collected(sweep.outputs["head"]),
                 **common,
             )
         )
-        small_retrieval = _cpu(
-            c.retrieve_transfer_op(
-                set_name=set_name, dataset=small.outputs["dataset"], model=metric.outputs["model"], **common
+        metric = _gpu(c["train_metric_op"](main=main.outputs["dataset"], **common))
+        with dsl.ParallelFor(items=transfer_sets, name="transfer-sets", parallelism=parallelism) as set_name:
+            small = _cpu(c["prepare_op"](role=set_name, **common)).set_display_name("prepare transfer set")
+            small_features = _gpu(
+                c["extract_regions_op"](
+                    detector=detector.outputs["detector"], dataset=small.outputs["dataset"], **common
+                ),
+            )
+            transfer = _cpu(
+                c["transfer_cv_op"](
+                    set_name=set_name,
+                    dataset=small.outputs["dataset"],
+                    features=small_features.outputs["features"],
+                    classifier=classifier.outputs["classifier"],
+                    **common,
+                )
+            )
+            small_retrieval = _cpu(
+                c["retrieve_transfer_op"](
+                    set_name=set_name, dataset=small.outputs["dataset"], model=metric.outputs["model"], **common
+                )
+            )
+        with dsl.ParallelFor(items=generative_sets, name="generative-sets", parallelism=parallelism) as role:
+            other = _cpu(c["prepare_op"](role=role, **common)).set_display_name("prepare generative set")
+        generative = _gpu(
+            c["train_generative_op"](
+                main=main.outputs["dataset"], sets=dsl.Collected(other.outputs["dataset"]), **training
+            ),
+            checkpoints=True,
+        )
+        generative_evaluation = _cpu(
+            c["evaluate_generative_op"](
+                main=main.outputs["dataset"],
+                sets=dsl.Collected(other.outputs["dataset"]),
+                model=generative.outputs["model"],
+                **common,
             )
         )
-    with dsl.ParallelFor(items=generative_sets, name="generative-sets") as role:
-        other = _cpu(c.prepare_op(role=role, **common)).set_display_name("prepare generative set")
-    generative = _gpu(
-        c.train_generative_op(main=main.outputs["dataset"], sets=dsl.Collected(other.outputs["dataset"]), **common),
-        "8",
-        "32G",
-    )
-    generative_evaluation = _cpu(
-        c.evaluate_generative_op(
-            main=main.outputs["dataset"],
-            sets=dsl.Collected(other.outputs["dataset"]),
-            model=generative.outputs["model"],
-            **common,
-        )
-    )
-    evaluation = _cpu(
-        c.evaluate_op(
-            main=main.outputs["dataset"],
-            features=features.outputs["features"],
-            classifier=classifier.outputs["classifier"],
-            transfer=dsl.Collected(transfer.outputs["result"]),
-            **common,
-        )
-    )
-    retrieval = _cpu(c.retrieve_op(main=main.outputs["dataset"], model=metric.outputs["model"], **common))
-    _cpu(
-        c.report_op(
-            prepared_detector=regions.outputs["metrics"],
-            prepared_main=main.outputs["metrics"],
-            prepared_transfer=dsl.Collected(small.outputs["metrics"]),
-            detector=detector.outputs["detector"],
-            classifier=classifier.outputs["classifier"],
-            transfer=dsl.Collected(transfer.outputs["result"]),
-            evaluation=evaluation.outputs["metrics"],
-            plots=evaluation.outputs["plots"],
-            retrieval=retrieval.outputs["metrics"],
-            retrieval_transfer=dsl.Collected(small_retrieval.outputs["result"]),
-            retrieval_plots=retrieval.outputs["plots"],
-            generative=generative_evaluation.outputs["metrics"],
-            generative_plots=generative_evaluation.outputs["plots"],
-            **common,
-        )
-    )
-    # the test accuracy is the component's return value ("Output")
-    with dsl.If(evaluation.outputs["Output"] >= min_accuracy, name="good-enough-to-register"):
-        _cpu(
-            c.register_op(
+        evaluation = _cpu(
+            c["evaluate_op"](
                 main=main.outputs["dataset"],
+                features=features.outputs["features"],
+                classifier=classifier.outputs["classifier"],
+                transfer=dsl.Collected(transfer.outputs["result"]),
+                **common,
+            )
+        )
+        retrieval = _cpu(c["retrieve_op"](main=main.outputs["dataset"], model=metric.outputs["model"], **common))
+        _cpu(
+            c["report_op"](
+                prepared_detector=regions.outputs["metrics"],
+                prepared_main=main.outputs["metrics"],
+                prepared_transfer=dsl.Collected(small.outputs["metrics"]),
                 detector=detector.outputs["detector"],
                 classifier=classifier.outputs["classifier"],
+                transfer=dsl.Collected(transfer.outputs["result"]),
                 evaluation=evaluation.outputs["metrics"],
+                plots=evaluation.outputs["plots"],
+                retrieval=retrieval.outputs["metrics"],
+                retrieval_transfer=dsl.Collected(small_retrieval.outputs["result"]),
+                retrieval_plots=retrieval.outputs["plots"],
+                generative=generative_evaluation.outputs["metrics"],
+                generative_plots=generative_evaluation.outputs["plots"],
                 **common,
             )
         )
-    _cpu(
-        c.register_metric_op(
-            main=main.outputs["dataset"],
-            model=metric.outputs["model"],
-            index=retrieval.outputs["index"],
-            retrieval=retrieval.outputs["metrics"],
-            **common,
+        # the test accuracy is the component's return value ("Output")
+        with dsl.If(evaluation.outputs["Output"] >= min_accuracy, name="good-enough-to-register"):
+            p.register(
+                c["register_op"](
+                    main=main.outputs["dataset"],
+                    detector=detector.outputs["detector"],
+                    classifier=classifier.outputs["classifier"],
+                    evaluation=evaluation.outputs["metrics"],
+                    **common,
+                )
+            )
+        p.register(
+            c["register_metric_op"](
+                main=main.outputs["dataset"],
+                model=metric.outputs["model"],
+                index=retrieval.outputs["index"],
+                retrieval=retrieval.outputs["metrics"],
+                **common,
+            )
         )
-    )
-    _cpu(
-        c.register_generative_op(
-            main=main.outputs["dataset"],
-            model=generative.outputs["model"],
-            evaluation=generative_evaluation.outputs["metrics"],
-            **common,
+        p.register(
+            c["register_generative_op"](
+                main=main.outputs["dataset"],
+                model=generative.outputs["model"],
+                evaluation=generative_evaluation.outputs["metrics"],
+                **common,
+            )
         )
-    )
+
+    return image_emotion_pipeline
 
 
 def pipeline_arguments(config: Config) -> dict[str, Any]:
@@ -188,21 +258,41 @@ def pipeline_arguments(config: Config) -> dict[str, Any]:
     }
 
 
-def compile_pipeline(out: str | Path = DEFAULT_PIPELINE_YAML) -> Path:
-    """Compile the pipeline to YAML (the file checked in under pipelines/)."""
+def compile_pipeline(
+    out: str | Path = DEFAULT_PIPELINE_YAML,
+    registry: str = CLUSTER.registry,
+    parallelism: int = CLUSTER.parallelism,
+    gpu_type: str = CLUSTER.gpu_type,
+) -> Path:
+    """Compile the pipeline to YAML (the file checked in under pipelines/), its images tagged from this source."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(image_emotion_pipeline, str(out))
+    compiler.Compiler().compile(build_pipeline(images(registry), parallelism, gpu_type), str(out))
     return out
 
 
 def run_local(config: Config, pipeline_root: str | Path, mlflow_tracking_uri: str = "") -> dict[str, Any]:
-    """Run the whole pipeline here with ``kfp.local.SubprocessRunner`` (no containers; GPU requests ignored);
-    a failing task raises. Returns the run's directory of task outputs."""
+    """Run the whole pipeline here with ``kfp.local.SubprocessRunner`` (no containers; volumes, secrets and GPU
+    requests ignored; relative data paths resolve in the current directory, checkpoints under the pipeline
+    root); a failing task raises. Returns the run's directory of task outputs."""
     from kfp import local
 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=True)
     before = set(Path(pipeline_root).glob("*")) if Path(pipeline_root).is_dir() else set()
-    image_emotion_pipeline(**pipeline_arguments(config), mlflow_tracking_uri=mlflow_tracking_uri)
-    (run_dir,) = set(Path(pipeline_root).glob("*")) - before  # raise_on_error: a failed task raised already
-    return {"pipeline_root": str(pipeline_root), "run_dir": str(run_dir)}
+    run_id = f"local-{uuid.uuid4().hex}"  # what the pod label gives on a cluster: one id for every task
+    previous = os.environ.get(cluster.RUN_ID_ENV)
+    os.environ[cluster.RUN_ID_ENV] = run_id
+    try:
+        build_pipeline(images())(
+            **pipeline_arguments(config),
+            mlflow_tracking_uri=mlflow_tracking_uri,
+            data_dir=os.getcwd(),
+            checkpoint_root=str(Path(pipeline_root).resolve() / "checkpoints"),
+        )
+    finally:
+        if previous is None:
+            os.environ.pop(cluster.RUN_ID_ENV, None)
+        else:
+            os.environ[cluster.RUN_ID_ENV] = previous
+    (run_dir,) = set(Path(pipeline_root).glob("*")) - before - {Path(pipeline_root) / "checkpoints"}
+    return {"pipeline_root": str(pipeline_root), "run_dir": str(run_dir), "run_id": run_id}

@@ -13,16 +13,57 @@ import yaml
 from image_emotion.config import Config, validate
 from image_emotion.data.synthetic import generate
 from image_emotion.errors import ConfigError
+from image_emotion.kubeflow.cluster import RUN_ID_ENV
+
+LOCAL_STORES = ("", "sqlite", "file")  # tracking URI schemes whose store would live and die inside one pod
 
 
-def setup(params_yaml: str, mlflow_tracking_uri: str, mlflow_experiment: str, pipeline_run_id: str) -> Config:
-    """The validated config of the pipeline run; MLflow pointed at the pipeline's tracking server and run."""
+def setup(params_yaml: str, mlflow_tracking_uri: str, mlflow_experiment: str, data_dir: str) -> Config:
+    """The validated config of the pipeline run; MLflow pointed at the pipeline's tracking server and run; the
+    working directory ``data_dir`` (the data volume in a pod), where relative dataset roots and weights resolve.
+
+    In a pod the pipeline run's id comes from the pod's label (``cluster.RUN_ID_ENV``) and a tracking URI that
+    is empty, ``sqlite:`` or a file path is an error: that store would be deleted with the pod."""
     config = validate(yaml.safe_load(params_yaml) or {}, "params_yaml")
     if mlflow_tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = mlflow_tracking_uri
-    if pipeline_run_id:
-        os.environ["IMAGE_EMOTION_PIPELINE_RUN"] = pipeline_run_id
+    if os.environ.get(RUN_ID_ENV):
+        os.environ["IMAGE_EMOTION_PIPELINE_RUN"] = os.environ[RUN_ID_ENV]
+    if in_cluster():  # the URI tracking.runs will use: the environment's, else params.yaml's
+        check_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or config.mlflow.tracking_uri or "")
+    if data_dir:
+        if not Path(data_dir).is_dir():
+            raise ConfigError(
+                f"data directory {data_dir} does not exist: mount the data volume there (pipeline parameter "
+                "data_pvc names its PersistentVolumeClaim) or pass data_dir"
+            )
+        os.chdir(data_dir)
     return config.with_overrides([f"mlflow.experiment={mlflow_experiment}"] if mlflow_experiment else [])
+
+
+def in_cluster() -> bool:
+    """Inside a Kubernetes pod (kubelet sets this variable in every container)."""
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+
+
+def check_tracking_uri(uri: str) -> None:
+    """A tracking URI that outlives the pod (an MLflow server, a database), else a one-line ``ConfigError``."""
+    scheme = uri.split(":", 1)[0].lower() if ":" in uri else ""
+    if scheme in LOCAL_STORES or len(scheme) == 1:  # no scheme, sqlite:, file:, or a Windows drive letter
+        raise ConfigError(
+            f"MLflow tracking URI {uri or '(empty)'} would keep runs and models inside this pod, deleted with it: "
+            "pass the pipeline parameter mlflow_tracking_uri=http://<mlflow server> (credentials in the secret "
+            "named by mlflow_secret)"
+        )
+
+
+def checkpoint_path(checkpoint_root: str, step: str) -> Path:
+    """``<checkpoint_root>/<pipeline run>/<step>/last.pt``: the same file for every retry of one run's step (the
+    work volume in a pod), so a retried pod resumes instead of starting over."""
+    run = os.environ.get("IMAGE_EMOTION_PIPELINE_RUN")
+    if not run:
+        raise ConfigError(f"no pipeline run id (${RUN_ID_ENV}): run the component inside a kfp pipeline run")
+    return Path(checkpoint_root) / run / step / "last.pt"
 
 
 GENERATIVE_ROLE = "generative:"  # prepare_op's role of a set of generative.sets: "generative:<name>"
@@ -52,11 +93,12 @@ def role_config(config: Config, role: str) -> Config:
 
 def draw_if_synthetic(config: Config, out: Path) -> Config:
     """For a synthetic ``data`` role: draw its set (the last part of ``data.root`` names it in
-    ``synthetic.sets``) into ``out`` and point ``data.root`` there; other datasets are left as they are."""
-    if config.data.dataset != "synthetic":
-        return config
+    ``synthetic.sets``) into ``out`` and point ``data.root`` there; another dataset's root made absolute."""
+    if config.data.dataset != "synthetic":  # a real set: its root absolute, so every pod that mounts the data
+        return config.with_overrides([f"data.root={Path(config.data.root).resolve()}"])  # volume resolves it
     generate(out, config.synthetic, Path(config.data.root).name)
-    return config.with_overrides([f"data.root={out}"])
+    # relative: ``prepare`` stores it relative to the manifest, so the images travel inside the artifact
+    return config.with_overrides([f"data.root={os.path.relpath(out)}"])
 
 
 def draw_objects(config: Config, out: Path) -> Config:

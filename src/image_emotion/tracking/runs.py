@@ -64,14 +64,15 @@ def tracking_uri(config: Config) -> str:
 
 
 def git_revision() -> str:
-    """The git commit of the working tree (``+dirty`` when it has changes), or ``unknown`` outside git."""
+    """The git commit of the working tree (``+dirty`` when it has changes); outside git the commit the container
+    image was built from (``$IMAGE_EMOTION_GIT_REVISION``, set by docker/Dockerfile.*), else ``unknown``."""
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=True
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return os.environ.get("IMAGE_EMOTION_GIT_REVISION", "unknown")
     return rev + ("+dirty" if dirty else "")
 
 
