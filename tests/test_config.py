@@ -9,7 +9,8 @@ import yaml
 
 from image_emotion.config import Config, DetectorConfig, load_config, render_params
 from image_emotion.errors import ConfigError
-from image_emotion.kubeflow.pipeline import image_emotion_pipeline
+from image_emotion.kubeflow.images import images
+from image_emotion.kubeflow.pipeline import build_pipeline
 
 
 def test_committed_params_yaml_is_the_schema_rendered(repo_root):
@@ -79,7 +80,7 @@ def test_sections_built_directly_are_validated_too():
 
 
 def test_kfp_pipeline_defaults_come_from_the_schema():
-    inputs = image_emotion_pipeline.component_spec.inputs
+    inputs = build_pipeline(images()).component_spec.inputs
     assert inputs["lambdas"].default == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
     assert inputs["transfer_sets"].default == ["small"]
     assert inputs["mlflow_experiment"].default == "image-emotion"

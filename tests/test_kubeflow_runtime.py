@@ -26,8 +26,9 @@ def pod_env(monkeypatch, tmp_path):
     directory ``setup`` changes restored after the test."""
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
     monkeypatch.setenv(cluster.RUN_ID_ENV, "run-abc")
-    for name in ("MLFLOW_TRACKING_URI", "IMAGE_EMOTION_PIPELINE_RUN"):
-        monkeypatch.delenv(name, raising=False)
+    for name in ("MLFLOW_TRACKING_URI", "IMAGE_EMOTION_PIPELINE_RUN"):  # setup sets them: unset again after
+        monkeypatch.setenv(name, "recorded")  # (delenv of an absent variable would not restore its absence)
+        monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
     return monkeypatch
 
