@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -127,6 +129,68 @@ def make_twitter(root: Path, n: int = 20) -> Path:
     return root
 
 
+EMOSET_INFO_ORDER = ("amusement", "awe", "contentment", "excitement", "anger", "disgust", "fear", "sadness")
+EMOSET_SCENES = ("beach", "cemetery", "bakery/shop", "stage")
+EMOSET_OBJECTS = ("Balloon", "Skull", "Person", "Cake")
+EMOSET_FACES = ("happy", "sad", "angry")
+EMOSET_ACTIONS = ("celebrating", "crying", "boxing ")
+
+
+def emoset_split(i: int) -> str:
+    """The official split of the ``i``-th image of each class in ``make_emoset``: 2 of every 4 train, 1 val, 1 test."""
+    return ("train", "train", "val", "test")[i % 4]
+
+
+def emoset_annotation(c: int, i: int) -> dict[str, Any]:
+    """The attributes ``make_emoset`` writes for image ``i`` of Mikels class ``c``; image 1 of each class has
+    none but brightness and colorfulness, image 2 has no brightness (absent keys: not annotated)."""
+    ann: dict[str, Any] = {
+        "brightness": round(0.1 * ((c + i) % 11), 1),
+        "colorfulness": round(1.0 - 0.1 * ((c + 2 * i) % 11), 1),
+    }
+    if i != 1:
+        ann["scene"] = EMOSET_SCENES[(c + i) % len(EMOSET_SCENES)]
+        ann["object"] = [EMOSET_OBJECTS[c % 4], EMOSET_OBJECTS[(c + i + 2) % 4]][: 1 + i % 2]
+        ann["facial_expression"] = EMOSET_FACES[c % 3]
+        ann["human_action"] = EMOSET_ACTIONS[(c + i) % 3]
+    if i == 2:
+        del ann["brightness"]
+    return ann
+
+
+def make_emoset(root: Path, per_class: int = 4) -> Path:
+    """``image/<emotion>/<emotion>_<id>.jpg``, ``annotation/<emotion>/<emotion>_<id>.json``, ``info.json`` and the
+    official ``{train,val,test}.json`` lists of ``[emotion, id, image path, annotation path]`` (classes
+    interleaved, as the published files are not grouped by class); ``emoset_split`` says which file lists each."""
+    splits: dict[str, list[list[str]]] = {"train": [], "val": [], "test": []}
+    for i in range(per_class):
+        for c, emo in enumerate(MIKELS):
+            image_id = f"{emo}_{c * 1000 + i}"
+            image, annotation = f"image/{emo}/{image_id}.jpg", f"annotation/{emo}/{image_id}.json"
+            save_image(root / image, c * 100 + i)
+            (root / annotation).parent.mkdir(parents=True, exist_ok=True)
+            (root / annotation).write_text(json.dumps(emoset_annotation(c, i)))
+            splits[emoset_split(i)].append([emo, image_id, image, annotation])
+    for name, entries in splits.items():
+        (root / f"{name}.json").write_text(json.dumps(entries, indent=4))
+
+    def maps(labels: list[Any]) -> dict[str, dict[str, Any]]:
+        return {"label2idx": {str(v): k for k, v in enumerate(labels)}, "idx2label": dict(enumerate(labels))}
+
+    steps = [round(0.1 * k, 1) for k in range(11)]
+    info = {
+        "emotion": maps(list(EMOSET_INFO_ORDER)),
+        "brightness": maps(steps),
+        "colorfulness": maps(steps),
+        "scene": maps(sorted(EMOSET_SCENES)),
+        "object": maps(sorted(EMOSET_OBJECTS)),
+        "facial_expression": maps(sorted(EMOSET_FACES)),
+        "human_action": maps(sorted(EMOSET_ACTIONS)),
+    }
+    (root / "info.json").write_text(json.dumps(info, indent=2))
+    return root
+
+
 LAYOUTS = {
     "fi": make_fi,
     "iaps": make_iaps,
@@ -135,4 +199,6 @@ LAYOUTS = {
     "emotionroi": make_emotionroi,
     "emotion6": make_emotion6,
     "twitter": make_twitter,
+    "emoset": make_emoset,
 }
+"""Every loader's tiny layout (test_datasets), each prepared end to end (test_prepare.PROTOCOLS)."""

@@ -1,17 +1,23 @@
 """Dataset loaders: each published layout becomes one manifest with the right labels, distributions, boxes and
 split scheme, and bad files, bad lines and missing directories fail with one line naming the file (and line)."""
 
+import json
+import math
 import re
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 from layouts import (
     EKMAN,
     LAYOUTS,
     MIKELS,
+    emoset_annotation,
+    emoset_split,
     make_abstract,
     make_artphoto,
+    make_emoset,
     make_emotion6,
     make_emotionroi,
     make_fi,
@@ -20,6 +26,7 @@ from layouts import (
 
 from image_emotion.config import DataConfig, SyntheticConfig
 from image_emotion.data.datasets import LoaderOptions, load_dataset
+from image_emotion.data.datasets.emoset import ATTRIBUTES, read_attributes
 from image_emotion.data.datasets.emotionroi import heatmap_boxes
 from image_emotion.data.manifest import validate_manifest
 from image_emotion.data.synthetic import generate
@@ -33,6 +40,7 @@ EXPECTED = {  # dataset -> (images, label set, split scheme)
     "emotionroi": (24, "ekman6", "official"),
     "emotion6": (24, "emotion6", "random"),
     "twitter": (10, "binary", "random"),
+    "emoset": (32, "mikels8", "official"),
 }
 
 
@@ -111,6 +119,173 @@ def test_twitter_agreement_levels(tmp_path):
     }
     with pytest.raises(ConfigError, match=r"twitter\.agreement"):
         DataConfig(twitter={"agreement": "two"})
+
+
+def _emoset_entries(root):
+    """``{image path: (split, emotion)}`` read straight from the fixture's three split files."""
+    return {
+        entry[2]: (split, entry[0])
+        for split in ("train", "val", "test")
+        for entry in json.loads((root / f"{split}.json").read_text())
+    }
+
+
+def test_emoset_official_splits_and_labels_are_kept(tmp_path):
+    root = make_emoset(tmp_path)
+    result = load_dataset("emoset", root)
+    df = result.manifest
+    # 4 images a class: images 0 and 1 in train.json, 2 in val.json, 3 in test.json
+    assert df.groupby("split").size().to_dict() == {"train": 16, "val": 8, "test": 8}
+    assert df.groupby(["split", "label"]).size().to_dict() == {
+        (split, emo): n for emo in MIKELS for split, n in (("train", 2), ("val", 1), ("test", 1))
+    }
+    assert {p: (sp, lab) for p, sp, lab in zip(df["path"], df["split"], df["label"], strict=True)} == _emoset_entries(
+        root
+    )
+    row = df[df["path"] == "image/anger/anger_1003.jpg"].iloc[0]
+    assert (row["label"], row["split"], row["label_set"]) == ("anger", "test", "mikels8")
+    assert result.split_scheme == "official" and result.skipped == []
+
+
+def test_emoset_manifest_needs_no_annotation_json(tmp_path):
+    root = make_emoset(tmp_path)
+    shutil.rmtree(root / "annotation")
+    (root / "info.json").unlink()
+    df = load_dataset("emoset", root).manifest
+    assert len(df) == 32 and df["split"].value_counts().to_dict() == {"train": 16, "val": 8, "test": 8}
+
+
+def _break_emoset(root):
+    """Delete an image train.json lists and truncate one val.json lists; both stay in their split files."""
+    missing, truncated = root / "image/fear/fear_6000.jpg", root / "image/awe/awe_2002.jpg"
+    assert emoset_split(0) == "train" and emoset_split(2) == "val"
+    missing.unlink()
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    return missing, truncated
+
+
+def test_emoset_missing_and_unreadable_images_are_skipped_with_a_report(tmp_path):
+    root = make_emoset(tmp_path)
+    _break_emoset(root)
+    result = load_dataset("emoset", root, LoaderOptions(DataConfig(on_error="skip")))
+    reasons = {s.path: s.reason for s in result.skipped if s.bad}
+    assert reasons.keys() == {"image/fear/fear_6000.jpg", "image/awe/awe_2002.jpg"}
+    assert reasons["image/fear/fear_6000.jpg"] == "listed in train.json but the image file is missing"
+    assert "truncated" in reasons["image/awe/awe_2002.jpg"]
+    df = result.manifest
+    assert len(df) == 30 and df["split"].value_counts().to_dict() == {"train": 15, "val": 7, "test": 8}
+    assert not set(df["path"]) & reasons.keys()
+    # without decoding, the truncated image passes, but a missing one is still caught
+    unchecked = load_dataset("emoset", root, LoaderOptions(DataConfig(on_error="skip", check_images=False)))
+    assert [s.path for s in unchecked.skipped] == ["image/fear/fear_6000.jpg"] and len(unchecked.manifest) == 31
+
+
+def test_emoset_missing_image_raises_one_line_naming_it(tmp_path):
+    root = make_emoset(tmp_path)
+    missing, _ = _break_emoset(root)
+    with pytest.raises(DatasetError) as err:
+        load_dataset("emoset", root)
+    msg = str(err.value)
+    assert "\n" not in msg and "(and 1 more bad file(s))" in msg and "data.on_error: skip" in msg
+    assert msg.startswith(f"{missing}: listed in train.json but the image file is missing")
+
+
+def _rewrite_entry(path, n, **changes):
+    """Change fields of entry ``n`` (1-based) of a split file: emotion, image."""
+    entries = json.loads(path.read_text())
+    entry = entries[n - 1]
+    if "emotion" in changes:
+        entry[0] = changes["emotion"]
+    if "image" in changes:
+        entry[2] = changes["image"]
+    path.write_text(json.dumps(entries, indent=4))
+    return entry
+
+
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+def test_emoset_unknown_emotion_names_the_split_file_and_entry(tmp_path, on_error):
+    root = make_emoset(tmp_path)
+    entry = _rewrite_entry(root / "val.json", 3, emotion="happiness")
+    with pytest.raises(DatasetError) as err:
+        load_dataset("emoset", root, LoaderOptions(DataConfig(on_error=on_error)))
+    msg = str(err.value)
+    assert msg.startswith(f"{root / 'val.json'} entry 3 ({entry[2]}): unknown emotion 'happiness' (expected one of ")
+    assert "\n" not in msg and "sadness" in msg
+
+
+def test_emoset_bad_split_files(tmp_path):
+    root = make_emoset(tmp_path)
+    train = root / "train.json"
+    first = json.loads(train.read_text())[0][2]
+    _rewrite_entry(root / "test.json", 2, image=first)  # test.json lists a training image
+    with pytest.raises(
+        DatasetError, match=re.escape(f"{root / 'test.json'} entry 2: image {first} is already listed in train.json; ")
+    ):
+        load_dataset("emoset", root)
+    _rewrite_entry(root / "test.json", 2, image="../elsewhere/x.jpg")
+    with pytest.raises(
+        DatasetError, match=re.escape(f"{root / 'test.json'} entry 2: path '../elsewhere/x.jpg' is not")
+    ):
+        load_dataset("emoset", root)
+    train.write_text('[["amusement", "amusement_0"]]')
+    with pytest.raises(DatasetError, match=re.escape(f"{train} entry 1: expected [emotion, image id, image path")):
+        load_dataset("emoset", root)
+    train.write_text("[[")
+    with pytest.raises(DatasetError, match=re.escape(f"{train}: not valid JSON")):
+        load_dataset("emoset", root)
+    train.unlink()
+    with pytest.raises(DatasetError, match=re.escape(f"{train}: file not found")):
+        load_dataset("emoset", root)
+
+
+def test_emoset_backslash_paths_are_read_as_posix(tmp_path):
+    root = make_emoset(tmp_path)
+    _rewrite_entry(root / "val.json", 1, image="image\\amusement\\amusement_2.jpg")
+    df = load_dataset("emoset", root).manifest
+    assert df.loc[df["path"] == "image/amusement/amusement_2.jpg", "split"].tolist() == ["val"]
+
+
+def _same(a, b):
+    """Equal, or both missing (the table's NA for an attribute the image has no annotation of)."""
+    if isinstance(a, list) or isinstance(b, list):
+        return a == b
+    return bool(pd.isna(a) and pd.isna(b)) or (not pd.isna(a) and not pd.isna(b) and a == b)
+
+
+def test_emoset_read_attributes_returns_the_annotations(tmp_path):
+    root = make_emoset(tmp_path)
+    table = read_attributes(root)
+    assert table.index.name == "path" and list(table.columns) == list(ATTRIBUTES)
+    assert sorted(table.index) == sorted(load_dataset("emoset", root).manifest["path"])
+    hand = {  # three images, by hand from emoset_annotation
+        "image/anger/anger_1003.jpg": (0.4, 0.3, "beach", "sad", "crying", ["Skull", "Person"]),
+        "image/amusement/amusement_1.jpg": (0.1, 0.8, None, None, None, []),
+        "image/awe/awe_2002.jpg": (math.nan, 0.4, "beach", "angry", "crying", ["Person"]),
+    }
+    for path, (bright, colour, scene, face, action, objects) in hand.items():
+        row = table.loc[path]
+        assert _same(row["brightness"], bright) and row["colorfulness"] == pytest.approx(colour), path
+        got = (row["scene"], row["facial_expression"], row["human_action"], row["object"])
+        assert all(_same(g, w) for g, w in zip(got, (scene, face, action, objects), strict=True)), (path, got)
+    for c, emo in enumerate(MIKELS):  # and every image as written
+        for i in range(4):
+            written, row = emoset_annotation(c, i), table.loc[f"image/{emo}/{emo}_{c * 1000 + i}.jpg"]
+            for key in ATTRIBUTES:
+                want = written.get(key, [] if key == "object" else None)
+                assert _same(row[key], want), (emo, i, key)
+    only_test = read_attributes(root, splits=("test",))
+    assert len(only_test) == 8 and all(p.endswith("3.jpg") for p in only_test.index)
+
+
+def test_emoset_read_attributes_missing_annotation(tmp_path):
+    root = make_emoset(tmp_path)
+    gone = root / "annotation/sadness/sadness_7000.json"
+    gone.unlink()
+    with pytest.raises(DatasetError) as err:
+        read_attributes(root)
+    assert str(err.value) == f"{gone}: annotation of image/sadness/sadness_7000.jpg unreadable (file not found)"
+    table = read_attributes(root, on_error="skip")
+    assert len(table) == 31 and "image/sadness/sadness_7000.jpg" not in table.index
 
 
 def _break_fi(root):

@@ -46,7 +46,7 @@ def test_dockerfile_is_pinned_non_root_and_installs_the_package(repo_root, kind)
 
 def test_build_command_tags_the_images_the_compiled_pipeline_names(repo_root, capsys):
     assert main(["build-images", "--dry-run", "--push"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    lines = capsys.readouterr().out.splitlines()  # exactly the commands, one a line, unindented
     builds = [line.split() for line in lines if line.startswith("docker build")]
     pushes = [line.split()[-1] for line in lines if line.startswith("docker push")]
     tags = {b[b.index("-f") + 1]: b[b.index("-t") + 1] for b in builds}

@@ -5,6 +5,7 @@ with a report on request."""
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 from layouts import LAYOUTS, MIKELS, make_fi
@@ -88,6 +89,7 @@ PROTOCOLS = {  # dataset -> (images in its tiny layout, split scheme of its prot
     "emotionroi": (24, "official"),
     "emotion6": (24, "random"),
     "twitter": (10, "random"),
+    "emoset": (32, "official"),
 }
 
 
@@ -104,9 +106,14 @@ def test_prepare_each_public_layout(tmp_path, repo_root, name):
         assert set(df["split"]) == {"cv"}
         per_cell = df.groupby(["label", "fold"]).size().to_dict()
         assert per_cell == {(label, fold): 1 for label in MIKELS for fold in range(5)}  # 5 images a class
-    elif scheme == "official":  # EmotionROI's own split files: the last image of each class is a test image
+    elif name == "emotionroi":  # its own split files: the last image of each class is a test image
         assert df.groupby("split").size().to_dict() == {"train": 18, "test": 6}
         assert set(df[df["split"] == "test"]["path"].str.rsplit("/", n=1).str[1]) == {"4.jpg"}
+    elif name == "emoset":  # its train/val/test files kept as published, nothing carved out of train
+        assert df.groupby("split").size().to_dict() == {"train": 16, "val": 8, "test": 8}
+        for split in ("train", "val", "test"):
+            published = json.loads((root / f"{split}.json").read_text())  # [emotion, id, image path, annotation]
+            assert set(df[df["split"] == split]["path"]) == {entry[2] for entry in published}
     else:  # random stratified: every class in both train and test
         assert set(df["split"]) <= {"train", "val", "test"}
         for split in ("train", "test"):
@@ -182,3 +189,34 @@ def test_bad_params_are_one_line_errors(tmp_path, repo_root, capsys):
     assert "train + val + test must be 1, got 1.15" in capsys.readouterr().err
     assert _prepare(repo_root, tmp_path, "prepare.fold=3") == 2
     assert "unknown key 'prepare.fold' (did you mean 'prepare.folds'?)" in capsys.readouterr().err
+
+
+def _official(splits: dict[str, int]):
+    """A LoadResult whose loader set the split (the 'official' scheme), ``splits``: images per split, 8 classes."""
+    from image_emotion.data.datasets.base import LoadResult
+    from image_emotion.data.manifest import make_manifest
+
+    rows = [
+        {"path": f"{split}/{i}.jpg", "label": MIKELS[i % 8], "label_set": "mikels8", "split": split}
+        for split, n in splits.items()
+        for i in range(n)
+    ]
+    return LoadResult(make_manifest(rows), [], "official", Path("."))
+
+
+def test_an_official_validation_split_is_kept_and_a_missing_one_is_carved_from_train():
+    from image_emotion.config import PrepareConfig
+    from image_emotion.stages.prepare import assign_splits
+
+    published = _official({"train": 160, "val": 40, "test": 40})  # EmoSet ships train/val/test
+    assign_splits(published, PrepareConfig())
+    assert published.manifest["split"].value_counts().to_dict() == {"train": 160, "val": 40, "test": 40}
+    assert (published.manifest["split"] == published.manifest["path"].str.split("/").str[0]).all()
+    two = _official({"train": 160, "test": 40})  # EmotionROI ships train/test: validation from train, stratified
+    assign_splits(two, PrepareConfig())
+    counts = two.manifest["split"].value_counts().to_dict()
+    assert PrepareConfig().split.to_dict() == {"train": 0.8, "val": 0.05, "test": 0.15}  # the shares below
+    assert counts == {"train": 152, "val": 8, "test": 40}  # one of each class's 20 (20 x 0.05 / 0.85 = 1.2)
+    val = two.manifest[two.manifest["split"] == "val"]
+    assert sorted(val["label"]) == sorted(MIKELS)
+    assert set(two.manifest.loc[two.manifest["split"] == "val", "path"].str.split("/").str[0]) == {"train"}

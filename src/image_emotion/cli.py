@@ -103,7 +103,20 @@ def _run_stage(args: argparse.Namespace) -> dict:
         value = getattr(args, f.name)
         values[f.name] = (tuple(value) if value else f.default) if isinstance(f.default, tuple) else value
     config = load_config(args.params, args.overrides)
-    return module.run(config, paths_cls(**values))
+    options = {name: getattr(args, name) for name in args.stage_options}
+    return module.run(config, paths_cls(**values), **options)
+
+
+def _shard_spec(text: str) -> tuple[int, int]:
+    """``--shard I/N``: shard ``I`` (from 0) of ``N``."""
+    head, sep, tail = text.partition("/")
+    try:
+        shard, shards = int(head), int(tail)
+    except ValueError:
+        shard, shards = -1, 0
+    if not sep or shards < 1 or not 0 <= shard < shards:
+        raise argparse.ArgumentTypeError(f"must be I/N with N >= 1 and 0 <= I < N (e.g. 0/4), got {text!r}")
+    return shard, shards
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,7 +135,25 @@ def build_parser() -> argparse.ArgumentParser:
             help="override a param, e.g. --set data.dataset=fi --set data.root=/data/FI (repeatable)",
         )
         _add_path_options(p, getattr(stage_paths, paths_class))
-        p.set_defaults(func=_run_stage, stage_module=module_name, paths_class=paths_class)
+        p.set_defaults(func=_run_stage, stage_module=module_name, paths_class=paths_class, stage_options=())
+        if name == "extract-regions":
+            p.add_argument(
+                "--shard",
+                type=_shard_spec,
+                default=(0, 1),
+                metavar="I/N",
+                help="compute only shard I of N of each cache (its ranges dealt round-robin); join the N parts "
+                "with `merge-features` (default: 0/1, the whole cache)",
+            )
+            p.set_defaults(stage_options=("shard",))
+    p = sub.add_parser(
+        "merge-features",
+        help="join the caches of `extract-regions --shard I/N` into the cache an unsharded run writes",
+    )
+    p.add_argument("--parts", type=Path, nargs="+", required=True, metavar="DIR", help="the N shards' caches")
+    p.add_argument("--features", type=Path, required=True, metavar="OUT", help="the merged cache (replaced)")
+    p.set_defaults(func=_merge_features)
+
     p = sub.add_parser(
         "predict", help="emotion of images: a table (or --json) of emotion, confidence, polarity; region overlays"
     )
@@ -232,6 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the record as JSON")
     p.set_defaults(func=_lineage)
     return parser
+
+
+def _merge_features(args: argparse.Namespace) -> dict:
+    from image_emotion.training.feature_cache import merge_caches
+
+    return merge_caches(args.parts, args.features)
 
 
 def _tracking_server(args: argparse.Namespace) -> int:
@@ -482,7 +519,8 @@ def _build_images(args: argparse.Namespace) -> int:
     base = images.BASE_IMAGE if args.no_pin or args.dry_run else images.resolve_base_digest()
     root = images.source_root()
     for command in images.build_commands(built, base, push=args.push, root=root):
-        print(shlex.join(command), flush=True)
+        sys.stdout.write(shlex.join(command) + "\n")  # not print: kfp.local, once run, re-indents print
+        sys.stdout.flush()
         if not args.dry_run and subprocess.run(command, cwd=root).returncode != 0:
             print(f"error: `{shlex.join(command[:2])}` failed (see above); is docker running?", file=sys.stderr)
             return 1

@@ -25,8 +25,8 @@ from image_emotion.errors import ConfigError
 
 DEFAULT_PARAMS = Path("params.yaml")
 
-DATASETS = ("synthetic", "fi", "emotionroi", "iaps", "artphoto", "abstract", "emotion6", "twitter")
-DatasetName = Literal["synthetic", "fi", "emotionroi", "iaps", "artphoto", "abstract", "emotion6", "twitter"]
+DATASETS = ("synthetic", "fi", "emotionroi", "iaps", "artphoto", "abstract", "emotion6", "twitter", "emoset")
+DatasetName = Literal["synthetic", "fi", "emotionroi", "iaps", "artphoto", "abstract", "emotion6", "twitter", "emoset"]
 HeadMode = Literal["global", "object", "emotional", "global+object", "global+emotional"]
 
 

@@ -4,6 +4,10 @@ For each prepared dataset (the main one and the transfer target), features of al
 go to a shard cache (``training/feature_cache.py``): streaming, memory flat in dataset size, a progress bar,
 and a re-run skips every shard already cached for the same detector and manifest. Corrupt shards are
 recomputed.
+
+``run(..., shard=(i, N))`` (``extract-regions --shard i/N``) computes only shard ``i``'s share of every cache (its
+ranges dealt round-robin, ``feature_cache.shard_ranges_of``), so N machines can split the work; ``merge-features``
+then joins the N partial caches into the one an unsharded run writes, byte for byte.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from image_emotion.models.multilevel import extract_features
 from image_emotion.models.region_detector import load_detector
 from image_emotion.stages.paths import ExtractPaths
 from image_emotion.tracking import runs as tracking
-from image_emotion.training.feature_cache import missing_shards, write_shard
+from image_emotion.training.feature_cache import check_shard, missing_shards, read_index, write_shard
 
 
 def extract_dataset(
@@ -35,11 +39,16 @@ def extract_dataset(
     shard_size: int,
     batch_size: int,
     device: torch.device,
+    shard: int = 0,
+    shards: int = 1,
 ) -> dict[str, int]:
-    """Fill ``cache_dir`` for ``data``; returns how many shards were computed and reused."""
+    """Fill ``cache_dir`` for ``data`` (only shard ``shard`` of ``shards``'s ranges when ``shards > 1``); returns
+    how many of its images it holds and how many shards were computed and reused."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     paths = list(data.manifest["path"])
-    index, todo = missing_shards(cache_dir, identity, len(paths), shard_size)
+    index, todo = missing_shards(cache_dir, identity, len(paths), shard_size, shard, shards)
+    if not todo and read_index(cache_dir) != index:  # foreign ranges dropped, or a part with no range at all
+        write_json_atomic(cache_dir / "index.json", index)
     total = len(index["shards"]) + len(todo)
     with (
         torch.inference_mode(),
@@ -51,15 +60,19 @@ def extract_dataset(
                 batch = [load_tensor_image(data.root / p).to(device) for p in paths[i : min(i + batch_size, stop)]]
                 chunks.append({k: v.cpu() for k, v in extract_features(detector, batch).as_dict().items()})
                 bar.update(len(batch))
-            shard = {k: torch.cat([c[k] for c in chunks]) for k in chunks[0]}
-            shard["paths"] = paths[start:stop]
-            write_shard(cache_dir, index, sid, start, stop, shard)
-    return {"images": len(paths), "shards_computed": len(todo), "shards_reused": total - len(todo)}
+            features = {k: torch.cat([c[k] for c in chunks]) for k in chunks[0]}
+            features["paths"] = paths[start:stop]
+            write_shard(cache_dir, index, sid, start, stop, features)
+    images = sum(entry["stop"] - entry["start"] for entry in index["shards"].values())
+    return {"images": images, "shards_computed": len(todo), "shards_reused": total - len(todo)}
 
 
-def run(config: Config, paths: ExtractPaths) -> dict[str, Any]:
+def run(config: Config, paths: ExtractPaths, shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
+    """Extract every prepared dataset's cache; ``shard=(i, N)``: only shard ``i`` of ``N`` of each."""
     if len(paths.prepared) != len(paths.features):
         raise ConfigError("extract-regions needs one --features directory per --prepared directory")
+    part, parts = shard
+    check_shard(part, parts)
     device = pick_device(config.device)
     shard_size, batch_size = config.extract.shard_size, config.extract.batch_size
     detector = load_detector(paths.detector, device)
@@ -71,10 +84,12 @@ def run(config: Config, paths: ExtractPaths) -> dict[str, Any]:
             data = PreparedDataset.load(prepared)
             identity = fingerprint(detector_sha, file_sha256(Path(prepared) / "manifest.csv"), shard_size)
             results[Path(cache_dir).name] = extract_dataset(
-                detector, data, Path(cache_dir), identity, shard_size, batch_size, device
+                detector, data, Path(cache_dir), identity, shard_size, batch_size, device, part, parts
             )
         results_flat = {f"{name}.{k}": v for name, r in results.items() for k, v in r.items()}
         mlflow.log_metrics({k: float(v) for k, v in results_flat.items()})
     metrics = {"datasets": results, "seconds": round(time.perf_counter() - start, 2), "device": str(device)}
+    if parts > 1:  # a partial cache: merge-features joins the parts
+        metrics["shard"] = {"index": part, "of": parts}
     write_json_atomic(paths.metrics, metrics)
     return metrics

@@ -33,8 +33,8 @@ def assign_splits(result: LoadResult, config: PrepareConfig) -> None:
         df["split"] = stratified_split(labels, config.split.to_dict(), config.seed)
     elif result.split_scheme == "folds":
         df["split"] = "cv"
-    else:  # "official" (EmotionROI): the loader set train/test; validation is carved out of train, stratified
-        train = df.index[df["split"] == "train"]
+    elif not (df["split"] == "val").any():  # "official" with train/test only (EmotionROI): validation is carved
+        train = df.index[df["split"] == "train"]  # out of train, stratified; an official val (EmoSet) is kept
         share = config.split.val / (config.split.train + config.split.val)
         carved = stratified_split(df.loc[train, "label"].tolist(), {"train": 1 - share, "val": share}, config.seed)
         df.loc[train, "split"] = carved

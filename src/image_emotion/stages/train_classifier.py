@@ -1,7 +1,8 @@
 """Stage ``train_classifier``: the multi-level head on cached features — λ sweep, losses, ablations, 8/2 classes.
 
 - λ sweep: L_multi for every λ in ``classifier.lambdas`` (the paper's Fig. 8), on the 8-class task of the
-  dataset's label set; λ* is chosen on the validation split (test stays untouched for the report).
+  dataset's label set, all heads in one vectorized pass; λ* is chosen on the validation split (test stays
+  untouched for the report).
 - Loss variants at λ*: L_cls (λ = 0), L_p (eq. 10), L_multi.
 - Ablations (Table 1 rows): every mode of ``models.multilevel.MODES`` trained with L_multi at λ*.
 - 2-class: the same head on polarity labels (distributions summed by polarity), and the 8 -> 2 accuracy.
@@ -28,10 +29,34 @@ from image_emotion.metrics import accuracy, polarity_accuracy
 from image_emotion.models.multilevel import MODES, MultiLevelHead, save_head
 from image_emotion.stages.paths import ClassifierPaths
 from image_emotion.tracking import runs as tracking
-from image_emotion.training.heads import HeadData, load_head_data, predict, split_index, to_binary, train_head
+from image_emotion.training.heads import (
+    HeadData,
+    load_head_data,
+    predict,
+    split_index,
+    to_binary,
+    train_head,
+    train_lambda_heads,
+)  # fmt: skip
 
 PAPER_LAMBDA = 0.4  # seed 000 §5.4.4: "we choose λ = 0.4 in all our experiments"
 TRACKED_SECTIONS = ("classifier", "emotions")  # the config sections logged as the stage run's params
+
+
+def score(head: MultiLevelHead, head_data: HeadData, idx: dict[str, np.ndarray], label_set: str | None) -> dict:
+    """Validation and test accuracy and NLL of a trained head (and polarity accuracy for 8/6 classes)."""
+    scores = {}
+    for split in ("val", "test"):
+        if len(idx[split]):
+            sub = head_data.select(idx[split])
+            probs = predict(head, sub.features)
+            pred = probs.argmax(1)
+            scores[f"{split}_accuracy"] = accuracy(sub.labels.tolist(), pred.tolist())
+            nll = -torch.log(probs.gather(1, sub.labels[:, None]).clamp_min(1e-12)).mean()
+            scores[f"{split}_nll"] = float(nll)
+            if label_set in ("mikels8", "ekman6"):
+                scores[f"{split}_polarity_accuracy"] = polarity_accuracy(sub.labels.tolist(), pred.tolist(), label_set)
+    return scores
 
 
 def fit_and_score(
@@ -49,19 +74,7 @@ def fit_and_score(
     """Train on ``idx['train']`` and return the head with its val/test accuracy, logged as a nested run."""
     with tracking.child_run(name, {"mode": mode, "loss": loss, "lambda": lam}) as mlflow:
         head = train_head(head_data.select(idx["train"]), dims, num_classes, mode, loss, lam, hp, hp.hidden)
-        scores = {}
-        for split in ("val", "test"):
-            if len(idx[split]):
-                sub = head_data.select(idx[split])
-                probs = predict(head, sub.features)
-                pred = probs.argmax(1)
-                scores[f"{split}_accuracy"] = accuracy(sub.labels.tolist(), pred.tolist())
-                nll = -torch.log(probs.gather(1, sub.labels[:, None]).clamp_min(1e-12)).mean()
-                scores[f"{split}_nll"] = float(nll)
-                if label_set in ("mikels8", "ekman6"):
-                    scores[f"{split}_polarity_accuracy"] = polarity_accuracy(
-                        sub.labels.tolist(), pred.tolist(), label_set
-                    )
+        scores = score(head, head_data, idx, label_set)
         mlflow.log_metrics(scores)
     return head, scores
 
@@ -94,21 +107,25 @@ def load_inputs(config: Config, prepared: Path, features: Path) -> ClassifierInp
     return ClassifierInputs(data, head_data, dims, idx, n_classes, config.classifier.mode, config.classifier)
 
 
+def lambda_sweep(inputs: ClassifierInputs, lams: list[float]) -> tuple[list[MultiLevelHead], list[dict[str, Any]]]:
+    """L_multi at every λ of ``lams``, the method's mode, all heads trained in one vectorized pass
+    (``train_lambda_heads``); each head scored in its nested run ``lambda=<λ>``. The heads and their rows."""
+    train = inputs.head_data.select(inputs.idx["train"])
+    hp = inputs.hp
+    heads = train_lambda_heads(train, inputs.dims, inputs.num_classes, inputs.mode, lams, hp, hp.hidden)
+    rows = []
+    for lam, head in zip(lams, heads, strict=True):
+        with tracking.child_run(f"lambda={lam}", {"mode": inputs.mode, "loss": "multi", "lambda": lam}) as mlflow:
+            scores = score(head, inputs.head_data, inputs.idx, inputs.data.label_set)
+            mlflow.log_metrics(scores)
+        rows.append({"lambda": lam, **scores})
+    return heads, rows
+
+
 def sweep_point(inputs: ClassifierInputs, lam: float) -> tuple[MultiLevelHead, dict[str, Any]]:
-    """One point of the λ sweep: L_multi at ``lam``, the method's mode; the head and its scores row."""
-    head, scores = fit_and_score(
-        inputs.head_data,
-        inputs.idx,
-        inputs.dims,
-        inputs.num_classes,
-        inputs.mode,
-        "multi",
-        lam,
-        inputs.hp,
-        f"lambda={lam}",
-        inputs.data.label_set,
-    )
-    return head, {"lambda": lam, **scores}
+    """One point of the λ sweep (a kfp pod of the pipeline's λ ParallelFor): the head and its scores row."""
+    (head,), (row,) = lambda_sweep(inputs, [lam])
+    return head, row
 
 
 def select_lambda(sweep: list[dict[str, Any]]) -> dict[str, Any]:
@@ -185,10 +202,8 @@ def run(config: Config, paths: ClassifierPaths) -> dict[str, Any]:
     """The whole stage: sweep, select λ*, variants at λ*, outputs."""
     inputs = load_inputs(config, paths.prepared, paths.features)
     with tracking.stage_run(config, "train_classifier", TRACKED_SECTIONS):
-        heads, sweep = {}, []
-        for lam in config.classifier.lambdas:
-            heads[lam], row = sweep_point(inputs, lam)
-            sweep.append(row)
+        heads, sweep = lambda_sweep(inputs, list(config.classifier.lambdas))
         best = select_lambda(sweep)
         losses, ablation, binary_head, binary = variants(inputs, sweep, best)
-    return write_outputs(paths, inputs, heads[best["lambda"]], sweep, best, losses, ablation, binary_head, binary)
+    best_head = heads[sweep.index(best)]
+    return write_outputs(paths, inputs, best_head, sweep, best, losses, ablation, binary_head, binary)

@@ -8,14 +8,21 @@ Layout of a cache directory::
                      "emotional_boxes": (n, K, 4), "emotional_scores": (n, K), "object_boxes", "object_scores"}
 
 Writing is streaming (one shard in memory at a time) and the index is rewritten atomically after every
-shard, so an interrupted extraction keeps what it finished. A shard whose bytes do not match its recorded
-hash, or that does not load, is recomputed by ``missing_shards`` and refused by ``load_cache``: a corrupt
-entry is never used silently.
+shard, so an interrupted extraction keeps what it finished; a shard file's bytes depend on its content only. A
+shard whose bytes do not match its recorded hash, or that does not load, is recomputed by ``missing_shards`` and
+refused by ``load_cache``: a corrupt entry is never used silently.
+
+Sharded extraction: shard ``i`` of ``N`` owns the cache's shard ranges ``k`` with ``k % N == i``
+(``shard_ranges_of``); each part is a cache whose index lists only its own ranges (``load_cache`` refuses it as
+incomplete), and ``merge_caches`` joins the N parts into the cache an unsharded extraction writes, byte for byte.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,8 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from image_emotion.errors import ImageEmotionError
-from image_emotion.files import file_sha256, save_checkpoint, write_json_atomic
+from image_emotion.errors import ConfigError, ImageEmotionError
+from image_emotion.files import atomic_dir, atomic_path, file_sha256, write_json_atomic
 
 FLOAT_KEYS = ("global", "emotional", "object")
 
@@ -55,6 +62,21 @@ def shard_ranges(num_images: int, shard_size: int) -> list[tuple[str, int, int]]
     return [(f"{i // shard_size:05d}", i, min(i + shard_size, num_images)) for i in range(0, num_images, shard_size)]
 
 
+def check_shard(shard: int, shards: int) -> None:
+    """``shard`` of ``shards`` names a part: ``shards >= 1`` and ``0 <= shard < shards``; ``ConfigError`` if not."""
+    if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
+        raise ConfigError(f"--shard: the number of shards must be a whole number >= 1, got {shards!r}")
+    if isinstance(shard, bool) or not isinstance(shard, int) or not 0 <= shard < shards:
+        raise ConfigError(f"--shard: the shard must be a whole number in 0..{shards - 1}, got {shard!r} (of {shards})")
+
+
+def shard_ranges_of(num_images: int, shard_size: int, shard: int, shards: int) -> list[tuple[str, int, int]]:
+    """The ranges of ``shard_ranges`` that shard ``shard`` of ``shards`` owns: dealt round-robin (range ``k`` to
+    shard ``k % shards``), so each range belongs to exactly one of the ``shards``."""
+    check_shard(shard, shards)
+    return shard_ranges(num_images, shard_size)[shard::shards]
+
+
 def shard_is_valid(cache_dir: Path, entry: dict[str, Any] | None) -> bool:
     """The shard file exists and its bytes hash to the recorded value."""
     if not entry:
@@ -63,9 +85,15 @@ def shard_is_valid(cache_dir: Path, entry: dict[str, Any] | None) -> bool:
     return path.is_file() and file_sha256(path) == entry["sha256"]
 
 
-def missing_shards(cache_dir: str | Path, fingerprint: str, num_images: int, shard_size: int):
-    """The index to continue from and the shard ranges still to compute (stale or corrupt ones included)."""
+def missing_shards(
+    cache_dir: str | Path, fingerprint: str, num_images: int, shard_size: int, shard: int = 0, shards: int = 1
+):
+    """The index to continue from and the shard ranges still to compute (stale or corrupt ones included).
+
+    With ``shards > 1`` only the ranges of shard ``shard`` count: entries of other ranges are dropped from the
+    index (and their files removed), so a part's cache holds exactly its own ranges."""
     cache_dir = Path(cache_dir)
+    owned = shard_ranges_of(num_images, shard_size, shard, shards)
     index = read_index(cache_dir)
     if (
         index is None
@@ -74,8 +102,12 @@ def missing_shards(cache_dir: str | Path, fingerprint: str, num_images: int, sha
         or index.get("shard_size") != shard_size
     ):
         index = new_index(fingerprint, num_images, shard_size)
+    owned_ids = {sid for sid, _, _ in owned}
+    for sid in sorted(set(index["shards"]) - owned_ids):
+        (cache_dir / f"shard-{sid}.pt").unlink(missing_ok=True)
+        del index["shards"][sid]
     todo = []
-    for sid, start, stop in shard_ranges(num_images, shard_size):
+    for sid, start, stop in owned:
         entry = index["shards"].get(sid)
         if not shard_is_valid(cache_dir, entry):
             if entry is not None:
@@ -90,7 +122,10 @@ def write_shard(cache_dir: str | Path, index: dict[str, Any], sid: str, start: i
     cache_dir = Path(cache_dir)
     name = f"shard-{sid}.pt"
     stored = {k: (v.to(torch.float16) if k in FLOAT_KEYS else v) for k, v in shard.items()}
-    save_checkpoint(cache_dir / name, stored)
+    buffer = io.BytesIO()  # not torch.save(path): its archive is named after the (random) temporary file, and a
+    torch.save(stored, buffer)  # shard's bytes must depend on its content only (merged caches equal unsharded ones)
+    with atomic_path(cache_dir / name) as tmp:
+        tmp.write_bytes(buffer.getvalue())
     index["shards"][sid] = {"file": name, "sha256": file_sha256(cache_dir / name), "start": start, "stop": stop}
     write_json_atomic(_index_path(cache_dir), index)
 
@@ -119,3 +154,76 @@ def load_cache(cache_dir: str | Path) -> dict[str, Any]:
             out[key] = tensor.float() if key in FLOAT_KEYS else tensor
     out["fingerprint"] = index["fingerprint"]
     return out
+
+
+def merge_caches(parts: list[Path], out: Path) -> dict[str, Any]:
+    """Join the caches of an extraction's shards (``extract-regions --shard i/N``) into ``out``.
+
+    The parts must share fingerprint, image count and shard size, and hold every shard range exactly once with
+    valid hashes; otherwise a one-line ``CacheError`` names the odd part or shard. ``out`` is then a normal
+    cache, byte-identical to the unsharded one: shard files hard-linked (copied across filesystems) and the
+    index written in shard order; the directory replaces ``out`` in one rename. Returns a summary."""
+    parts = [Path(p) for p in parts]
+    out = Path(out)
+    if not parts:
+        raise CacheError("merge-features: no --parts given")
+    seen: dict[Path, Path] = {}
+    for part in parts:
+        key = part.resolve()
+        if key == out.resolve():
+            raise CacheError(f"{part}: a part cannot also be the merged --features directory")
+        if key in seen:
+            raise CacheError(f"{part}: the same part is given twice (as {seen[key]} before); give each part once")
+        seen[key] = part
+    indexes = []
+    for part in parts:
+        index = read_index(part)
+        if index is None or not isinstance(index.get("shards"), dict):
+            raise CacheError(f"{part}: no feature cache (index.json missing or unreadable); run its extract-regions")
+        indexes.append(index)
+    first, ref = parts[0], indexes[0]
+    for part, index in zip(parts[1:], indexes[1:], strict=True):
+        for key in ("fingerprint", "num_images", "shard_size"):
+            if index.get(key) != ref.get(key):
+                raise CacheError(
+                    f"{part}: {key} {index.get(key)!r} differs from {ref.get(key)!r} of {first}; "
+                    "merge parts of one extraction (same detector, manifest and extract.shard_size)"
+                )
+    ranges = {sid: (start, stop) for sid, start, stop in shard_ranges(ref["num_images"], ref["shard_size"])}
+    owner: dict[str, Path] = {}
+    entries: dict[str, dict[str, Any]] = {}
+    for part, index in zip(parts, indexes, strict=True):
+        for sid, entry in sorted(index["shards"].items()):
+            if sid not in ranges or (entry.get("start"), entry.get("stop")) != ranges[sid]:
+                raise CacheError(f"{part}: shard {sid} does not match the cache's shard ranges; re-run its extraction")
+            if sid in owner:
+                raise CacheError(f"shard {sid} is in both {owner[sid]} and {part}; merge each shard's part once")
+            if not shard_is_valid(part, entry):
+                raise CacheError(
+                    f"{part}: shard {sid} ({entry.get('file')}) is missing or corrupt; "
+                    "re-run that part's `image-emotion extract-regions --shard`"
+                )
+            owner[sid] = part
+            entries[sid] = {k: entry[k] for k in ("file", "sha256", "start", "stop")}
+    missing = [sid for sid in ranges if sid not in owner]
+    if missing:
+        sid = missing[0]
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise CacheError(
+            f"shard {sid} (images {ranges[sid][0]}..{ranges[sid][1] - 1}){more} is in none of the {len(parts)} "
+            "parts; run the missing `extract-regions --shard i/N` and merge again"
+        )
+    index = new_index(ref["fingerprint"], ref["num_images"], ref["shard_size"])
+    with atomic_dir(out) as tmp:
+        for sid in sorted(entries):
+            entry = entries[sid]
+            src, dst = owner[sid] / entry["file"], tmp / entry["file"]
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copyfile(src, dst)
+            if file_sha256(dst) != entry["sha256"]:  # the part changed while merging
+                raise CacheError(f"{src}: changed while merging; merge again")
+            index["shards"][sid] = entry
+        write_json_atomic(_index_path(tmp), index)
+    return {"features": str(out), "parts": len(parts), "shards": len(entries), "images": ref["num_images"]}

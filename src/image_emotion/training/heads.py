@@ -1,7 +1,9 @@
 """Training the multi-level classifier head on cached features (the cheap part: λ sweep, ablations, transfer).
 
 ``HeadData`` holds the cached features of some images with their labels, emotion distributions and label
-probabilities; ``train_head`` runs SGD (the paper's lr 1e-3, batch 128) with one of the losses of seed 000.
+probabilities; ``train_head`` runs SGD (the paper's lr 1e-3, batch 128) with one of the losses of seed 000;
+``train_lambda_heads`` trains the heads of a whole λ sweep in one pass (stacked weights under ``torch.func``):
+the same initial weights, batches and dropout masks as separate ``train_head`` calls, so the same heads.
 ``load_head_data`` reads a prepared dataset with its feature cache, row-aligned.
 """
 
@@ -19,7 +21,7 @@ from image_emotion.config import EmotionsConfig, HeadTraining
 from image_emotion.data.emotions import BINARY, get_label_set
 from image_emotion.data.torch_data import PreparedDataset
 from image_emotion.errors import ConfigError
-from image_emotion.losses import emotion_loss
+from image_emotion.losses import classification_loss, distribution_loss, emotion_loss, multi_task_loss
 from image_emotion.models.multilevel import MultiLevelHead
 from image_emotion.training.feature_cache import load_cache
 
@@ -63,6 +65,56 @@ def train_head(
     dg, dl, k = dims
     head = MultiLevelHead(dg, dl, k, num_classes, mode=mode, hidden=hidden, dropout=hp.dropout)
     return fit(head, data, hp, lambda logits, b: emotion_loss(loss, logits, b.labels, b.distributions, b.p_star, lam))
+
+
+def train_lambda_heads(
+    data: HeadData,
+    dims: tuple[int, int, int],
+    num_classes: int,
+    mode: str,
+    lams: list[float],
+    hp: HeadTraining,
+    hidden: int,
+) -> list[MultiLevelHead]:
+    """One head per λ trained with L_multi, all in one pass over the batches: the heads' weights stacked
+    ``(L, ...)``, the forward and loss vmapped over them, one SGD step for all. Every head starts from the
+    weights ``train_head`` starts from and sees its batches and dropout masks (``randomness="same"``: one mask
+    drawn per step, as each separate fit draws), so each equals ``train_head(..., "multi", lam, ...)`` up to
+    float rounding. Cost: one forward/backward of an ``L``-wide head per batch instead of ``L`` runs."""
+    if len(data) == 0:
+        raise ConfigError("no training images for the classifier head; check the splits in the manifest")
+    for lam in lams:
+        multi_task_loss(torch.zeros(1, num_classes), torch.zeros(1, dtype=torch.long), torch.ones(1, num_classes), lam)
+    torch.manual_seed(hp.seed)
+    dg, dl, k = dims
+    template = MultiLevelHead(dg, dl, k, num_classes, mode=mode, hidden=hidden, dropout=hp.dropout).train()
+    stacked = {
+        name: p.detach().unsqueeze(0).repeat(len(lams), *([1] * p.dim())).requires_grad_()
+        for name, p in template.named_parameters()
+    }
+    lam_t = torch.tensor(lams, dtype=torch.float32)
+
+    def loss_of(params: dict[str, Tensor], lam: Tensor, features: dict[str, Tensor], labels: Tensor, target: Tensor):
+        logits = torch.func.functional_call(template, params, (features,))
+        # eq. 6, as losses.multi_task_loss (λ checked above: here it is a tensor under vmap)
+        return (1.0 - lam) * classification_loss(logits, labels) + lam * distribution_loss(logits, target)
+
+    losses = torch.func.vmap(loss_of, in_dims=(0, 0, None, None, None), randomness="same")
+    optimizer = torch.optim.SGD(stacked.values(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+    generator = torch.Generator().manual_seed(hp.seed)
+    for _ in range(hp.epochs):
+        for index in batches(len(data), hp.batch_size, generator):
+            b = data.select(index)
+            value = losses(stacked, lam_t, b.features, b.labels, b.distributions).sum()  # heads are independent
+            optimizer.zero_grad()
+            value.backward()
+            optimizer.step()
+    heads = []
+    for i in range(len(lams)):
+        head = MultiLevelHead(dg, dl, k, num_classes, mode=mode, hidden=hidden, dropout=hp.dropout)
+        head.load_state_dict({name: p[i].detach().clone() for name, p in stacked.items()})
+        heads.append(head.eval())
+    return heads
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator) -> list[Tensor]:

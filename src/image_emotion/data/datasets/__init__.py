@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from image_emotion.data.datasets import abstract, artphoto, emotion6, emotionroi, fi, iaps, synthetic, twitter
+from image_emotion.data.datasets import abstract, artphoto, emoset, emotion6, emotionroi, fi, iaps, synthetic, twitter
 from image_emotion.data.datasets.base import LoaderOptions, LoadResult, Skipped
 from image_emotion.errors import ConfigError
 
@@ -18,6 +18,7 @@ LOADERS: dict[str, Callable[[Path, LoaderOptions], LoadResult]] = {
     "abstract": abstract.load,
     "emotion6": emotion6.load,
     "twitter": twitter.load,
+    "emoset": emoset.load,
 }
 
 
