@@ -7,7 +7,10 @@ models/detector/detector.pt), measured in one run and printed as ratios:
 - region extraction of the same images (the detector pass the features come from), per image from a sample and
   scaled to the dataset, against the vectorized sweep.
 
-    python benchmarks/lambda_sweep.py [--epochs 100] [--sample 48] [--device cpu|cuda]
+    python benchmarks/lambda_sweep.py [--epochs 100] [--sample 48] [--device cpu|cuda] [--scale 1]
+
+``--scale S`` repeats the training rows S times (S× the data, same epochs), to see whether the head's cost is
+launch-bound (flat in S: the GPU) or FLOP-bound (linear in S: the CPU).
 """
 
 from __future__ import annotations
@@ -34,19 +37,12 @@ def _timed(fn, device: torch.device) -> tuple[float, object]:
     return time.perf_counter() - start, out
 
 
-def _to(data, device):
-    data.features = {k: v.to(device) for k, v in data.features.items()}
-    data.labels, data.distributions, data.p_star = (
-        data.labels.to(device), data.distributions.to(device), data.p_star.to(device),
-    )  # fmt: skip
-    return data
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=None, help="default: params.yaml's classifier.epochs")
     parser.add_argument("--sample", type=int, default=48, help="images whose extraction is timed")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--scale", type=int, default=1, help="repeat the training rows this many times")
     args = parser.parse_args()
     config = load_config(Path("params.yaml"))
     device = pick_device(args.device)
@@ -55,17 +51,18 @@ def main() -> None:
     if not (features / "index.json").exists() and not any(features.glob("*")):
         raise SystemExit(f"{features}: no cached features; run `dvc repro extract_main` first")
     data, head_data, dims = load_head_data(prepared, features, config.emotions)
-    train = _to(head_data.select(split_index(data, "train")), device)
+    train_rows = split_index(data, "train")
+    train = head_data.select(list(train_rows) * args.scale).on(device)  # in the device's memory: no reading timed
     classes, mode, lams = head_data.distributions.shape[1], hp.mode, list(hp.lambdas)
     print(f"{len(train)} training images, dims {dims}, {len(lams)} λ, {hp.epochs} epochs, device {device}")
 
-    with torch.device(device):
-        train_lambda_heads(train, dims, classes, mode, lams[:2], hp.model_copy(update={"epochs": 1}), hp.hidden)
-        one, _ = _timed(lambda: train_head(train, dims, classes, mode, "multi", 0.4, hp, hp.hidden), device)
-        apart, _ = _timed(
-            lambda: [train_head(train, dims, classes, mode, "multi", lam, hp, hp.hidden) for lam in lams], device
-        )
-        together, _ = _timed(lambda: train_lambda_heads(train, dims, classes, mode, lams, hp, hp.hidden), device)
+    warm = hp.model_copy(update={"epochs": 1})
+    train_lambda_heads(train, dims, classes, mode, lams[:2], warm, hp.hidden, device)
+    one, _ = _timed(lambda: train_head(train, dims, classes, mode, "multi", 0.4, hp, hp.hidden, device), device)
+    apart, _ = _timed(
+        lambda: [train_head(train, dims, classes, mode, "multi", lam, hp, hp.hidden, device) for lam in lams], device
+    )
+    together, _ = _timed(lambda: train_lambda_heads(train, dims, classes, mode, lams, hp, hp.hidden, device), device)
 
     detector = load_detector(Path("models/detector/detector.pt"), device)
     dataset = PreparedDataset.load(prepared)

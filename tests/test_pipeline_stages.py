@@ -15,7 +15,8 @@ from image_emotion.data.emotions import MIKELS8
 from image_emotion.stages import extract_regions, register
 from image_emotion.tracking.pyfunc import encode_image_file
 from image_emotion.tracking.registry import decide
-from image_emotion.training.feature_cache import CacheError, load_cache
+from image_emotion.training.feature_cache import CacheError
+from image_emotion.training.feature_store import load_cache
 
 
 def test_stage_outputs_are_complete_and_sane(tiny_run):
@@ -89,7 +90,7 @@ def test_feature_cache_is_reused_and_corruption_is_recomputed_never_used(tiny_ru
     again = extract_regions.run(params, paths)["datasets"]["main"]
     assert again["shards_computed"] == 0 and again["shards_reused"] == 3
     before = load_cache(cache)
-    shard = cache / "shard-00001.pt"
+    shard = cache / "shard-00001.emotional.npy"
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF  # flip one byte
     shard.write_bytes(bytes(data))

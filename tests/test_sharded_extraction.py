@@ -17,12 +17,12 @@ from image_emotion.stages import extract_regions
 from image_emotion.stages.paths import ExtractPaths
 from image_emotion.training.feature_cache import (
     CacheError,
-    load_cache,
     merge_caches,
     read_index,
     shard_ranges,
     shard_ranges_of,
 )
+from image_emotion.training.feature_store import load_cache
 
 SHARD_SIZE = 6  # 32 images -> 6 cache shards, the last one of 2 images
 
@@ -138,7 +138,7 @@ def test_merged_shards_are_the_unsharded_cache_byte_for_byte(project, tmp_path, 
     # a part missing one of its shards, or the same part twice: one-line errors naming them
     broken = tmp_path / "B1-broken"
     shutil.copytree(parts[1], broken)
-    (broken / "shard-00004.pt").unlink()
+    (broken / "shard-00004.global.npy").unlink()
     with pytest.raises(CacheError) as err:
         merge_caches([parts[0], broken, parts[2]], tmp_path / "M2")
     assert "shard 00004" in str(err.value) and str(broken) in str(err.value) and "\n" not in str(err.value)

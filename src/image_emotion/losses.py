@@ -49,10 +49,15 @@ def distribution_loss(logits: Tensor, target: Tensor, form: str = "ce") -> Tenso
     return ce.mean()
 
 
-def multi_task_loss(logits: Tensor, labels: Tensor, target: Tensor, lam: float) -> Tensor:
-    """Eq. 6, ``L_multi = (1 - λ) L_cls + λ L_ed``; λ = 0 is L_cls, λ = 1 is L_ed."""
+def check_lambda(lam: float) -> None:
+    """λ of eq. 6 weighs two losses: it must lie in [0, 1]; ``ConfigError`` if not."""
     if not 0.0 <= lam <= 1.0:
         raise ConfigError(f"λ (lambda) must be in [0, 1], got {lam}")
+
+
+def multi_task_loss(logits: Tensor, labels: Tensor, target: Tensor, lam: float) -> Tensor:
+    """Eq. 6, ``L_multi = (1 - λ) L_cls + λ L_ed``; λ = 0 is L_cls, λ = 1 is L_ed."""
+    check_lambda(lam)
     return (1.0 - lam) * classification_loss(logits, labels) + lam * distribution_loss(logits, target)
 
 

@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw
 from image_emotion.config import Config
 from image_emotion.data.emotions import get_label_set
 from image_emotion.data.images import load_image
+from image_emotion.device import pick_device
 from image_emotion.figures import pyplot, save_figure
 from image_emotion.files import atomic_path, write_json_atomic, write_text_atomic
 from image_emotion.metrics import classification_report
@@ -111,13 +112,14 @@ def run(config: Config, paths: EvaluatePaths) -> dict[str, Any]:
     test = split_index(data, "test")
     head, head_state = load_head(paths.head)
     sub = head_data.select(test)
-    pred = predict(head, sub.features).argmax(1)
+    device = pick_device(config.device)
+    pred = predict(head, sub, device=device).argmax(1)
     report = classification_report(sub.labels.tolist(), pred.tolist(), data.label_set)
 
     binary_head, _ = load_head(paths.head_binary)
     binary = to_binary(data, head_data).select(test) if data.label_set != "binary" else sub
     binary_report = classification_report(
-        binary.labels.tolist(), predict(binary_head, binary.features).argmax(1).tolist(), "binary"
+        binary.labels.tolist(), predict(binary_head, binary, device=device).argmax(1).tolist(), "binary"
     )
     sweep = json.loads(paths.sweep.read_text())
     ablation = json.loads(paths.ablation.read_text())
@@ -151,7 +153,7 @@ def run(config: Config, paths: EvaluatePaths) -> dict[str, Any]:
     plot_lambda_curve(sweep, plots / "lambda_curve.png")
     plot_confusion(np.array(report["confusion_matrix"]), labels.labels, plots / "confusion.png")
     sample = test[: config.evaluate.num_overlays]
-    boxes = head_data.features["emotional_boxes"][sample]
+    boxes = head_data.select(sample).tensors(("emotional_boxes",))["emotional_boxes"]
     rows = list(zip(data.manifest["path"].iloc[sample], data.manifest["boxes"].iloc[sample], strict=True))
     region_overlays(data.root, rows, boxes, true_names[: len(sample)], pred_names[: len(sample)], plots / "regions.png")
 

@@ -23,6 +23,7 @@ import torch
 from image_emotion.config import ClassifierConfig, Config
 from image_emotion.data.emotions import get_label_set
 from image_emotion.data.torch_data import PreparedDataset
+from image_emotion.device import pick_device
 from image_emotion.errors import ConfigError
 from image_emotion.files import write_json_atomic
 from image_emotion.metrics import accuracy, polarity_accuracy
@@ -30,6 +31,7 @@ from image_emotion.models.multilevel import MODES, MultiLevelHead, save_head
 from image_emotion.stages.paths import ClassifierPaths
 from image_emotion.tracking import runs as tracking
 from image_emotion.training.heads import (
+    CPU,
     HeadData,
     load_head_data,
     predict,
@@ -43,13 +45,19 @@ PAPER_LAMBDA = 0.4  # seed 000 §5.4.4: "we choose λ = 0.4 in all our experimen
 TRACKED_SECTIONS = ("classifier", "emotions")  # the config sections logged as the stage run's params
 
 
-def score(head: MultiLevelHead, head_data: HeadData, idx: dict[str, np.ndarray], label_set: str | None) -> dict:
+def score(
+    head: MultiLevelHead,
+    head_data: HeadData,
+    idx: dict[str, np.ndarray],
+    label_set: str | None,
+    device: torch.device = CPU,
+) -> dict:
     """Validation and test accuracy and NLL of a trained head (and polarity accuracy for 8/6 classes)."""
     scores = {}
     for split in ("val", "test"):
         if len(idx[split]):
             sub = head_data.select(idx[split])
-            probs = predict(head, sub.features)
+            probs = predict(head, sub, device=device)
             pred = probs.argmax(1)
             scores[f"{split}_accuracy"] = accuracy(sub.labels.tolist(), pred.tolist())
             nll = -torch.log(probs.gather(1, sub.labels[:, None]).clamp_min(1e-12)).mean()
@@ -70,11 +78,13 @@ def fit_and_score(
     hp: ClassifierConfig,
     name: str,
     label_set: str | None = None,
+    device: torch.device = CPU,
 ) -> tuple[MultiLevelHead, dict[str, float]]:
-    """Train on ``idx['train']`` and return the head with its val/test accuracy, logged as a nested run."""
+    """Train on ``idx['train']`` (on ``device``) and return the head with its val/test accuracy, logged as a
+    nested run."""
     with tracking.child_run(name, {"mode": mode, "loss": loss, "lambda": lam}) as mlflow:
-        head = train_head(head_data.select(idx["train"]), dims, num_classes, mode, loss, lam, hp, hp.hidden)
-        scores = score(head, head_data, idx, label_set)
+        head = train_head(head_data.select(idx["train"]), dims, num_classes, mode, loss, lam, hp, hp.hidden, device)
+        scores = score(head, head_data, idx, label_set, device)
         mlflow.log_metrics(scores)
     return head, scores
 
@@ -90,6 +100,7 @@ class ClassifierInputs:
     num_classes: int
     mode: str
     hp: ClassifierConfig
+    device: torch.device  # where the heads train (``config.device``); the features stream from disk
 
 
 def load_inputs(config: Config, prepared: Path, features: Path) -> ClassifierInputs:
@@ -104,7 +115,8 @@ def load_inputs(config: Config, prepared: Path, features: Path) -> ClassifierInp
             "prepare.split.val (or give the dataset more images of these classes)"
         )
     n_classes = len(get_label_set(data.label_set))
-    return ClassifierInputs(data, head_data, dims, idx, n_classes, config.classifier.mode, config.classifier)
+    device = pick_device(config.device)
+    return ClassifierInputs(data, head_data, dims, idx, n_classes, config.classifier.mode, config.classifier, device)
 
 
 def lambda_sweep(inputs: ClassifierInputs, lams: list[float]) -> tuple[list[MultiLevelHead], list[dict[str, Any]]]:
@@ -112,11 +124,11 @@ def lambda_sweep(inputs: ClassifierInputs, lams: list[float]) -> tuple[list[Mult
     (``train_lambda_heads``); each head scored in its nested run ``lambda=<λ>``. The heads and their rows."""
     train = inputs.head_data.select(inputs.idx["train"])
     hp = inputs.hp
-    heads = train_lambda_heads(train, inputs.dims, inputs.num_classes, inputs.mode, lams, hp, hp.hidden)
+    heads = train_lambda_heads(train, inputs.dims, inputs.num_classes, inputs.mode, lams, hp, hp.hidden, inputs.device)
     rows = []
     for lam, head in zip(lams, heads, strict=True):
         with tracking.child_run(f"lambda={lam}", {"mode": inputs.mode, "loss": "multi", "lambda": lam}) as mlflow:
-            scores = score(head, inputs.head_data, inputs.idx, inputs.data.label_set)
+            scores = score(head, inputs.head_data, inputs.idx, inputs.data.label_set, inputs.device)
             mlflow.log_metrics(scores)
         rows.append({"lambda": lam, **scores})
     return heads, rows
@@ -136,7 +148,7 @@ def select_lambda(sweep: list[dict[str, Any]]) -> dict[str, Any]:
 def variants(inputs: ClassifierInputs, sweep: list[dict[str, Any]], best: dict[str, Any]):
     """At λ*: the loss variants, the Table 1 ablation rows and the 2-class head."""
     lam_star, mode, label_set = best["lambda"], inputs.mode, inputs.data.label_set
-    train = functools.partial(fit_and_score, inputs.head_data, inputs.idx, inputs.dims)
+    train = functools.partial(fit_and_score, inputs.head_data, inputs.idx, inputs.dims, device=inputs.device)
     # L_cls is L_multi at λ = 0 (in the sweep when 0 is swept); L_multi at λ* is the sweep's best
     losses = {"multi": best}
     swept_zero = [r for r in sweep if r["lambda"] == 0.0]
@@ -157,7 +169,7 @@ def variants(inputs: ClassifierInputs, sweep: list[dict[str, Any]], best: dict[s
         ablation.append({"mode": ablation_mode, "lambda": lam_star, **scores})
     binary_data = to_binary(inputs.data, inputs.head_data) if label_set != "binary" else inputs.head_data
     binary_head, binary = fit_and_score(
-        binary_data, inputs.idx, inputs.dims, 2, mode, "multi", lam_star, inputs.hp, "binary"
+        binary_data, inputs.idx, inputs.dims, 2, mode, "multi", lam_star, inputs.hp, "binary", device=inputs.device
     )
     return losses, ablation, binary_head, binary
 

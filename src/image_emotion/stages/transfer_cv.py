@@ -22,19 +22,23 @@ import torch.nn.functional as F
 from image_emotion.config import Config, HeadTraining
 from image_emotion.data.emotions import BINARY, get_label_set
 from image_emotion.data.torch_data import PreparedDataset
+from image_emotion.device import pick_device
 from image_emotion.errors import ConfigError
 from image_emotion.files import write_json_atomic
 from image_emotion.metrics import accuracy, per_class_accuracy
 from image_emotion.models.multilevel import MultiLevelHead, load_head
 from image_emotion.stages.paths import TransferPaths
 from image_emotion.tracking import runs as tracking
-from image_emotion.training.heads import HeadData, fit, load_head_data
+from image_emotion.training.heads import CPU, HeadData, fit, load_head_data, predict
 
 TRACKED_SECTIONS = ("transfer",)  # the config sections logged as the stage run's params
 
 
-def train_one_vs_all(data: HeadData, init: MultiLevelHead, dims, num_classes: int, hp: HeadTraining):
-    """One logistic output per class (BCE on one-vs-rest targets) over a hidden layer started from ``init``."""
+def train_one_vs_all(
+    data: HeadData, init: MultiLevelHead, dims, num_classes: int, hp: HeadTraining, device: torch.device = CPU
+) -> MultiLevelHead:
+    """One logistic output per class (BCE on one-vs-rest targets) over a hidden layer started from ``init``,
+    trained on ``device``."""
     torch.manual_seed(hp.seed)
     dg, dl, k = dims
     head = MultiLevelHead(dg, dl, k, num_classes, mode=init.mode, hidden=init.fc1.out_features, dropout=hp.dropout)
@@ -45,6 +49,7 @@ def train_one_vs_all(data: HeadData, init: MultiLevelHead, dims, num_classes: in
         data,
         hp,
         lambda logits, b: F.binary_cross_entropy_with_logits(logits, F.one_hot(b.labels, num_classes).float()),
+        device,
     )
 
 
@@ -57,6 +62,7 @@ class TransferInputs:
     dims: tuple[int, int, int]
     init: MultiLevelHead
     hp: HeadTraining
+    device: torch.device  # where the heads train (``config.device``)
 
     @property
     def folds(self) -> list[int]:
@@ -66,7 +72,8 @@ class TransferInputs:
 def load_inputs(config: Config, prepared: Path, features: Path, head: Path) -> TransferInputs:
     """The target's data and cached features, the trained head to start from, the transfer's head settings."""
     data, head_data, dims = load_head_data(prepared, features, config.emotions)
-    return TransferInputs(data, head_data, dims, load_head(head)[0], config.transfer.head)
+    device = pick_device(config.device)
+    return TransferInputs(data, head_data, dims, load_head(head)[0], config.transfer.head, device)
 
 
 def polarity_labels(data: PreparedDataset) -> np.ndarray:
@@ -83,10 +90,9 @@ def polarity_labels(data: PreparedDataset) -> np.ndarray:
 
 
 def _fit_and_test(inputs: TransferInputs, data: HeadData, train, test, num_classes: int) -> tuple[float, list]:
-    head = train_one_vs_all(data.select(train), inputs.init, inputs.dims, num_classes, inputs.hp)
+    head = train_one_vs_all(data.select(train), inputs.init, inputs.dims, num_classes, inputs.hp, inputs.device)
     sub = data.select(test)
-    with torch.inference_mode():
-        pred = head(sub.features).argmax(1)
+    pred = predict(head, sub, device=inputs.device).argmax(1)
     return accuracy(sub.labels.tolist(), pred.tolist()), per_class_accuracy(
         sub.labels.tolist(), pred.tolist(), num_classes
     )

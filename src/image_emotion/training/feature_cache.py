@@ -1,19 +1,21 @@
-"""On-disk cache of region features: shards of a few hundred images, each checked by SHA-256.
+"""On-disk cache of region features: shards of a few hundred images, every file checked by SHA-256.
 
-Layout of a cache directory::
+Layout of a cache directory (format 2)::
 
-    index.json      {"fingerprint", "num_images", "shard_size",
-                     "shards": {"00003": {"file", "sha256", "start", "stop"}}}
-    shard-00003.pt  {"paths": [...], "global": (n, Dg) fp16, "emotional": (n, K, Dl) fp16, "object": ...,
-                     "emotional_boxes": (n, K, 4), "emotional_scores": (n, K), "object_boxes", "object_scores"}
+    index.json                  {"format": 2, "fingerprint", "num_images", "shard_size",
+                                 "shards": {"00003": {"start", "stop", "files": {key: {"file", "sha256"}}}}}
+    shard-00003.paths.json      the shard's image paths (manifest order)
+    shard-00003.global.npy      (n, Dg) float16        shard-00003.emotional.npy  (n, K, Dl) float16
+    shard-00003.object.npy      (n, K, Dl) float16     shard-00003.emotional_boxes.npy (n, K, 4) ...
 
-Writing is streaming (one shard in memory at a time) and the index is rewritten atomically after every
-shard, so an interrupted extraction keeps what it finished; a shard file's bytes depend on its content only. A
-shard whose bytes do not match its recorded hash, or that does not load, is recomputed by ``missing_shards`` and
-refused by ``load_cache``: a corrupt entry is never used silently.
+One ``.npy`` per tensor, so a reader maps the arrays and reads the rows of a batch (``feature_store``) instead
+of holding the dataset in memory. Writing is streaming (one shard in memory at a time) and the index is
+rewritten atomically after every shard, so an interrupted extraction keeps what it finished; a shard file's bytes
+depend on its content only. A shard with a file whose bytes do not match its recorded hash is recomputed by
+``missing_shards`` and refused by the readers: a corrupt entry is never used silently.
 
 Sharded extraction: shard ``i`` of ``N`` owns the cache's shard ranges ``k`` with ``k % N == i``
-(``shard_ranges_of``); each part is a cache whose index lists only its own ranges (``load_cache`` refuses it as
+(``shard_ranges_of``); each part is a cache whose index lists only its own ranges (the readers refuse it as
 incomplete), and ``merge_caches`` joins the N parts into the cache an unsharded extraction writes, byte for byte.
 """
 
@@ -27,13 +29,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from torch import Tensor
 
 from image_emotion.errors import ConfigError, ImageEmotionError
 from image_emotion.files import atomic_dir, atomic_path, file_sha256, write_json_atomic
 
-FLOAT_KEYS = ("global", "emotional", "object")
+FLOAT_KEYS = ("global", "emotional", "object")  # stored float16, read back as float32
+FORMAT = 2  # the layout above; a cache of another format is recomputed
 
 
 class CacheError(ImageEmotionError):
@@ -54,7 +57,14 @@ def read_index(cache_dir: str | Path) -> dict[str, Any] | None:
 
 
 def new_index(fingerprint: str, num_images: int, shard_size: int) -> dict[str, Any]:
-    return {"fingerprint": fingerprint, "num_images": num_images, "shard_size": shard_size, "shards": {}}
+    return {"format": FORMAT, "fingerprint": fingerprint, "num_images": num_images, "shard_size": shard_size,
+            "shards": {}}  # fmt: skip
+
+
+def entry_files(entry: dict[str, Any]) -> list[str]:
+    """The file names of one index entry (also of an entry of the earlier one-file format, to remove them)."""
+    files = [f["file"] for f in entry.get("files", {}).values() if isinstance(f, dict) and "file" in f]
+    return files + ([entry["file"]] if isinstance(entry.get("file"), str) else [])
 
 
 def shard_ranges(num_images: int, shard_size: int) -> list[tuple[str, int, int]]:
@@ -78,11 +88,13 @@ def shard_ranges_of(num_images: int, shard_size: int, shard: int, shards: int) -
 
 
 def shard_is_valid(cache_dir: Path, entry: dict[str, Any] | None) -> bool:
-    """The shard file exists and its bytes hash to the recorded value."""
-    if not entry:
+    """Every file of the shard exists and its bytes hash to the recorded value."""
+    files = entry.get("files") if entry else None
+    if not isinstance(files, dict) or "paths" not in files or not set(FLOAT_KEYS) <= set(files):
         return False
-    path = cache_dir / entry["file"]
-    return path.is_file() and file_sha256(path) == entry["sha256"]
+    return all(
+        (cache_dir / f["file"]).is_file() and file_sha256(cache_dir / f["file"]) == f["sha256"] for f in files.values()
+    )
 
 
 def missing_shards(
@@ -95,8 +107,13 @@ def missing_shards(
     cache_dir = Path(cache_dir)
     owned = shard_ranges_of(num_images, shard_size, shard, shards)
     index = read_index(cache_dir)
+    if index is not None and index.get("format") != FORMAT:  # another layout: its files go, all is recomputed
+        for entry in index.get("shards", {}).values():
+            for name in entry_files(entry):
+                (cache_dir / name).unlink(missing_ok=True)
     if (
         index is None
+        or index.get("format") != FORMAT
         or index.get("fingerprint") != fingerprint
         or index.get("num_images") != num_images
         or index.get("shard_size") != shard_size
@@ -104,56 +121,47 @@ def missing_shards(
         index = new_index(fingerprint, num_images, shard_size)
     owned_ids = {sid for sid, _, _ in owned}
     for sid in sorted(set(index["shards"]) - owned_ids):
-        (cache_dir / f"shard-{sid}.pt").unlink(missing_ok=True)
+        for name in entry_files(index["shards"][sid]):
+            (cache_dir / name).unlink(missing_ok=True)
         del index["shards"][sid]
     todo = []
     for sid, start, stop in owned:
         entry = index["shards"].get(sid)
         if not shard_is_valid(cache_dir, entry):
             if entry is not None:
-                print(f"{cache_dir / entry['file']}: corrupt or missing cache entry; recomputing it", file=sys.stderr)
+                print(f"{cache_dir}: shard {sid}: corrupt or missing cache entry; recomputing it", file=sys.stderr)
                 del index["shards"][sid]
             todo.append((sid, start, stop))
     return index, todo
 
 
+def _write_bytes(path: Path, data: bytes) -> str:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return file_sha256(path)
+
+
 def write_shard(cache_dir: str | Path, index: dict[str, Any], sid: str, start: int, stop: int, shard: dict) -> None:
-    """Write one shard atomically, record its hash, then rewrite the index atomically."""
+    """Write one shard's files atomically (``paths``: a list; every other key: a tensor or array with one row
+    per image, ``FLOAT_KEYS`` stored as float16), record their hashes, then rewrite the index atomically."""
     cache_dir = Path(cache_dir)
-    name = f"shard-{sid}.pt"
-    stored = {k: (v.to(torch.float16) if k in FLOAT_KEYS else v) for k, v in shard.items()}
-    buffer = io.BytesIO()  # not torch.save(path): its archive is named after the (random) temporary file, and a
-    torch.save(stored, buffer)  # shard's bytes must depend on its content only (merged caches equal unsharded ones)
-    with atomic_path(cache_dir / name) as tmp:
-        tmp.write_bytes(buffer.getvalue())
-    index["shards"][sid] = {"file": name, "sha256": file_sha256(cache_dir / name), "start": start, "stop": stop}
+    files: dict[str, dict[str, str]] = {}
+    name = f"shard-{sid}.paths.json"
+    files["paths"] = {"file": name, "sha256": _write_bytes(cache_dir / name, json.dumps(list(shard["paths"])).encode())}
+    for key, value in sorted(shard.items()):
+        if key == "paths":
+            continue
+        array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+        if key in FLOAT_KEYS:
+            array = array.astype(np.float16)
+        if len(array) != stop - start:
+            raise CacheError(f"{cache_dir}: shard {sid}: {key} has {len(array)} rows for {stop - start} images")
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+        name = f"shard-{sid}.{key}.npy"
+        files[key] = {"file": name, "sha256": _write_bytes(cache_dir / name, buffer.getvalue())}
+    index["shards"][sid] = {"start": start, "stop": stop, "files": files}
     write_json_atomic(_index_path(cache_dir), index)
-
-
-def load_cache(cache_dir: str | Path) -> dict[str, Any]:
-    """All shards concatenated (features as float32), after checking every hash; raises ``CacheError``."""
-    cache_dir = Path(cache_dir)
-    index = read_index(cache_dir)
-    if index is None:
-        raise CacheError(f"{cache_dir}: no feature cache; run `image-emotion extract-regions` first")
-    parts = []
-    for sid, _, _ in shard_ranges(index["num_images"], index["shard_size"]):
-        entry = index["shards"].get(sid)
-        if not shard_is_valid(cache_dir, entry):
-            raise CacheError(f"{cache_dir}: shard {sid} is missing or corrupt; re-run `image-emotion extract-regions`")
-        try:
-            parts.append(torch.load(cache_dir / entry["file"], map_location="cpu", weights_only=True))
-        except Exception as exc:
-            raise CacheError(
-                f"{cache_dir / entry['file']}: cannot be read ({type(exc).__name__}); re-run extract-regions"
-            ) from None
-    out: dict[str, Any] = {"paths": [p for part in parts for p in part["paths"]]}
-    for key in parts[0]:
-        if key != "paths":
-            tensor: Tensor = torch.cat([part[key] for part in parts])
-            out[key] = tensor.float() if key in FLOAT_KEYS else tensor
-    out["fingerprint"] = index["fingerprint"]
-    return out
 
 
 def merge_caches(parts: list[Path], out: Path) -> dict[str, Any]:
@@ -183,7 +191,7 @@ def merge_caches(parts: list[Path], out: Path) -> dict[str, Any]:
         indexes.append(index)
     first, ref = parts[0], indexes[0]
     for part, index in zip(parts[1:], indexes[1:], strict=True):
-        for key in ("fingerprint", "num_images", "shard_size"):
+        for key in ("format", "fingerprint", "num_images", "shard_size"):
             if index.get(key) != ref.get(key):
                 raise CacheError(
                     f"{part}: {key} {index.get(key)!r} differs from {ref.get(key)!r} of {first}; "
@@ -200,11 +208,11 @@ def merge_caches(parts: list[Path], out: Path) -> dict[str, Any]:
                 raise CacheError(f"shard {sid} is in both {owner[sid]} and {part}; merge each shard's part once")
             if not shard_is_valid(part, entry):
                 raise CacheError(
-                    f"{part}: shard {sid} ({entry.get('file')}) is missing or corrupt; "
-                    "re-run that part's `image-emotion extract-regions --shard`"
+                    f"{part}: shard {sid} is missing or corrupt; re-run that part's `image-emotion extract-regions "
+                    "--shard` (a part of an earlier cache format is re-run too)"
                 )
             owner[sid] = part
-            entries[sid] = {k: entry[k] for k in ("file", "sha256", "start", "stop")}
+            entries[sid] = {k: entry[k] for k in ("start", "stop", "files")}
     missing = [sid for sid in ranges if sid not in owner]
     if missing:
         sid = missing[0]
@@ -217,13 +225,14 @@ def merge_caches(parts: list[Path], out: Path) -> dict[str, Any]:
     with atomic_dir(out) as tmp:
         for sid in sorted(entries):
             entry = entries[sid]
-            src, dst = owner[sid] / entry["file"], tmp / entry["file"]
-            try:
-                os.link(src, dst)
-            except OSError:
-                shutil.copyfile(src, dst)
-            if file_sha256(dst) != entry["sha256"]:  # the part changed while merging
-                raise CacheError(f"{src}: changed while merging; merge again")
+            for file in entry["files"].values():
+                src, dst = owner[sid] / file["file"], tmp / file["file"]
+                try:
+                    os.link(src, dst)
+                except OSError:
+                    shutil.copyfile(src, dst)
+                if file_sha256(dst) != file["sha256"]:  # the part changed while merging
+                    raise CacheError(f"{src}: changed while merging; merge again")
             index["shards"][sid] = entry
         write_json_atomic(_index_path(tmp), index)
     return {"features": str(out), "parts": len(parts), "shards": len(entries), "images": ref["num_images"]}
