@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from image_emotion.errors import ConfigError
+from image_emotion.revision import git_revision
 
 DEFAULT_REGISTRY = "ghcr.io/image-emotion"
 IMAGE_NAME = "image-emotion"
@@ -102,15 +103,6 @@ def resolve_base_digest(base: str = BASE_IMAGE) -> str:
         detail = getattr(exc, "stderr", "") or str(exc)
         raise ConfigError(f"docker cannot resolve {base}: {detail.strip()}; start docker or pass --no-pin") from None
     return f"{base}@{repo_digest.split('@', 1)[1]}"
-
-
-def git_revision(root: Path) -> str:
-    try:
-        return subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], check=True, capture_output=True, text=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def build_commands(

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,6 +38,7 @@ import numpy as np
 from image_emotion.config import Config
 from image_emotion.errors import ImageEmotionError
 from image_emotion.files import fingerprint
+from image_emotion.revision import git_revision
 from image_emotion.tracking import lineage
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -61,19 +61,6 @@ def default_tracking_uri() -> str:
 def tracking_uri(config: Config) -> str:
     """Where runs go: env, then params, then the project's sqlite file."""
     return os.environ.get("MLFLOW_TRACKING_URI") or config.mlflow.tracking_uri or default_tracking_uri()
-
-
-def git_revision() -> str:
-    """The git commit of the working tree (``+dirty`` when it has changes); outside git the commit the container
-    image was built from (``$IMAGE_EMOTION_GIT_REVISION``, set by docker/Dockerfile.*), else ``unknown``."""
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("IMAGE_EMOTION_GIT_REVISION", "unknown")
-    return rev + ("+dirty" if dirty else "")
 
 
 def external_data(versions: dict[str, lineage.DataVersion]) -> dict[str, str]:
