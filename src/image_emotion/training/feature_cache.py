@@ -90,7 +90,7 @@ def shard_ranges_of(num_images: int, shard_size: int, shard: int, shards: int) -
 def shard_is_valid(cache_dir: Path, entry: dict[str, Any] | None) -> bool:
     """Every file of the shard exists and its bytes hash to the recorded value."""
     files = entry.get("files") if entry else None
-    if not isinstance(files, dict) or "paths" not in files or not set(FLOAT_KEYS) <= set(files):
+    if not isinstance(files, dict) or "paths" not in files:
         return False
     return all(
         (cache_dir / f["file"]).is_file() and file_sha256(cache_dir / f["file"]) == f["sha256"] for f in files.values()
