@@ -1,6 +1,6 @@
 """Peak memory of training the classifier head on cached features, at 1×, 4× and 16× the embedded dataset,
-streamed (the memory-mapped store, a mini-batch read at a time: what the stages do) against the whole cache
-held in memory (what they did before), measured in one run and printed with ratios.
+streamed (``FeatureStore``: a mini-batch's rows read from the shard files when due, what the stages do) against
+the whole cache held in memory (what they did before), measured in one run and printed with ratios.
 
 The caches are the ``dvc repro`` cache of the main set (``data/features/main``) repeated S times, written with
 the extraction's own ``write_shard``; each measurement runs in a fresh process (its peak resident set size,

@@ -4,7 +4,7 @@
   batch is indexed (``rows[index]`` -> a tensor); ``select`` narrows it to some images without reading any.
 - ``StreamedTrunk``: a frozen backbone's maps of every image computed once, as ``metric.TrunkCache`` does, but
   written to a feature cache on disk (``feature_cache.write_shard``, float32: the same numbers) and read back a
-  mini-batch at a time through the memory-mapped ``FeatureStore``; ``batch`` and ``subset`` behave like
+  mini-batch at a time through ``FeatureStore``; ``batch`` and ``subset`` behave like
   ``TrunkCache``'s, so training and embedding accept either.
 """
 
