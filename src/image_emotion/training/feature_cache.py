@@ -21,7 +21,6 @@ incomplete), and ``merge_caches`` joins the N parts into the cache an unsharded 
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -156,10 +155,10 @@ def write_shard(cache_dir: str | Path, index: dict[str, Any], sid: str, start: i
             array = array.astype(np.float16)
         if len(array) != stop - start:
             raise CacheError(f"{cache_dir}: shard {sid}: {key} has {len(array)} rows for {stop - start} images")
-        buffer = io.BytesIO()
-        np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
         name = f"shard-{sid}.{key}.npy"
-        files[key] = {"file": name, "sha256": _write_bytes(cache_dir / name, buffer.getvalue())}
+        with atomic_path(cache_dir / name) as tmp, tmp.open("wb") as fh:  # header + rows: bytes from content only
+            np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
+        files[key] = {"file": name, "sha256": file_sha256(cache_dir / name)}
     index["shards"][sid] = {"start": start, "stop": stop, "files": files}
     write_json_atomic(_index_path(cache_dir), index)
 

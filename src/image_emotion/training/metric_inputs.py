@@ -22,7 +22,7 @@ from image_emotion.data.torch_data import PreparedDataset, preprocess
 from image_emotion.training.feature_cache import new_index, shard_ranges, write_shard
 from image_emotion.training.feature_store import FeatureStore
 
-TRUNK_SHARD = 256  # images per trunk-cache shard
+TRUNK_SHARD = 64  # images per trunk-cache shard: ~30 MB of maps at 128 px, built in memory before written
 
 
 class ImageRows:
