@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import importlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -548,9 +549,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     if isinstance(result, int):  # a sub-command that printed its own output and chose the exit status
         return result
-    if result is not None:  # sub-commands that print their own output (retrieve's table) return None
+    if result is not None and _prints_result():  # sub-commands that print their own output return None
         print(json.dumps(result, indent=2, sort_keys=True, default=str))
     return 0
+
+
+def _prints_result() -> bool:
+    """Whether this process prints its result: always, but under torchrun only rank 0 (the others' stage result
+    is a stub; see ``training/distributed.py``)."""
+    if "RANK" not in os.environ:
+        return True
+    from image_emotion.training.distributed import is_main
+
+    return is_main()
 
 
 if __name__ == "__main__":

@@ -18,13 +18,12 @@ import torch
 from image_emotion.config import Config
 from image_emotion.data import torch_data
 from image_emotion.data.torch_data import DetectionDataset, PreparedDataset, load_tensor_image
-from image_emotion.device import pick_device
 from image_emotion.files import file_sha256, fingerprint, source_fingerprint, write_json_atomic
 from image_emotion.models import backbones, region_detector
 from image_emotion.models.region_detector import RegionDetector, load_detector, region_recall, save_detector
 from image_emotion.stages.paths import FinetunePaths
 from image_emotion.tracking import runs as tracking
-from image_emotion.training import detection
+from image_emotion.training import detection, distributed
 from image_emotion.training.detection import train_detector
 
 
@@ -48,9 +47,14 @@ def evaluate_recall(
 
 
 def run(config: Config, paths: FinetunePaths) -> dict[str, Any]:
-    """Fine-tune (or resume) the emotional branch, save the detector, return the metrics."""
+    """Fine-tune (or resume) the emotional branch, save the detector, return the metrics. Under torchrun every
+    rank trains its share of each batch (``training/distributed.py``); rank 0 evaluates and writes the outputs."""
+    with distributed.session(config.device) as device:
+        return _run(config, paths, device)
+
+
+def _run(config: Config, paths: FinetunePaths, device: torch.device) -> dict[str, Any]:
     ft = config.finetune
-    device = pick_device(config.device)
     data = PreparedDataset.load(paths.prepared)
     train = data.split("train")
     if ft.max_images and len(train.manifest) > ft.max_images:  # a seeded subset bounds CPU time
@@ -58,7 +62,7 @@ def run(config: Config, paths: FinetunePaths) -> dict[str, Any]:
         train = train.subset(train.manifest.index.isin(keep))
     holdout = data.split("val") if (data.manifest["split"] == "val").any() else data.split("test")
     # what the trajectory depends on; not the epoch count, so a longer run continues a shorter one
-    code = source_fingerprint(sys.modules[__name__], detection, region_detector, backbones, torch_data)
+    code = source_fingerprint(sys.modules[__name__], detection, distributed, region_detector, backbones, torch_data)
     trajectory = ft.to_dict() | {"epochs": None}
     inputs = (file_sha256(paths.prepared / "manifest.csv"), file_sha256(paths.objects))
     identity = fingerprint(trajectory, *inputs, code)
@@ -69,11 +73,13 @@ def run(config: Config, paths: FinetunePaths) -> dict[str, Any]:
     detector.start_emotional_from_objects()
     dataset = DetectionDataset.emotional_regions(train, hflip=ft.hflip, seed=ft.seed)
     cfg = detector.config
-    with tracking.stage_run(config, "finetune_detector", ("finetune",)) as mlflow:
+    with distributed.main_only(tracking.stage_run(config, "finetune_detector", ("finetune",))) as mlflow:
         mlflow.set_tag("device", str(device))
         history, resumed_from = train_detector(
             detector, dataset, ft, detector, paths.checkpoint, identity, device, mlflow, "finetune"
         )
+        if not distributed.is_main():  # the other ranks' work ends with the training
+            return {"rank": distributed.rank(), "loss_per_epoch": [h["loss"] for h in history]}
         tracking.log_missing_steps(history, first_step=1)  # an epoch whose logging failed before a resume
         recall = evaluate_recall(detector, holdout, device, (cfg.top_k, 2))
         metrics = {

@@ -134,12 +134,6 @@ def lambda_sweep(inputs: ClassifierInputs, lams: list[float]) -> tuple[list[Mult
     return heads, rows
 
 
-def sweep_point(inputs: ClassifierInputs, lam: float) -> tuple[MultiLevelHead, dict[str, Any]]:
-    """One point of the λ sweep (a kfp pod of the pipeline's λ ParallelFor): the head and its scores row."""
-    (head,), (row,) = lambda_sweep(inputs, [lam])
-    return head, row
-
-
 def select_lambda(sweep: list[dict[str, Any]]) -> dict[str, Any]:
     """The sweep row with the best validation accuracy; ties go to the lower validation NLL."""
     return max(sweep, key=lambda r: (r["val_accuracy"], -r["val_nll"]))

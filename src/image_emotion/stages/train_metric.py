@@ -9,7 +9,13 @@ joint loss ``(1 - ω)·softmax + ω·sentiment constraint`` (params ``metric``),
   ``metrics/metric_ablation.json`` (``[]`` when there are no seeds).
 
 With ``metric.freeze_backbone`` (the CPU default) the backbone's maps of every image are computed once and
-shared by every row. Every training is a nested MLflow run under the stage's run, with its loss per epoch.
+shared by every row. Nothing of the dataset is held in memory: the images are decoded when a batch needs them
+(``ImageRows``) and the maps are kept in a cache on disk under ``$TMPDIR`` for the stage's duration
+(``StreamedTrunk``), read a mini-batch at a time. Every training is a nested MLflow run under the stage's run,
+with its loss per epoch.
+
+Under torchrun every rank trains on its slice of each global batch (``training/distributed.py``; each rank
+computes the frozen backbone's maps of every image itself); rank 0 scores the models and writes every output.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import statistics
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -32,34 +39,37 @@ from image_emotion.files import write_json_atomic
 from image_emotion.models.metric import SentimentVectorNet, save_metric_model
 from image_emotion.stages.paths import TrainMetricPaths
 from image_emotion.tracking import runs as tracking
+from image_emotion.training import distributed
 from image_emotion.training.metric import (
     RETRIEVAL_MEASURES,
     MetricObjective,
-    TrunkCache,
     embed,
-    image_tensor,
     score,
     table1_rows,
     train_metric_net,
 )
+from image_emotion.training.metric_inputs import ImageRows, StreamedTrunk
 
 MEASURES = ("accuracy", *RETRIEVAL_MEASURES)
 
 
 @dataclasses.dataclass
 class MetricInputs:
-    """The main set as model inputs: images ``(N, 3, S, S)``, labels ``(N,)``, split rows, the initial network
-    (every training starts from a copy) and, with a frozen backbone, its maps of every image."""
+    """The main set as model inputs: images ``(N, 3, S, S)`` decoded when indexed, labels ``(N,)``, split rows,
+    the initial network (every training starts from a copy) and, with a frozen backbone, its maps of every
+    image on disk."""
 
     data: PreparedDataset
-    images: torch.Tensor
+    images: ImageRows
     labels: torch.Tensor
     idx: dict[str, np.ndarray]
     initial: SentimentVectorNet
-    trunk: TrunkCache | None
+    trunk: StreamedTrunk | None
 
 
-def load_inputs(config: Config, prepared: Path) -> MetricInputs:
+def load_inputs(config: Config, prepared: Path, scratch: Path, device: torch.device | None = None) -> MetricInputs:
+    """The main set at ``prepared`` as model inputs on ``device`` (default: ``config.device``'s); a frozen
+    backbone's maps go to a cache under ``scratch``."""
     cfg = config.metric
     data = PreparedDataset.load(prepared)
     idx = {s: data.split_rows(s) for s in ("train", "val", "test")}
@@ -68,10 +78,10 @@ def load_inputs(config: Config, prepared: Path) -> MetricInputs:
     num_classes = len(get_label_set(data.label_set))
     torch.manual_seed(cfg.seed)
     initial = SentimentVectorNet(cfg.backbone, cfg.backbone_weights, num_classes, cfg.embedding_dim, cfg.filters).to(
-        pick_device(config.device)
+        device or pick_device(config.device)
     )
-    images = image_tensor(data, cfg.image_size, initial.image_mean, initial.image_std)
-    trunk = TrunkCache(initial, images) if cfg.freeze_backbone else None
+    images = ImageRows(data, cfg.image_size, initial.image_mean, initial.image_std)
+    trunk = StreamedTrunk(initial, images, scratch / "trunk") if cfg.freeze_backbone else None
     return MetricInputs(data, images, data.labels(), idx, initial, trunk)
 
 
@@ -90,16 +100,20 @@ def fresh_model(inputs: MetricInputs, seed: int) -> SentimentVectorNet:
 def train_and_score(
     inputs: MetricInputs, objective: MetricObjective, feature: str, cfg: MetricConfig, seed: int, name: str
 ) -> tuple[SentimentVectorNet, dict[str, float], list[float]]:
-    """Train a fresh model on the train split with ``objective``; its test scores (and validation accuracy)."""
+    """Train a fresh model on the train split with ``objective``; its test scores (and validation accuracy); under
+    torchrun no scores on ranks other than 0."""
     train = inputs.idx["train"]
-    with tracking.child_run(name, {**dataclasses.asdict(objective), "seed": seed, "retrieval_feature": feature}):
+    logged = {**dataclasses.asdict(objective), "seed": seed, "retrieval_feature": feature}
+    with distributed.main_only(tracking.child_run(name, logged)):
         model = fresh_model(inputs, seed)
         losses = train_metric_net(
-            model, inputs.images[train], inputs.labels[train], inputs.data.label_set, objective,
+            model, inputs.images.select(train), inputs.labels[train], inputs.data.label_set, objective,
             epochs=cfg.epochs, batch_size=cfg.batch_size, min_per_class=cfg.min_per_class, lr_conv=cfg.lr_conv,
             lr_last=cfg.lr_last, momentum=cfg.momentum, freeze_backbone=cfg.freeze_backbone, seed=seed,
             trunk=inputs.trunk.subset(train) if inputs.trunk is not None else None,
         )  # fmt: skip
+        if not distributed.is_main():
+            return model, {}, losses
         out = embed(model, inputs.images, trunk=inputs.trunk)
         y = inputs.labels.numpy()
         classifier_trained = objective.omega < 1.0
@@ -122,6 +136,8 @@ def ablation(inputs: MetricInputs, cfg: MetricConfig) -> list[dict[str, Any]]:
             train_and_score(inputs, row.objective, row.feature, cfg, seed, f"table1:{row.key}:seed={seed}")[1]
             for seed in cfg.ablation_seeds
         ]
+        if not distributed.is_main():
+            continue
         summary: dict[str, Any] = {
             "row": row.key,
             "label": row.label,
@@ -137,13 +153,20 @@ def ablation(inputs: MetricInputs, cfg: MetricConfig) -> list[dict[str, Any]]:
 
 
 def run(config: Config, paths: TrainMetricPaths) -> dict[str, Any]:
-    """The stage: the model of ``config.metric``, Table 1's rows, the outputs."""
+    """The stage: the model of ``config.metric``, Table 1's rows, the outputs (rank 0's under torchrun)."""
+    with distributed.session(config.device) as device, tempfile.TemporaryDirectory(prefix="trunk-") as scratch:
+        return _run(config, paths, device, Path(scratch))
+
+
+def _run(config: Config, paths: TrainMetricPaths, device: torch.device, scratch: Path) -> dict[str, Any]:
     cfg = config.metric
-    inputs = load_inputs(config, paths.prepared)
+    inputs = load_inputs(config, paths.prepared, scratch, device)
     objective = MetricObjective.from_config(cfg)
-    with tracking.stage_run(config, "train_metric", ("metric",)):
+    with distributed.main_only(tracking.stage_run(config, "train_metric", ("metric",))):
         model, scores, losses = train_and_score(inputs, objective, cfg.feature, cfg, cfg.seed, "model")
         rows = ablation(inputs, cfg)
+        if not distributed.is_main():  # the other ranks' work ends with the trainings
+            return {"rank": distributed.rank(), "first_epoch_loss": losses[0], "last_epoch_loss": losses[-1]}
         tracking.log_metrics({f"test_{k}": v for k, v in scores.items() if k in MEASURES})
     save_metric_model(
         paths.out_dir / "model.pt",

@@ -1,6 +1,7 @@
 """Training the sentiment-vector network of seed 002 and embedding images with it.
 
-- ``image_tensor``: the images of a prepared dataset, resized and normalised for the model ``(N, 3, S, S)``.
+- ``image_tensor``: the images of a prepared dataset, resized and normalised for the model ``(N, 3, S, S)``, in
+  memory (small sets and tests; the stage streams them: ``metric_inputs.ImageRows``).
 - ``train_metric_net``: SGD with the paper's two learning rates (``param_groups``) over class-balanced batches
   on ``(1 - ω)·CE(logits) + ω·E(feature)``, where ``E`` is the sentiment constraint (α1, α2 over D* on Mikels'
   wheel) or the plain triplet loss, on the sentiment vector (the paper) or the FC embedding at unit norm (its
@@ -28,7 +29,9 @@ from image_emotion.data.torch_data import PreparedDataset, preprocess
 from image_emotion.errors import ConfigError
 from image_emotion.losses import centre_loss, sentiment_constraint_loss, triplet_loss
 from image_emotion.models.metric import SentimentVectorNet
+from image_emotion.training import distributed
 from image_emotion.training.metric_batches import class_balanced_batches
+from image_emotion.training.metric_inputs import ImageRows
 
 METRIC_LOSSES = ("sentiment", "triplet", "centre")
 RETRIEVAL_MEASURES = ("nn", "ft", "st", "map8", "map2", "dcg", "anmrr")  # the paper's seven (``retrieval_report``)
@@ -58,6 +61,10 @@ class MetricObjective:
     @classmethod
     def from_config(cls, config: MetricConfig) -> MetricObjective:
         return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
+
+    def outputs(self) -> tuple[str, ...]:
+        """The model outputs this loss reads: the logits, and the feature unless ω = 0."""
+        return ("logits",) if self.omega == 0.0 else ("logits", self.feature)
 
     def __call__(
         self,
@@ -144,9 +151,20 @@ def train_metric_net(
 
     With ``freeze_backbone`` the backbone's outputs are computed once (or taken from ``trunk``, a ``TrunkCache``
     of these same images, so several models can share it; ``cache_trunk=False`` runs the frozen backbone in every
-    step instead). Batches go to the model's device."""
+    step instead). Batches go to the model's device.
+
+    Under torchrun (``training/distributed.py``) ``batch_size`` is the global batch: every rank draws the same
+    batches (``generator``), runs the model on its slice of each, and the outputs of all slices are gathered, so
+    every rank computes the loss of the whole batch (the triplets are mined across it, as in one process) and
+    each row's gradient returns to the rank that computed it; DDP averages the ranks' gradients. The result is
+    one process's training up to float rounding; dropout (if any) draws per rank. BatchNorm in training mode
+    (``freeze_backbone=False``) uses the global batch's statistics on CUDA (SyncBatchNorm), each slice's own on
+    the CPU."""
     torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
+    rank, world = distributed.rank(), distributed.world_size()
+    if rank > 0:
+        torch.manual_seed(distributed.rank_seed(seed, rank))  # dropout: each rank its own masks
+    generator = torch.Generator().manual_seed(seed)  # the batches and the triplets: the same on every rank
     device = next(model.parameters()).device
     for p in model.backbone.parameters():
         p.requires_grad_(not freeze_backbone)
@@ -160,6 +178,15 @@ def train_metric_net(
     if freeze_backbone and cache_trunk and trunk is None:
         trunk = TrunkCache(model, images)
     labels_on_device = labels.to(device)
+
+    def outputs(index: Tensor | list[int]) -> dict[str, Tensor]:
+        """The model's outputs for the images at ``index``: only those the loss reads under torchrun (DDP
+        finds the parameters that get no gradient from them)."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        out = model.heads(*trunk.batch(index)) if trunk is not None else model(images[index].to(device))
+        return out if world == 1 else {k: out[k] for k in objective.outputs()}
+
+    step = distributed.wrap(model, device, outputs, find_unused_parameters=True)
     losses = []
     for _ in range(epochs):
         model.train()
@@ -167,7 +194,12 @@ def train_metric_net(
             model.backbone.eval()  # its BatchNorm statistics stay the pretrained ones
         total, steps = 0.0, 0
         for index in class_balanced_batches(labels, batch_size, min_per_class, generator):
-            out = model.heads(*trunk.batch(index)) if trunk is not None else model(images[index].to(device))
+            if world == 1:
+                out = step(index)
+            else:  # this rank's slice (a list: DDP would move a tensor to the GPU), then every rank's rows
+                local = step(distributed.split_batch(index, rank, world).tolist())
+                sizes = distributed.slice_sizes(len(index), world)
+                out = {k: distributed.gather_rows(v, sizes) for k, v in local.items()}
             loss = objective(out, labels_on_device[index.to(device)], label_set, generator, centres)
             optimizer.zero_grad()
             loss.backward()
@@ -246,4 +278,4 @@ def score(
 def embed_prepared(model: SentimentVectorNet, state: dict, data: PreparedDataset) -> dict[str, np.ndarray]:
     """A saved model's outputs for every image of ``data``, preprocessed as the model was trained (``state``:
     ``load_metric_model``'s saved state with ``image_size``, ``image_mean``, ``image_std``)."""
-    return embed(model, image_tensor(data, state["image_size"], state["image_mean"], state["image_std"]))
+    return embed(model, ImageRows(data, state["image_size"], state["image_mean"], state["image_std"]))

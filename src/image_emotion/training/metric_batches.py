@@ -3,7 +3,8 @@
 The sentiment constraint needs, in every mini-batch, images of the same emotion, of related emotions and of
 the opposite polarity; the paper trains "using batches of 128, which ensures that at least 8 images are
 contained for each emotion" (seed 002 lines 462-464). ``class_balanced_batches`` makes one epoch of such
-batches.
+batches. Under torchrun they are the global batches: every rank draws the same ones from its copy of the same
+generator and trains on its slice of each (``training/distributed.py``).
 """
 
 from __future__ import annotations
