@@ -5,8 +5,7 @@ the whole cache held in memory (what they did before), measured in one run and p
 The caches are the ``dvc repro`` cache of the main set (``data/features/main``) repeated S times, written with
 the extraction's own ``write_shard``; each measurement runs in a fresh process (its peak resident set size,
 ``ru_maxrss``, is its own): load, train a head (L_multi, λ 0.4, the stage's batch size), predict every image.
-The children run with glibc's mmap threshold fixed (``MALLOC_MMAP_THRESHOLD_=65536``): with its default, dynamic
-one, freed batch buffers stay in the heap and the peak varied by up to 100 MB between identical runs (measured).
+(Children: ``peak_memory.run_child``.)
 
     python benchmarks/feature_memory.py [--scales 1 4 16] [--epochs 2] [--work /tmp/feature-memory] [--source DIR]
 """
@@ -15,15 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
+from peak_memory import MODES, print_peaks, run_child
 
 from image_emotion.config import load_config
 from image_emotion.training.feature_cache import new_index, read_index, shard_ranges, write_shard
@@ -92,28 +89,10 @@ def main() -> None:
     results: dict[tuple[str, int], dict] = {}
     for scale in args.scales:
         cache = build(args.source, scale, args.work)
-        for mode in ("streamed", "memory"):
-            cmd = [sys.executable, __file__, "--epochs", str(args.epochs), "--child", str(cache), mode]
-            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
-            results[mode, scale] = json.loads(out.strip().splitlines()[-1])
+        for mode in MODES:
+            results[mode, scale] = run_child([__file__, "--epochs", str(args.epochs), "--child", str(cache), mode])
     size_mb = {s: sum(f.stat().st_size for f in (args.work / f"x{s}").iterdir()) / 2**20 for s in args.scales}
-    print(f"{'scale':>5} {'images':>7} {'cache MB':>9} {'streamed MB':>12} {'in memory MB':>13} {'s stream':>9}"
-          f" {'s memory':>9}")  # fmt: skip
-    for scale in args.scales:
-        s, m = results["streamed", scale], results["memory", scale]
-        print(
-            f"{scale:>4}x {s['images']:>7} {size_mb[scale]:>9.1f} {s['peak_rss_mb']:>12.1f} {m['peak_rss_mb']:>13.1f}"
-            f" {s['seconds']:>9.2f} {m['seconds']:>9.2f}"
-        )
-    lo, hi = min(args.scales), max(args.scales)
-    for mode in ("streamed", "memory"):
-        a, b = results[mode, lo], results[mode, hi]
-        per_k = (b["peak_rss_mb"] - a["peak_rss_mb"]) / (b["images"] - a["images"]) * 1000
-        print(
-            f"{mode:>9}: peak at {hi}x / at {lo}x = {b['peak_rss_mb'] / a['peak_rss_mb']:.2f}, "
-            f"{per_k:+.2f} MB per 1000 more images"
-        )
+    print_peaks(results, args.scales, {s: f"{size_mb[s]:>7.1f} MB cache " for s in args.scales})
 
 
 if __name__ == "__main__":

@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from peak_memory import MODES, print_peaks, run_child
 
 from image_emotion.config import load_config
 from image_emotion.data.datasets import load_dataset
@@ -75,29 +73,12 @@ def main() -> None:
         return
     if not (ROOT / "annotations.csv").exists():
         raise SystemExit(f"{ROOT}: no embedded main set; run `dvc repro make_synthetic` first")
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}  # as benchmarks/feature_memory.py: a steady peak
     results = {}
     for scale in args.scales:
-        for mode in ("streamed", "memory"):
-            cmd = [sys.executable, __file__, "--base", str(args.base), "--epochs", str(args.epochs)]
-            cmd += ["--child", str(scale), mode]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
-            results[mode, scale] = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"{'scale':>5} {'images':>7} {'streamed MB':>12} {'in memory MB':>13} {'s stream':>9} {'s memory':>9}")
-    for scale in args.scales:
-        s, m = results["streamed", scale], results["memory", scale]
-        print(
-            f"{scale:>4}x {s['images']:>7} {s['peak_rss_mb']:>12.1f} {m['peak_rss_mb']:>13.1f}"
-            f" {s['seconds']:>9.2f} {m['seconds']:>9.2f}"
-        )
-    lo, hi = min(args.scales), max(args.scales)
-    for mode in ("streamed", "memory"):
-        a, b = results[mode, lo], results[mode, hi]
-        per_k = (b["peak_rss_mb"] - a["peak_rss_mb"]) / (b["images"] - a["images"]) * 1000
-        print(
-            f"{mode:>9}: peak at {hi}x / at {lo}x = {b['peak_rss_mb'] / a['peak_rss_mb']:.2f}, "
-            f"{per_k:+.2f} MB per 1000 more images"
-        )
+        for mode in MODES:
+            cmd = [__file__, "--base", str(args.base), "--epochs", str(args.epochs), "--child", str(scale), mode]
+            results[mode, scale] = run_child(cmd)
+    print_peaks(results, args.scales)
 
 
 if __name__ == "__main__":
