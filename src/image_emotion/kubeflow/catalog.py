@@ -148,14 +148,22 @@ def _pod_notes(meta: dict[str, Any]) -> list[str]:
             "- `mlflow_tracking_uri`: an MLflow server; in a pod an empty, `sqlite:` or file URI is refused (that "
             "store would be deleted with the pod)."
         )
-    notes.append(
-        f"- `${cluster.RUN_ID_ENV}`: the kfp run id, which groups the MLflow runs of one pipeline run (the pipeline "
-        f'sets it with `kubernetes.use_field_path_as_env(task, "{cluster.RUN_ID_ENV}", "{cluster.RUN_ID_FIELD}")`).'
-    )
+    if "mlflow_tracking_uri" in names or "checkpoint_root" in names:
+        notes.append(
+            f"- `${cluster.RUN_ID_ENV}`: the kfp run id, which groups the MLflow runs of one pipeline run (the "
+            f'pipeline sets it with `kubernetes.use_field_path_as_env(task, "{cluster.RUN_ID_ENV}", '
+            f'"{cluster.RUN_ID_FIELD}")`).'
+        )
     if "checkpoint_root" in names:
         notes.append(
             f"- `checkpoint_root`: checkpoints under `<checkpoint_root>/<run id>/`, so a retried pod resumes; "
             f"`${cluster.RUN_ID_ENV}` is required (the pipeline mounts its work volume at `{cluster.WORK_MOUNT}`)."
+        )
+    if "gpus_per_worker" in names:
+        notes.append(
+            f"- a PyTorchJob: its inputs and outputs pass through `{cluster.WORK_MOUNT}/{cluster.JOBS_DIR}/<run id>/` "
+            "(the work volume, mounted here and in the job's pods); the pod's service account may create and read "
+            "`pytorchjobs.kubeflow.org` in its namespace (the training operator installed)."
         )
     return notes
 
@@ -192,7 +200,8 @@ def readme(function_name: str, meta: dict[str, Any]) -> str:
     lines += [f"| `{i['name']}` | {_cell(_type_cell(i))} | {_cell(_default_cell(i))} |" for i in meta["inputs"]]
     lines += ["", "## Outputs", "", "| Name | Type |", "| --- | --- |"]
     lines += [f"| `{o['name']}` | {_cell(_type_cell(o))} |" for o in meta["outputs"]]
-    lines += ["", "## Resources", "", _resources_line(meta), "", "## In a pod", "", *_pod_notes(meta), ""]
+    notes = _pod_notes(meta) or ["- Nothing beyond its inputs."]
+    lines += ["", "## Resources", "", _resources_line(meta), "", "## In a pod", "", *notes, ""]
     lines += ["## Use", "", *_use_snippet(meta), ""]
     return "\n".join(lines)
 

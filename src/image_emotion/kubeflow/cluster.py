@@ -18,10 +18,19 @@ WORK_MOUNT = "/mnt/image-emotion/work"  # training pods: checkpoints under <run 
 RUN_ID_ENV = "IMAGE_EMOTION_KFP_RUN"  # the kfp run id, from the pod's `pipeline/runid` label (not an input:
 RUN_ID_FIELD = "metadata.labels['pipeline/runid']"  # an input would enter every cache key and caching never hits)
 UID = 10001  # the images' numeric user and group (runAsNonRoot)
+JOBS_DIR = "jobs"  # WORK_MOUNT/jobs/<run id>/<step>/{in,out}: what a step hands a PyTorchJob and gets back
+NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"  # the pod's own namespace
 
 # the requests of a step (what the kubelet reserves; GPU steps also get their memory as the limit)
 GPU_RESOURCES = {"cpu": "8", "memory": "32G", "accelerators": 1}
 CPU_RESOURCES = {"cpu": "2", "memory": "8G", "accelerators": 0}
+
+# every step is retried on transient failures (a lost node, a preempted pod): kfp's retry policy, as
+# ``task.set_retry(**GPU_RETRY)``; the wait doubles each time (kfp's default factor): 60 s, 120 s on a GPU, 30 s,
+# 60 s on a CPU
+RETRIES = 2
+GPU_RETRY = {"num_retries": RETRIES, "backoff_duration": "60s", "backoff_factor": 2.0}
+CPU_RETRY = {"num_retries": RETRIES, "backoff_duration": "30s"}
 
 # secret key -> environment variable; every key optional (an MLflow server without auth needs none)
 MLFLOW_SECRET_KEYS = {k: k for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")}
@@ -47,6 +56,9 @@ class ClusterDefaults:
     registry: str = DEFAULT_REGISTRY  # compile time
     gpu_type: str = "nvidia.com/gpu"  # compile time: the accelerator resource (e.g. amd.com/gpu)
     parallelism: int = 4  # compile time: pods of one ParallelFor at once (0: all)
+    extraction_shards: int = 1  # GPU pods that split the main set's region extraction (`extract-regions --shard`)
+    workers: int = 1  # pods of the detector's fine-tuning; > 1: a PyTorchJob (kubeflow/trainjob.py) runs it
+    gpus_per_worker: int = 1  # GPUs of each of those pods when ``workers`` > 1
 
 
 DEFAULTS = ClusterDefaults()

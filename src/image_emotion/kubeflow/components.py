@@ -1,23 +1,30 @@
-"""One kfp v2 component per pipeline stage; each is a thin function that calls the package's stage code.
+"""One kfp v2 component per pipeline stage (and two small ones for the sharded extraction's fan-out and merge);
+each is a thin function that calls the package's code.
 
 The functions are plain here; ``build_components`` makes them kfp components that run in the images of this
 source tree (``images.Images``: the GPU steps in the CUDA image), with the package already installed there
 (``install_kfp_package=False``: nothing is installed when a pod starts).
 
 Data flows through kfp artifacts (``Dataset`` directories, ``Model`` directories, ``Metrics``, ``HTML``),
-never through shared paths. Every component takes the pipeline's resolved ``params_yaml`` and its MLflow
-settings, so a stage behaves as under ``dvc repro``; ``data_dir`` is the directory relative dataset roots and
-weight paths resolve against (the data volume in a pod). The λ sweep is split into one component call per λ
-and the transfer into one call per transfer set (the pipeline fans them out with ``dsl.ParallelFor``); the
-stage modules expose those steps (``sweep_point``, ``select_lambda``, ``variants``) so nothing is written twice.
+never through shared paths. Every component that runs a stage takes the pipeline's resolved ``params_yaml`` and
+its MLflow settings, so a stage behaves as under ``dvc repro``; ``data_dir`` is the directory relative dataset
+roots and weight paths resolve against (the data volume in a pod). The main set's extraction is split into shards (one
+``extract_regions_op`` call per shard, joined by ``merge_features_op``) and the transfer into one call per transfer
+set (the pipeline fans them out with ``dsl.ParallelFor``); the λ sweep is one call (``train_classifier_op``: its
+heads train in one vectorized pass).
 """
 
-from typing import List, NamedTuple  # noqa: UP035 - kfp reads typing.List for collected artifacts
+import hashlib
+from pathlib import Path
+from typing import Any, List, NamedTuple  # noqa: UP035 - kfp reads typing.List for collected artifacts
 
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Markdown, Metrics, Model, Output
 
+from image_emotion.errors import ConfigError
+from image_emotion.kubeflow import cluster
 from image_emotion.kubeflow.images import Images
+from image_emotion.kubeflow.trainjob import pytorch_job
 
 
 def prepare_op(
@@ -101,6 +108,118 @@ def finetune_detector_op(
     runtime.log_to_kfp(metrics, finetune_detector.run(config, paths))
 
 
+def job_namespace(given: str = "") -> str:
+    """The namespace to submit a PyTorchJob to: the pod's own (its service account's namespace file,
+    ``cluster.NAMESPACE_FILE``), else ``given``; a one-line ``ConfigError`` when neither is there."""
+    path = Path(cluster.NAMESPACE_FILE)
+    own = path.read_text().strip() if path.is_file() else ""
+    if own or given:
+        return own or given
+    raise ConfigError(f"no namespace for the PyTorchJob: {path} is missing, pass the component input namespace")
+
+
+def job_manifest_for(
+    run_id: str,
+    image: str,
+    *,
+    workers: int,
+    gpus_per_worker: int,
+    mlflow_tracking_uri: str,
+    checkpoint: str | Path,
+    settings: cluster.ClusterDefaults = cluster.DEFAULTS,
+    work_root: str | Path | None = None,
+) -> tuple[dict[str, Any], dict[str, Path]]:
+    """The PyTorchJob that fine-tunes the detector for run ``run_id``, and its files on the work volume: what
+    ``finetune_detector_job_op`` copies in (``params``, ``dataset`` whose ``prepared`` the job reads, ``objects``)
+    under ``<work_root>/jobs/<run id>/finetune_detector/in/`` (``work_root``: ``cluster.WORK_MOUNT``, where the
+    job's pods mount the work volume too), what the job writes (``model``, ``metrics``) under ``out/`` there;
+    ``checkpoint``: the step's own, so a resubmitted job resumes; ``settings``: the run's volumes, secrets and GPU
+    placement, as for the pipeline's own GPU steps."""
+    step = Path(work_root or cluster.WORK_MOUNT) / cluster.JOBS_DIR / run_id / "finetune_detector"
+    files = {
+        "params": step / "in" / "params.yaml",
+        "dataset": step / "in" / "dataset",
+        "objects": step / "in" / "objects" / "detector.pt",
+        "model": step / "out" / "detector.pt",
+        "metrics": step / "out" / "detector.json",
+    }
+    job_paths = {
+        "prepared": str(files["dataset"] / "prepared"),
+        "objects": str(files["objects"]),
+        "checkpoint": str(checkpoint),
+        "model": str(files["model"]),
+        "metrics": str(files["metrics"]),
+    }
+    name = f"finetune-detector-{hashlib.sha256(run_id.encode()).hexdigest()[:12]}"  # the same for a retried step
+    manifest = pytorch_job(
+        name, "finetune-detector", image, run_id, workers=workers, gpus_per_worker=gpus_per_worker,
+        mlflow_tracking_uri=mlflow_tracking_uri, params=str(files["params"]), paths=job_paths, cluster=settings,
+    )  # fmt: skip
+    return manifest, files
+
+
+def finetune_detector_job_op(
+    params_yaml: str,
+    mlflow_tracking_uri: str,
+    mlflow_experiment: str,
+    data_dir: str,
+    checkpoint_root: str,
+    dataset: Input[Dataset],
+    objects: Input[Model],
+    image: str,
+    workers: int,
+    gpus_per_worker: int,
+    data_pvc: str,
+    work_pvc: str,
+    mlflow_secret: str,
+    s3_secret: str,
+    gpu_type: str,
+    gpu_tolerations: list,
+    gpu_node_selector: dict,
+    detector: Output[Model],
+    metrics: Output[Metrics],
+    namespace: str = "",
+):
+    """``finetune_detector_op`` as a training-operator PyTorchJob on ``workers`` pods of ``gpus_per_worker`` GPUs
+    each (from ``image``, the CUDA image), submitted to this pod's namespace (else ``namespace``) and waited for.
+    The inputs are copied to the work volume for the job, its detector copied back into ``detector``; the job's
+    pods mount ``data_pvc`` and ``work_pvc``, read ``mlflow_secret`` and ``s3_secret``, ask for ``gpu_type`` and
+    land on ``gpu_node_selector`` nodes tolerating ``gpu_tolerations``, as the pipeline's GPU steps."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    import yaml
+
+    from image_emotion.kubeflow import cluster, runtime, trainjob
+    from image_emotion.kubeflow.components import job_manifest_for, job_namespace
+
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, data_dir)
+    namespace = job_namespace(namespace)
+    checkpoint = runtime.checkpoint_path(checkpoint_root, "finetune_detector")  # the run id is known from here
+    manifest, files = job_manifest_for(
+        os.environ["IMAGE_EMOTION_PIPELINE_RUN"], image, workers=int(workers), gpus_per_worker=int(gpus_per_worker),
+        mlflow_tracking_uri=os.environ.get("MLFLOW_TRACKING_URI") or config.mlflow.tracking_uri or "",
+        checkpoint=checkpoint, settings=cluster.ClusterDefaults(
+            data_pvc=data_pvc, work_pvc=work_pvc, mlflow_secret=mlflow_secret, s3_secret=s3_secret,
+            gpu_type=gpu_type, gpu_tolerations=list(gpu_tolerations), gpu_node_selector=dict(gpu_node_selector),
+        ),
+    )  # fmt: skip
+    files["params"].parent.mkdir(parents=True, exist_ok=True)
+    files["params"].write_text(yaml.safe_dump(config.to_dict(), sort_keys=True))  # the experiment set as here
+    shutil.copytree(dataset.path, files["dataset"], dirs_exist_ok=True)
+    files["objects"].parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(Path(objects.path) / "detector.pt", files["objects"])
+    trainjob.run_training_job(manifest, namespace)
+    out = Path(detector.path)
+    out.mkdir(parents=True, exist_ok=True)
+    for key in ("model", "metrics"):
+        if not files[key].is_file():
+            raise trainjob.TrainingJobError(f"the PyTorchJob succeeded but wrote no {files[key]}")
+        shutil.copy2(files[key], out / files[key].name)
+    runtime.log_to_kfp(metrics, runtime.read_json(files["metrics"]))
+
+
 def extract_regions_op(
     params_yaml: str,
     mlflow_tracking_uri: str,
@@ -110,8 +229,11 @@ def extract_regions_op(
     dataset: Input[Dataset],
     features: Output[Dataset],
     metrics: Output[Metrics],
+    shard: int = 0,
+    shards: int = 1,
 ):
-    """Global + top-K region features of every image of one dataset, as a shard cache."""
+    """Global + top-K region features of every image of one dataset, as a shard cache; with ``shards`` > 1 only
+    shard ``shard``'s share of its ranges (``extract-regions --shard``), a part that ``merge_features_op`` joins."""
     from pathlib import Path
 
     from image_emotion.kubeflow import runtime
@@ -122,76 +244,69 @@ def extract_regions_op(
     paths = extract_regions.ExtractPaths(
         Path(detector.path) / "detector.pt", (Path(dataset.path) / "prepared",), (out / "cache",), out / "extract.json"
     )
-    runtime.log_to_kfp(metrics, extract_regions.run(config, paths))
+    part = (int(shard), int(shards))  # a parameter may arrive as a JSON number (0.0)
+    runtime.log_to_kfp(metrics, extract_regions.run(config, paths, shard=part))
 
 
-def train_lambda_op(
-    params_yaml: str,
-    lam: float,
-    mlflow_tracking_uri: str,
-    mlflow_experiment: str,
-    data_dir: str,
-    main: Input[Dataset],
-    features: Input[Dataset],
-    head: Output[Model],
-):
-    """One point of the λ sweep: the head trained with L_multi at ``lam`` and its validation/test scores."""
+def shard_indices_op(shards: int) -> List[int]:  # noqa: UP006
+    """The shard indices ``0 .. shards - 1`` of a sharded extraction (the items of the pipeline's ParallelFor)."""
+    from image_emotion.errors import ConfigError
+
+    if shards < 1 or shards != int(shards):
+        raise ConfigError(f"extraction_shards must be a whole number of at least 1, got {shards}")
+    return list(range(int(shards)))
+
+
+def merge_features_op(parts: Input[List[Dataset]], features: Output[Dataset], metrics: Output[Metrics]):  # noqa: UP006
+    """Join the parts of a sharded extraction (``extract_regions_op`` with ``shard``/``shards``) into the cache an
+    unsharded extraction writes, byte for byte (``image-emotion merge-features``)."""
     from pathlib import Path
 
     from image_emotion.kubeflow import runtime
-    from image_emotion.models.multilevel import save_head
-    from image_emotion.stages import train_classifier
-    from image_emotion.tracking import runs as tracking
+    from image_emotion.training.feature_cache import merge_caches
 
-    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, data_dir)
-    inputs = train_classifier.load_inputs(config, Path(main.path) / "prepared", Path(features.path) / "cache")
-    with tracking.stage_run(config, "train_classifier", train_classifier.TRACKED_SECTIONS):
-        model, row = train_classifier.sweep_point(inputs, lam)
-    out = Path(head.path)
-    save_head(out / "head.pt", model, inputs.dims, inputs.data.label_set, {"lambda": lam})
-    runtime.write_json(out / "row.json", row)
-    head.metadata.update({k: v for k, v in row.items() if isinstance(v, float)})
+    out = Path(features.path)
+    merged = merge_caches([Path(part.path) / "cache" for part in parts], out / "cache")
+    extracted = [runtime.read_json(Path(part.path) / "extract.json")["datasets"]["cache"] for part in parts]
+    totals = {
+        "images": merged["images"],
+        "shards": merged["shards"],
+        "parts": merged["parts"],
+        "shards_computed": sum(e["shards_computed"] for e in extracted),
+        "shards_reused": sum(e["shards_reused"] for e in extracted),
+    }
+    runtime.write_json(out / "extract.json", {"datasets": {"cache": totals}})  # as the parts' extract.json
+    runtime.log_to_kfp(metrics, totals)
 
 
-def select_classifier_op(
+def train_classifier_op(
     params_yaml: str,
+    lambdas: list,
     mlflow_tracking_uri: str,
     mlflow_experiment: str,
     data_dir: str,
     main: Input[Dataset],
     features: Input[Dataset],
-    heads: Input[List[Model]],  # noqa: UP006
     classifier: Output[Model],
     metrics: Output[Metrics],
 ):
-    """λ* from the collected sweep (validation), then the loss variants, Table 1 ablations and 2-class head."""
+    """The multi-level head on the main set's cached features: the λ sweep over ``lambdas`` in one vectorized pass
+    (λ* chosen on validation), then the loss variants, Table 1 ablations and 2-class head at λ*; each training a
+    nested MLflow run of the ``train_classifier`` stage run. ``classifier`` holds the λ* heads and the sweep,
+    ablation and summary JSON files."""
     from pathlib import Path
 
     from image_emotion.kubeflow import runtime
-    from image_emotion.models.multilevel import load_head
     from image_emotion.stages import train_classifier
-    from image_emotion.tracking import runs as tracking
 
     config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, data_dir)
-    inputs = train_classifier.load_inputs(config, Path(main.path) / "prepared", Path(features.path) / "cache")
-    head_of = {}  # λ -> the directory of its head
-    for h in heads:
-        row = runtime.read_json(Path(h.path) / "row.json")
-        head_of[row["lambda"]] = (row, Path(h.path))
-    sweep = [head_of[lam][0] for lam in sorted(head_of)]
-    best = train_classifier.select_lambda(sweep)
-    best_head, _ = load_head(head_of[best["lambda"]][1] / "head.pt")
-    with tracking.stage_run(config, "train_classifier", train_classifier.TRACKED_SECTIONS):
-        losses, ablation, binary_head, binary = train_classifier.variants(inputs, sweep, best)
+    config = config.with_overrides([f"classifier.lambdas={[float(lam) for lam in lambdas]}"])
     out = Path(classifier.path)
     paths = train_classifier.ClassifierPaths(
         Path(main.path) / "prepared", Path(features.path) / "cache", out, out / "lambda_sweep.json",
         out / "ablation.json", out / "classifier.json",
     )  # fmt: skip
-    result = train_classifier.write_outputs(
-        paths, inputs, best_head, sweep, best, losses, ablation, binary_head, binary
-    )
-    runtime.log_to_kfp(metrics, result)
+    runtime.log_to_kfp(metrics, train_classifier.run(config, paths))
 
 
 def transfer_cv_op(
@@ -527,12 +642,14 @@ def register_generative_op(
 
 
 COMPONENT_FUNCTIONS = (
-    prepare_op, pretrain_objects_op, finetune_detector_op, extract_regions_op, train_lambda_op, select_classifier_op,
-    transfer_cv_op, evaluate_op, train_metric_op, retrieve_op, retrieve_transfer_op, train_generative_op,
-    evaluate_generative_op, report_op, register_op, register_metric_op, register_generative_op,
+    prepare_op, pretrain_objects_op, finetune_detector_op, finetune_detector_job_op, extract_regions_op,
+    shard_indices_op, merge_features_op, train_classifier_op, transfer_cv_op, evaluate_op, train_metric_op,
+    retrieve_op, retrieve_transfer_op, train_generative_op, evaluate_generative_op, report_op, register_op,
+    register_metric_op, register_generative_op,
 )  # fmt: skip
 GPU_COMPONENTS = frozenset({
-    "pretrain_objects_op", "finetune_detector_op", "extract_regions_op", "train_metric_op", "train_generative_op",
+    "pretrain_objects_op", "finetune_detector_op", "extract_regions_op", "train_classifier_op", "train_metric_op",
+    "train_generative_op",
 })  # fmt: skip
 
 

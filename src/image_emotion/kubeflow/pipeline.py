@@ -1,9 +1,11 @@
 """The kfp v2 pipeline of the whole graph, its compilation and its local run (``kfp.local``).
 
-pretrain_objects [GPU] + prepare detector data -> finetune_detector [GPU] -> prepare main data ->
-extract_regions [GPU] -> ParallelFor λ: train_lambda -> Collected -> select_classifier -> ParallelFor transfer
-set: prepare, extract_regions [GPU], transfer_cv -> Collected -> evaluate -> report (HTML + Markdown artifacts)
-and, if test accuracy >= min_accuracy, register. Seed 002: prepare main data -> train_metric [GPU] -> retrieve ->
+pretrain_objects [GPU] + prepare detector data -> finetune_detector [GPU] (with ``workers`` > 1: a PyTorchJob of
+that many GPU pods, launched and awaited by finetune_detector_job) -> prepare main data ->
+shard_indices -> ParallelFor shard: extract_regions [GPU] of shard i of ``extraction_shards`` -> Collected ->
+merge_features -> train_classifier [GPU] (the whole λ sweep, λ* and its variants) -> ParallelFor transfer set:
+prepare, extract_regions [GPU], transfer_cv -> Collected -> evaluate -> report (HTML + Markdown artifacts) and,
+if test accuracy >= min_accuracy, register. Seed 002: prepare main data -> train_metric [GPU] -> retrieve ->
 report, register_metric, and retrieve_transfer for each transfer set (in its loop) -> report. Seed 001: prepare
 each generative set (ParallelFor) -> Collected -> train_generative [GPU] -> evaluate_generative -> report,
 register_generative. The same graph as dvc.yaml.
@@ -17,9 +19,10 @@ carries the run id, so kfp's cache hits when params, data artifacts and image ar
 are never cached.
 """
 
+import contextlib
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +45,6 @@ class _Platform:
     GPU steps also the work volume for checkpoints, an accelerator, tolerations and a node selector."""
 
     def __init__(self, data_pvc, work_pvc, mlflow_secret, s3_secret, gpu_type, gpu_tolerations, gpu_node_selector):
-        # gpu_type is fixed at compile time: kfp 2.17's compiler does not pass a parameter given to
-        # set_accelerator_type into a ParallelFor (the extraction of each transfer set fails to resolve it)
         self.data_pvc, self.work_pvc = data_pvc, work_pvc
         self.mlflow_secret, self.s3_secret = mlflow_secret, s3_secret
         self.gpu_type, self.gpu_tolerations, self.gpu_node_selector = gpu_type, gpu_tolerations, gpu_node_selector
@@ -56,12 +57,17 @@ class _Platform:
         kubernetes.set_security_context(task, run_as_user=cluster.UID, run_as_group=cluster.UID, run_as_non_root=True)
         return task
 
+    def _work(self, task: dsl.PipelineTask) -> dsl.PipelineTask:
+        """The work volume (checkpoints, and what a step hands a PyTorchJob) at ``cluster.WORK_MOUNT``."""
+        kubernetes.mount_pvc(task, pvc_name=self.work_pvc, mount_path=cluster.WORK_MOUNT)
+        return task
+
     def gpu(self, task: dsl.PipelineTask, checkpoints: bool = False) -> dsl.PipelineTask:
         """One GPU, CPU/memory requests and retries for a training or extraction step (``checkpoints``: the work
         volume mounted too)."""
         self._common(task)
         if checkpoints:
-            kubernetes.mount_pvc(task, pvc_name=self.work_pvc, mount_path=cluster.WORK_MOUNT)
+            self._work(task)
         kubernetes.add_toleration_json(task, self.gpu_tolerations)
         kubernetes.add_node_selector_json(task, self.gpu_node_selector)
         resources = cluster.GPU_RESOURCES
@@ -71,7 +77,7 @@ class _Platform:
             .set_cpu_request(resources["cpu"])
             .set_memory_request(resources["memory"])
             .set_memory_limit(resources["memory"])
-            .set_retry(num_retries=2, backoff_duration="60s", backoff_factor=2.0)
+            .set_retry(**cluster.GPU_RETRY)
         )
 
     def register(self, task: dsl.PipelineTask) -> dsl.PipelineTask:
@@ -79,19 +85,29 @@ class _Platform:
         idempotent: a retry of the same run registers nothing new, tracking/registry.py)."""
         return self.cpu(task).set_caching_options(False)
 
+    def job(self, task: dsl.PipelineTask) -> dsl.PipelineTask:
+        """A step that launches a PyTorchJob and waits: a CPU step with the work volume, where it hands over the
+        job's inputs and finds its outputs (a retry follows the job already submitted)."""
+        return self.cpu(self._work(task))
+
     def cpu(self, task: dsl.PipelineTask) -> dsl.PipelineTask:
+        """CPU/memory requests and retries for any other step."""
         self._common(task)
         resources = cluster.CPU_RESOURCES
         return (
             task.set_cpu_request(resources["cpu"])
             .set_memory_request(resources["memory"])
-            .set_retry(num_retries=2, backoff_duration="30s")
+            .set_retry(**cluster.CPU_RETRY)
         )
 
 
 def build_pipeline(built: Images, parallelism: int = CLUSTER.parallelism, gpu_type: str = CLUSTER.gpu_type) -> Callable:
     """The pipeline whose components run in ``built``'s images, each ParallelFor ``parallelism`` pods at once,
-    the GPU steps asking for one ``gpu_type`` accelerator."""
+    the GPU steps asking for one ``gpu_type`` accelerator.
+
+    ``gpu_type`` is fixed at compile time rather than a run parameter: kfp 2.17's compiler does not pass a
+    parameter given to ``set_accelerator_type`` into a ParallelFor (the extraction steps inside the loops then fail
+    to resolve it)."""
     c = build_components(built)
     checkpoint_root = f"{cluster.WORK_MOUNT}/checkpoints"
 
@@ -104,6 +120,9 @@ def build_pipeline(built: Images, parallelism: int = CLUSTER.parallelism, gpu_ty
         min_accuracy: float = DEFAULTS.register.min_accuracy,
         mlflow_tracking_uri: str = "",
         mlflow_experiment: str = DEFAULTS.mlflow.experiment,
+        extraction_shards: int = CLUSTER.extraction_shards,
+        workers: int = CLUSTER.workers,
+        gpus_per_worker: int = CLUSTER.gpus_per_worker,
         data_pvc: str = CLUSTER.data_pvc,
         work_pvc: str = CLUSTER.work_pvc,
         mlflow_secret: str = CLUSTER.mlflow_secret,
@@ -114,7 +133,6 @@ def build_pipeline(built: Images, parallelism: int = CLUSTER.parallelism, gpu_ty
         checkpoint_root: str = checkpoint_root,
     ):
         p = _Platform(data_pvc, work_pvc, mlflow_secret, s3_secret, gpu_type, gpu_tolerations, gpu_node_selector)
-        _gpu, _cpu = p.gpu, p.cpu
         common = {
             "params_yaml": params_yaml,
             "mlflow_tracking_uri": mlflow_tracking_uri,
@@ -122,41 +140,54 @@ def build_pipeline(built: Images, parallelism: int = CLUSTER.parallelism, gpu_ty
             "data_dir": data_dir,
         }
         training = {**common, "checkpoint_root": checkpoint_root}
-        objects = _gpu(c["pretrain_objects_op"](**training), checkpoints=True)
-        regions = _cpu(c["prepare_op"](role="detector", **common)).set_display_name("prepare detector data")
-        main = _cpu(c["prepare_op"](role="main", **common)).set_display_name("prepare main data")
-        detector = _gpu(
-            c["finetune_detector_op"](
-                dataset=regions.outputs["dataset"], objects=objects.outputs["objects"], **training
-            ),
-            checkpoints=True,
-        )
-        features = _gpu(
-            c["extract_regions_op"](detector=detector.outputs["detector"], dataset=main.outputs["dataset"], **common),
-        )
-        with dsl.ParallelFor(items=lambdas, name="lambda-sweep", parallelism=parallelism) as lam:
-            sweep = _cpu(
-                c["train_lambda_op"](
-                    lam=lam, main=main.outputs["dataset"], features=features.outputs["features"], **common
+        objects = p.gpu(c["pretrain_objects_op"](**training), checkpoints=True)
+        regions = p.cpu(c["prepare_op"](role="detector", **common)).set_display_name("prepare detector data")
+        main = p.cpu(c["prepare_op"](role="main", **common)).set_display_name("prepare main data")
+        detector_inputs = {"dataset": regions.outputs["dataset"], "objects": objects.outputs["objects"], **training}
+        with dsl.If(workers > 1, name="detector-on-several-pods"):  # a PyTorchJob of `workers` GPU pods
+            job = p.job(
+                c["finetune_detector_job_op"](
+                    image=built.cuda,
+                    workers=workers,
+                    gpus_per_worker=gpus_per_worker,
+                    data_pvc=data_pvc,
+                    work_pvc=work_pvc,
+                    mlflow_secret=mlflow_secret,
+                    s3_secret=s3_secret,
+                    gpu_type=gpu_type,
+                    gpu_tolerations=gpu_tolerations,
+                    gpu_node_selector=gpu_node_selector,
+                    **detector_inputs,
                 )
             )
-        classifier = _cpu(
-            c["select_classifier_op"](
-                main=main.outputs["dataset"],
-                features=features.outputs["features"],
-                heads=dsl.Collected(sweep.outputs["head"]),
-                **common,
+        with dsl.Else(name="detector-on-one-gpu"):
+            single = p.gpu(c["finetune_detector_op"](**detector_inputs), checkpoints=True)
+        detector = dsl.OneOf(job.outputs["detector"], single.outputs["detector"])  # the branch that ran
+        # the main set's extraction split over GPU pods, each a part cache; the merge is the unsharded cache
+        shard_indices = p.cpu(c["shard_indices_op"](shards=extraction_shards))
+        with dsl.ParallelFor(items=shard_indices.output, name="extraction-shards", parallelism=parallelism) as shard:
+            part = p.gpu(
+                c["extract_regions_op"](
+                    detector=detector,
+                    dataset=main.outputs["dataset"],
+                    shard=shard,
+                    shards=extraction_shards,
+                    **common,
+                )
+            ).set_display_name("extract a shard of the main data")
+        features = p.cpu(c["merge_features_op"](parts=dsl.Collected(part.outputs["features"])))
+        classifier = p.gpu(
+            c["train_classifier_op"](
+                lambdas=lambdas, main=main.outputs["dataset"], features=features.outputs["features"], **common
             )
         )
-        metric = _gpu(c["train_metric_op"](main=main.outputs["dataset"], **common))
+        metric = p.gpu(c["train_metric_op"](main=main.outputs["dataset"], **common))
         with dsl.ParallelFor(items=transfer_sets, name="transfer-sets", parallelism=parallelism) as set_name:
-            small = _cpu(c["prepare_op"](role=set_name, **common)).set_display_name("prepare transfer set")
-            small_features = _gpu(
-                c["extract_regions_op"](
-                    detector=detector.outputs["detector"], dataset=small.outputs["dataset"], **common
-                ),
+            small = p.cpu(c["prepare_op"](role=set_name, **common)).set_display_name("prepare transfer set")
+            small_features = p.gpu(
+                c["extract_regions_op"](detector=detector, dataset=small.outputs["dataset"], **common),
             )
-            transfer = _cpu(
+            transfer = p.cpu(
                 c["transfer_cv_op"](
                     set_name=set_name,
                     dataset=small.outputs["dataset"],
@@ -165,20 +196,20 @@ def build_pipeline(built: Images, parallelism: int = CLUSTER.parallelism, gpu_ty
                     **common,
                 )
             )
-            small_retrieval = _cpu(
+            small_retrieval = p.cpu(
                 c["retrieve_transfer_op"](
                     set_name=set_name, dataset=small.outputs["dataset"], model=metric.outputs["model"], **common
                 )
             )
         with dsl.ParallelFor(items=generative_sets, name="generative-sets", parallelism=parallelism) as role:
-            other = _cpu(c["prepare_op"](role=role, **common)).set_display_name("prepare generative set")
-        generative = _gpu(
+            other = p.cpu(c["prepare_op"](role=role, **common)).set_display_name("prepare generative set")
+        generative = p.gpu(
             c["train_generative_op"](
                 main=main.outputs["dataset"], sets=dsl.Collected(other.outputs["dataset"]), **training
             ),
             checkpoints=True,
         )
-        generative_evaluation = _cpu(
+        generative_evaluation = p.cpu(
             c["evaluate_generative_op"](
                 main=main.outputs["dataset"],
                 sets=dsl.Collected(other.outputs["dataset"]),
@@ -186,7 +217,7 @@ def build_pipeline(built: Images, parallelism: int = CLUSTER.parallelism, gpu_ty
                 **common,
             )
         )
-        evaluation = _cpu(
+        evaluation = p.cpu(
             c["evaluate_op"](
                 main=main.outputs["dataset"],
                 features=features.outputs["features"],
@@ -195,13 +226,13 @@ def build_pipeline(built: Images, parallelism: int = CLUSTER.parallelism, gpu_ty
                 **common,
             )
         )
-        retrieval = _cpu(c["retrieve_op"](main=main.outputs["dataset"], model=metric.outputs["model"], **common))
-        _cpu(
+        retrieval = p.cpu(c["retrieve_op"](main=main.outputs["dataset"], model=metric.outputs["model"], **common))
+        p.cpu(
             c["report_op"](
                 prepared_detector=regions.outputs["metrics"],
                 prepared_main=main.outputs["metrics"],
                 prepared_transfer=dsl.Collected(small.outputs["metrics"]),
-                detector=detector.outputs["detector"],
+                detector=detector,
                 classifier=classifier.outputs["classifier"],
                 transfer=dsl.Collected(transfer.outputs["result"]),
                 evaluation=evaluation.outputs["metrics"],
@@ -219,7 +250,7 @@ def build_pipeline(built: Images, parallelism: int = CLUSTER.parallelism, gpu_ty
             p.register(
                 c["register_op"](
                     main=main.outputs["dataset"],
-                    detector=detector.outputs["detector"],
+                    detector=detector,
                     classifier=classifier.outputs["classifier"],
                     evaluation=evaluation.outputs["metrics"],
                     **common,
@@ -271,10 +302,47 @@ def compile_pipeline(
     return out
 
 
-def run_local(config: Config, pipeline_root: str | Path, mlflow_tracking_uri: str = "") -> dict[str, Any]:
+@contextlib.contextmanager
+def _local_one_of_artifacts() -> Iterator[None]:
+    """kfp.local (2.17) resolves a DAG's artifact output from exactly one producer, so a ``dsl.OneOf`` of artifacts
+    (the detector of the If/Else branches) fails there ("Expected 1 artifact in ArtifactSelectorSpec"); the cluster
+    takes the branch that ran. For the local run: the one of its producers that ran, as kfp.local already does
+    for a OneOf of parameters."""
+    from kfp.local.orchestrator.orchestrator_utils import OrchestratorUtils
+
+    original = OrchestratorUtils.__dict__["get_dag_output_artifacts"]
+
+    def one_of(cls: type, dag_outputs_spec: Any, io_store: Any) -> dict[str, Any]:
+        outputs = {}
+        for key, selectors in dag_outputs_spec.artifacts.items():
+            found = []
+            for selector in selectors.artifact_selectors:
+                try:
+                    found.append(io_store.get_task_output(selector.producer_subtask, selector.output_artifact_key))
+                except (KeyError, ValueError):  # a branch that did not run
+                    continue
+            if len(found) != 1:
+                raise ValueError(f"{len(found)} of the producers of DAG output {key!r} ran, expected exactly one")
+            outputs[key] = found[0]
+        return outputs
+
+    OrchestratorUtils.get_dag_output_artifacts = classmethod(one_of)
+    try:
+        yield
+    finally:
+        OrchestratorUtils.get_dag_output_artifacts = original
+
+
+def run_local(
+    config: Config,
+    pipeline_root: str | Path,
+    mlflow_tracking_uri: str = "",
+    extraction_shards: int = CLUSTER.extraction_shards,
+) -> dict[str, Any]:
     """Run the whole pipeline here with ``kfp.local.SubprocessRunner`` (no containers; volumes, secrets and GPU
     requests ignored; relative data paths resolve in the current directory, checkpoints under the pipeline
-    root); a failing task raises. Returns the run's directory of task outputs."""
+    root), the main set's extraction split in ``extraction_shards``, the detector fine-tuned in one process (the
+    ``workers`` default: the Else branch); a failing task raises. Returns the run's directory of task outputs."""
     from kfp import local
 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=True)
@@ -283,12 +351,14 @@ def run_local(config: Config, pipeline_root: str | Path, mlflow_tracking_uri: st
     previous = os.environ.get(cluster.RUN_ID_ENV)
     os.environ[cluster.RUN_ID_ENV] = run_id
     try:
-        build_pipeline(images())(
-            **pipeline_arguments(config),
-            mlflow_tracking_uri=mlflow_tracking_uri,
-            data_dir=os.getcwd(),
-            checkpoint_root=str(Path(pipeline_root).resolve() / "checkpoints"),
-        )
+        with _local_one_of_artifacts():
+            build_pipeline(images())(
+                **pipeline_arguments(config),
+                mlflow_tracking_uri=mlflow_tracking_uri,
+                extraction_shards=extraction_shards,
+                data_dir=os.getcwd(),
+                checkpoint_root=str(Path(pipeline_root).resolve() / "checkpoints"),
+            )
     finally:
         if previous is None:
             os.environ.pop(cluster.RUN_ID_ENV, None)
