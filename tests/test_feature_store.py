@@ -138,6 +138,18 @@ def test_a_corrupt_or_missing_array_is_refused_in_one_line(cache):
         FeatureStore(directory / "absent")
 
 
+def test_a_shard_whose_tensors_differ_from_the_first_is_refused(tmp_path):
+    features = _features(N)
+    index = new_index("f" * 16, N, SHARD)
+    for sid, start, stop in shard_ranges(N, SHARD):
+        part = {k: v[start:stop] for k, v in features.items()}
+        if sid == "00003":  # another detector's width: its rows would be read at the wrong offsets
+            part["global"] = torch.zeros(stop - start, DG + 1)
+        write_shard(tmp_path / "c", index, sid, start, stop, {**part, "paths": [str(i) for i in range(start, stop)]})
+    with pytest.raises(CacheError, match="shard 00003 holds other tensors than shard 00000"):
+        FeatureStore(tmp_path / "c")
+
+
 def test_a_cache_of_the_earlier_one_file_format_is_recomputed_and_its_files_removed(tmp_path):
     old = tmp_path / "old"
     old.mkdir()

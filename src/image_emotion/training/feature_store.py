@@ -91,6 +91,15 @@ class FeatureStore:
         first = self._arrays[0] if self._arrays else {}
         self.shapes: dict[str, tuple[int, ...]] = {key: a.row_shape for key, a in first.items()}
         self._dtypes = {key: a.dtype for key, a in first.items()}
+        for sid, arrays in zip(sorted(index["shards"]), self._arrays, strict=True):
+            if {k: (a.row_shape, a.dtype) for k, a in arrays.items()} != {
+                k: (self.shapes[k], self._dtypes[k]) for k in self.shapes
+            }:
+                raise CacheError(f"{self.cache_dir}: shard {sid} holds other tensors than shard 00000; re-run it")
+        # by key, per shard: the file and where its row 0 starts (what ``rows`` needs, computed once)
+        self._paths_of = {key: [arrays[key].path for arrays in self._arrays] for key in self.shapes}
+        self._offsets = {key: np.array([arrays[key].offset for arrays in self._arrays]) for key in self.shapes}
+        self._row_bytes = {key: first[key].row_bytes for key in self.shapes}
         self._open: OrderedDict[Path, int] = OrderedDict()
         self.largest_read = 0  # the most rows one ``rows`` call has read: what a reader holds at once
 
@@ -118,13 +127,12 @@ class FeatureStore:
         local = idx - self._starts[shard]
         for key in keys if len(idx) else ():
             target = out[key].reshape(len(idx), -1).view(np.uint8)  # (B, row bytes): one writable buffer a row
-            arrays = [self._arrays[s][key] for s in range(len(self._arrays))]
-            fd_of = {s: self._fd(arrays[s].path) for s in np.unique(shard).tolist()}
-            row_bytes = arrays[0].row_bytes
-            offsets = np.array([a.offset for a in arrays], dtype=np.int64)[shard] + local * row_bytes
+            paths, row_bytes = self._paths_of[key], self._row_bytes[key]
+            fd_of = {s: self._fd(paths[s]) for s in np.unique(shard).tolist()}
+            offsets = self._offsets[key][shard] + local * row_bytes
             for j, (s, offset) in enumerate(zip(shard.tolist(), offsets.tolist(), strict=True)):
                 if os.preadv(fd_of[s], [target[j]], offset) != row_bytes:
-                    raise CacheError(f"{arrays[s].path}: truncated; re-run `image-emotion extract-regions`")
+                    raise CacheError(f"{paths[s]}: truncated; re-run `image-emotion extract-regions`")
         self.largest_read = max(self.largest_read, len(idx))
         return {
             key: torch.from_numpy(value).float() if key in FLOAT_KEYS else torch.from_numpy(value)
