@@ -1,66 +1,107 @@
-"""`docker build` cannot run here: the Dockerfiles are linted against pyproject, the kfp pipeline's images and
-pod settings, and the build command is checked to tag exactly the images the compiled pipeline names."""
+"""The Dockerfile and the build commands, read without building (the container check, `.ci/run`'s last step,
+builds and runs the images): the Dockerfile installs the hashed lock, runs as the numeric user, has CMD and no
+ENTRYPOINT; the build commands tag exactly the images the compiled pipeline names; the tag follows the code."""
 
 import re
 import shutil
-import tomllib
 
 import pytest
 import yaml
 
 from image_emotion.cli import main
-from image_emotion.kubeflow import cluster
-from image_emotion.kubeflow.images import BASE_IMAGE, DOCKERFILES, images, source_digest
+from image_emotion.kubeflow import builder, cluster
+from image_emotion.kubeflow.images import BASE_IMAGE, DOCKERFILE, KINDS, Images, images, source_digest
+from image_emotion.lock import LOCK
 
 
-def _pins(repo_root) -> dict[str, str]:
-    deps = tomllib.loads((repo_root / "pyproject.toml").read_text())["project"]["dependencies"]
-    return dict(re.match(r"([A-Za-z0-9_.\-\[\]]+)==(\S+)", d).groups() for d in deps if "==" in d)
+def _stages(text: str) -> dict[str, str]:
+    """The Dockerfile's stages by name: the text from each ``FROM … AS name`` to the next."""
+    parts = re.split(r"^FROM\s+\S+\s+AS\s+(\w+)\s*$", text, flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
 
 
-@pytest.mark.parametrize("kind", sorted(DOCKERFILES))
-def test_dockerfile_is_pinned_non_root_and_installs_the_package(repo_root, kind):
-    text = (repo_root / DOCKERFILES[kind]).read_text()
-    assert re.search(r"^FROM \$\{BASE_IMAGE\}$", text, re.M), "the base comes in as a build argument (pinnable)"
-    default_base = re.search(r"^ARG BASE_IMAGE=(\S+)$", text, re.M).group(1)
-    assert default_base == BASE_IMAGE and re.fullmatch(r"python:3\.11\.\d+-slim-\w+", default_base)
-    python_pin = tomllib.loads((repo_root / "pyproject.toml").read_text())["project"]["requires-python"]
-    assert ">=3.11" in python_pin and "<3.12" in python_pin
-    pins = _pins(repo_root)
-    for pkg in ("torch", "torchvision"):
-        found = re.findall(rf"\b{pkg}==(\S+)", text)
-        assert found and set(found) == {pins[pkg]}, f"{kind}: {pkg} must be pinned to {pins[pkg]} as in pyproject"
-    assert re.search(r'pip install "\.\[gen\]"(\s|$)', text), "the package with seed 001's extra"
-    assert "kfp-kubernetes" in pins and "kfp" in pins  # the executor the components run needs kfp in the image
+def test_dockerfile_installs_the_hashed_lock_as_a_numeric_user_with_cmd_only(repo_root):
+    text = (repo_root / DOCKERFILE).read_text()
+    stages = _stages(text)
+    assert set(KINDS) <= set(stages), "one target per image kind"
+    assert re.search(r"^FROM \$\{BASE_IMAGE\} AS system$", text, re.M), "the base comes in as a build argument"
+    assert re.search(r"^ARG BASE_IMAGE=(\S+)$", text, re.M).group(1) == BASE_IMAGE
+    deps = stages["dependencies"]
+    assert f"ARG LOCK={LOCK.as_posix()}" in deps and "COPY ${LOCK}" in deps
+    install = re.search(r"pip install (.*?/requirements\.txt)", deps, re.S).group(1)
+    assert "--require-hashes" in install and "-r /opt/image-emotion/requirements.txt" in install
+    package = stages["package"]  # the package itself brings nothing the lock did not pin
+    assert re.search(r"pip install --no-deps --no-build-isolation --no-index \.", package) and "pip check" in package
     users = re.findall(r"^USER\s+(\S+)", text, re.M)
-    assert users and users[-1] == f"{cluster.UID}:{cluster.UID}", "runAsNonRoot needs a numeric non-root user"
+    assert users == [f"{cluster.UID}:{cluster.UID}"], "runAsNonRoot needs a numeric non-root user"
     assert f"--uid {cluster.UID}" in text
-    # kfp's launcher creates /gcs, /minio, /s3 for artifacts: a non-root user cannot, so they exist and are its own
     made = re.search(r"mkdir -p ([^&\\]+)", text).group(1).split()
     owned = re.search(r"chown -R \S+ ([^&\\]+)", text).group(1).split()
     for path in ("/gcs", "/minio", "/s3", cluster.DATA_MOUNT, cluster.WORK_MOUNT):
         assert path in made and any(path.startswith(o) for o in owned), path
-    assert '["image-emotion"]' in re.search(r"^ENTRYPOINT\s+(.+)$", text, re.M).group(1)
-    assert "IMAGE_EMOTION_GIT_REVISION=${GIT_REVISION}" in text  # lineage in a pod names the image's commit
+    assert not re.search(r"^ENTRYPOINT", text, re.M), "an ENTRYPOINT swallows a pod's or DockerRunner's command"
+    assert re.search(r'^CMD \["image-emotion", "--help"\]$', text, re.M)
+    assert "IMAGE_EMOTION_GIT_REVISION=${GIT_REVISION}" in stages["cpu"] and "IMAGE_EMOTION_IMAGE=${IMAGE_TAG}" in text
+    assert "NVIDIA_VISIBLE_DEVICES" in stages["cuda"] and "NVIDIA_VISIBLE_DEVICES" not in stages["cpu"]
 
 
-def test_build_command_tags_the_images_the_compiled_pipeline_names(repo_root, capsys):
-    assert main(["build-images", "--dry-run", "--push"]) == 0
+def test_dry_run_build_commands_tag_the_images_the_compiled_pipeline_names(repo_root, capsys):
+    assert main(["build-images", "--dry-run", "--push", "--engine", "docker"]) == 0
     lines = capsys.readouterr().out.splitlines()  # exactly the commands, one a line, unindented
     builds = [line.split() for line in lines if line.startswith("docker build")]
     pushes = [line.split()[-1] for line in lines if line.startswith("docker push")]
-    tags = {b[b.index("-f") + 1]: b[b.index("-t") + 1] for b in builds}
-    assert set(tags) == set(DOCKERFILES.values())
+    tags = {b[b.index("--target") + 1]: b[b.index("-t") + 1] for b in builds}
+    assert set(tags) == set(KINDS) and all(b[b.index("-f") + 1] == DOCKERFILE for b in builds)
     spec, _ = yaml.safe_load_all((repo_root / "pipelines/image_emotion.yaml").read_text())
     named = {ex["container"]["image"] for ex in spec["deploymentSpec"]["executors"].values()}
     assert set(tags.values()) == named == set(pushes)
-    assert tags["docker/Dockerfile.cuda"].endswith("-cuda") and tags["docker/Dockerfile.cpu"].endswith("-cpu")
-    for build in builds:  # the tag is recorded inside the image too
-        assert f"IMAGE_TAG={build[build.index('-t') + 1]}" in build
+    assert tags["cuda"].endswith("-cuda") and tags["cpu"].endswith("-cpu")
+    for kind, build in zip(KINDS, builds, strict=True):  # the tag is recorded inside the image too
+        assert f"IMAGE_TAG={tags[kind]}" in build and f"BASE_IMAGE={BASE_IMAGE}" in build
+        assert f"LOCK={LOCK.as_posix()}" in build  # no CPU-only lock here: both from the CUDA lock
+
+
+def test_podman_builds_mount_the_wheels_and_push_to_loopback_over_http(repo_root, tmp_path):
+    built = images("127.0.0.1:5001/ns", repo_root)
+    plan, note = builder.plan(built, "localhost/base@sha256:" + "a" * 64, repo_root, tmp_path / "wheels")
+    assert "CUDA build" in note  # the fallback says so in one line
+    podman = builder.Engine("podman")
+    command = builder.build_command(podman, plan, "cpu")
+    assert f"{(tmp_path / 'wheels').resolve()}:/wheels:ro" in command and "--layers" in command
+    assert builder.push_command(podman, built.tagged("cpu"))[:3] == ["podman", "push", "--tls-verify=false"]
+    remote = images("ghcr.io/org", repo_root)
+    assert "--tls-verify=false" not in builder.push_command(podman, remote.tagged("cpu"))
+    with pytest.raises(builder.ContainerToolError, match="podman or buildah only"):
+        builder.build_command(builder.Engine("docker"), plan, "cpu")
+
+
+def test_no_container_tool_names_the_debian_packages(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing on PATH
+    with pytest.raises(builder.ContainerToolError, match=r"no container tool found .*apt-get install podman buildah"):
+        builder.find_engine(tmp_path / "state")
+
+
+def test_podman_settings_are_written_beside_the_build_not_into_the_system(tmp_path):
+    env = builder.podman_settings(tmp_path / "state")
+    conf = (tmp_path / "state/containers.conf").read_text()
+    assert env == {"CONTAINERS_CONF": str((tmp_path / "state/containers.conf").resolve())}
+    assert 'netns = "host"' in conf and "nofile=8192:8192" in conf
+
+
+def test_images_named_by_digest(repo_root):
+    built = images("127.0.0.1:5001/ns", repo_root)
+    digest = "sha256:" + "0123456789abcdef" * 4
+    pinned = built.by_digest({"cpu": digest})
+    assert pinned.cpu == f"127.0.0.1:5001/ns/image-emotion@{digest}"
+    assert pinned.cuda == built.tagged("cuda")  # no digest known: still the tag
+    with pytest.raises(Exception, match="not a manifest digest"):
+        built.by_digest({"cuda": "sha256:short"})
+    with pytest.raises(Exception, match="image kind 'gpu'"):
+        Images("r/x", "t").tagged("gpu")
 
 
 def _tree(root):
-    for name in ("README.md", "src/pkg/mod.py", *DOCKERFILES.values()):
+    for name in ("README.md", "src/pkg/mod.py", DOCKERFILE, LOCK.as_posix()):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(f"# {name}\n")
     (root / "pyproject.toml").write_text('[project]\nversion = "9.8.7"\n')
@@ -80,7 +121,10 @@ def test_the_image_tag_follows_the_code_and_nothing_else(tmp_path):
     changed = source_digest(root)
     assert changed != first
     (root / "src/pkg/mod.py").write_text(f"# {'src/pkg/mod.py'}\n")
-    (root / "docker/Dockerfile.cuda").write_text("FROM other\n")
+    (root / DOCKERFILE).write_text("FROM other\n")
+    assert source_digest(root) not in (first, changed)
+    (root / DOCKERFILE).write_text(f"# {DOCKERFILE}\n")
+    (root / LOCK).write_text("numpy==2.0.0\n")  # another lock: other packages in the image
     assert source_digest(root) not in (first, changed)
     copy = shutil.copytree(_tree(tmp_path / "b"), tmp_path / "c")
     assert source_digest(copy) == first  # the same files elsewhere: the same tag
@@ -90,6 +134,41 @@ def test_the_image_tag_follows_the_code_and_nothing_else(tmp_path):
     )
 
 
-def test_readme_tells_how_to_build_and_push_the_images(repo_root):
+def test_readme_tells_how_to_build_push_and_check_the_images(repo_root):
     readme = (repo_root / "README.md").read_text()
     assert "image-emotion build-images --registry" in readme and "--push" in readme
+    assert "## Containers" in readme and "docker/check.sh" in readme
+    assert "docker/check.sh" in (repo_root / ".ci/run").read_text()
+
+
+def _fake_tool(tmp_path, monkeypatch, script: str) -> builder.Engine:
+    """A stand-in container tool on PATH whose `run` prints what ``script`` prints (no container runs here)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "podman").write_text(f"#!/bin/sh\n{script}\n")
+    (bin_dir / "podman").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    return builder.Engine("podman")
+
+
+def test_a_base_without_python_3_11_is_refused_in_one_line(tmp_path, monkeypatch):
+    engine = _fake_tool(tmp_path, monkeypatch, "echo 3.12.1")
+    with pytest.raises(
+        builder.ContainerToolError, match=r"^base image x:1 has Python 3\.12\.1; image-emotion needs 3\.11"
+    ):
+        builder.check_python(engine, "x:1")
+    engine = _fake_tool(tmp_path / "b", monkeypatch, 'echo "exec: python3: not found" >&2; exit 127')
+    with pytest.raises(builder.ContainerToolError, match=r"base image x:1 has no usable python3 .*python3: not found"):
+        builder.check_python(engine, "x:1")
+    assert builder.check_python(_fake_tool(tmp_path / "c", monkeypatch, "echo 3.11.2"), "x:1") == "3.11.2"
+
+
+def test_a_stale_lock_stops_the_build_before_it_starts(tmp_path, repo_root):
+    root = tmp_path / "src"
+    shutil.copytree(
+        repo_root, root, ignore=shutil.ignore_patterns(".venv", ".git", ".dvc", "data", ".containers", "*.db")
+    )
+    text = (root / "pyproject.toml").read_text()
+    (root / "pyproject.toml").write_text(text.replace('"tqdm>=4.66",', '"tqdm>=4.67",'))
+    with pytest.raises(Exception, match=r"image\.txt does not match pyproject\.toml's dependencies"):
+        builder.plan(images("r.example.com/ns", root), "base@sha256:" + "0" * 64, root)

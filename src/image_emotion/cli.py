@@ -20,6 +20,7 @@ from pathlib import Path
 from image_emotion.config import DEFAULT_PARAMS, Config, load_config
 from image_emotion.errors import ConfigError, ImageEmotionError
 from image_emotion.kubeflow.cluster import DEFAULTS as CLUSTER
+from image_emotion.kubeflow.images import BASE_IMAGE
 from image_emotion.stages import paths as stage_paths
 
 # sub-command -> (stage module, its paths dataclass, help)
@@ -229,14 +230,61 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--gpu-type", default=CLUSTER.gpu_type, help=f"the GPU steps' accelerator (default: {CLUSTER.gpu_type})"
     )
+    p.add_argument(
+        "--by-digest",
+        action="store_true",
+        help="name each image by the digest its registry gives its tag (after build-images --push); refused if missing",
+    )
     p.set_defaults(func=_compile_pipeline)
 
-    p = sub.add_parser("build-images", help="docker build (and push) the CPU and CUDA images the pipeline names")
+    p = sub.add_parser("lock", help="compile the images' hashed lock (requirements/) from pyproject.toml with uv")
+    p.add_argument("--check", action="store_true", help="only check that the lock matches pyproject.toml")
+    p.set_defaults(func=_lock)
+
+    p = sub.add_parser(
+        "build-images",
+        help="build the CPU and CUDA images the pipeline names (docker, or podman/buildah without a daemon); --push",
+    )
     p.add_argument("--registry", default=CLUSTER.registry, help=f"image registry (default: {CLUSTER.registry})")
-    p.add_argument("--push", action="store_true", help="docker push both images after building them")
-    p.add_argument("--no-pin", action="store_true", help="keep the base image's tag instead of pinning its digest")
-    p.add_argument("--dry-run", action="store_true", help="print the docker commands, run nothing")
+    p.add_argument(
+        "--base-image",
+        default=BASE_IMAGE,
+        help=f"the base, with Python 3.11 (default: {BASE_IMAGE}); `debian`: made here from Debian's packages",
+    )
+    p.add_argument(
+        "--engine",
+        choices=("auto", "docker", "podman", "buildah"),
+        default="auto",
+        help="the container tool (default: docker where its daemon answers, else podman, else buildah)",
+    )
+    p.add_argument(
+        "--wheels",
+        type=Path,
+        default=None,
+        help="a folder of wheels the build installs from first (filled by pip here; podman/buildah only)",
+    )
+    p.add_argument("--work", type=Path, default=Path(".containers"), help="the tools' settings and the Debian base")
+    p.add_argument("--push", action="store_true", help="push both images and print the digests the registry gives")
+    p.add_argument("--dry-run", action="store_true", help="print the build commands, run nothing")
     p.set_defaults(func=_build_images)
+
+    p = sub.add_parser("registry", help="start / stop a container registry on 127.0.0.1 (Debian's docker-registry)")
+    p.add_argument("action", choices=("start", "stop", "status"))
+    p.add_argument("--dir", type=Path, default=Path(".containers/registry"), help="its storage and state")
+    p.add_argument("--port", type=int, default=5001, help="its port on 127.0.0.1 (default: 5001)")
+    p.set_defaults(func=_registry)
+
+    p = sub.add_parser(
+        "container-check",
+        help="build, push and run the whole pipeline in the images (kfp.local.DockerRunner) against a tracking server",
+    )
+    p.add_argument(
+        "--work", type=Path, default=Path(".containers"), help="registry, wheels, runs (default: %(default)s)"
+    )
+    p.add_argument("--engine", choices=("auto", "docker", "podman"), default="auto")
+    p.add_argument("--base-image", default="debian", help="the base (default: made here from Debian's packages)")
+    p.add_argument("--port", type=int, default=5001, help="the local registry's port (default: 5001)")
+    p.set_defaults(func=_container_check)
 
     p = sub.add_parser("run-pipeline", help="run the whole kfp pipeline (--local: kfp.local, no cluster)")
     p.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: params.yaml)")
@@ -501,31 +549,67 @@ def _params(args: argparse.Namespace) -> dict:
 
 def _compile_pipeline(args: argparse.Namespace) -> dict:
     from image_emotion.kubeflow.catalog import write_components
-    from image_emotion.kubeflow.images import images
+    from image_emotion.kubeflow.images import KINDS, images
     from image_emotion.kubeflow.pipeline import compile_pipeline
+    from image_emotion.kubeflow.registry import manifest_digest
 
     built = images(args.registry)
-    compiled = compile_pipeline(args.out, args.registry, args.parallelism, args.gpu_type)
+    if args.by_digest:
+        built = built.by_digest({kind: manifest_digest(built.tagged(kind)) for kind in KINDS})
+    compiled = compile_pipeline(args.out, args.registry, args.parallelism, args.gpu_type, built=built)
     written = write_components(args.components, built)
     return {"compiled": str(compiled), "components": len(written), "cpu_image": built.cpu, "cuda_image": built.cuda}
 
 
-def _build_images(args: argparse.Namespace) -> int:
+def _lock(args: argparse.Namespace) -> dict:
+    from image_emotion import lock
+    from image_emotion.kubeflow.images import source_root
+
+    root = source_root()
+    if args.check:
+        return {"lock": str(root / lock.LOCK), "packages": len(lock.check_lock(root))}
+    return lock.lock_all(root)
+
+
+def _build_images(args: argparse.Namespace) -> dict | int:
     import shlex
-    import subprocess
 
-    from image_emotion.kubeflow import images
+    from image_emotion.kubeflow import builder
+    from image_emotion.kubeflow.images import KINDS, images, source_root
 
-    built = images.images(args.registry)
-    base = images.BASE_IMAGE if args.no_pin or args.dry_run else images.resolve_base_digest()
-    root = images.source_root()
-    for command in images.build_commands(built, base, push=args.push, root=root):
-        sys.stdout.write(shlex.join(command) + "\n")  # not print: kfp.local, once run, re-indents print
-        sys.stdout.flush()
-        if not args.dry_run and subprocess.run(command, cwd=root).returncode != 0:
-            print(f"error: `{shlex.join(command[:2])}` failed (see above); is docker running?", file=sys.stderr)
-            return 1
-    return 0
+    root = source_root()
+    built = images(args.registry)
+    if args.dry_run:  # the commands with the base as given (not pulled, not pinned)
+        engine = builder.Engine("docker" if args.engine == "auto" else args.engine)
+        plan, _ = builder.plan(built, args.base_image, root, args.wheels)
+        commands = [builder.build_command(engine, plan, kind) for kind in KINDS]
+        commands += [builder.push_command(engine, built.tagged(kind)) for kind in KINDS] if args.push else []
+        for command in commands:
+            sys.stdout.write(shlex.join(command) + "\n")  # not print: kfp.local, once run, re-indents print
+        return 0
+    engine = builder.find_engine(args.work, args.engine)
+    return builder.build_images(engine, built, args.base_image, root, args.work, args.wheels, push_them=args.push)
+
+
+def _registry(args: argparse.Namespace) -> dict | int:
+    from image_emotion.kubeflow.registry import LocalRegistry
+
+    registry = LocalRegistry(args.dir, args.port)
+    if args.action == "start":
+        state = registry.start()
+        return {"registry": state.address, "storage": state.storage, "push_to": f"{state.address}/image-emotion"}
+    if args.action == "stop":
+        return {"stopped": registry.stop()}
+    state = registry.running()
+    print(f"{state.address}: up" if state else f"no registry started from {args.dir} answers")
+    return 0 if state else 1
+
+
+def _container_check(args: argparse.Namespace) -> dict:
+    from image_emotion.kubeflow.container_check import check
+    from image_emotion.kubeflow.images import source_root
+
+    return check(args.work, source_root(), args.engine, args.base_image, args.port)
 
 
 def _run_pipeline(args: argparse.Namespace) -> dict:

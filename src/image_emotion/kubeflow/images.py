@@ -1,30 +1,34 @@
 """The container images the kfp components run in, named after the code they hold.
 
 An image tag is ``<version>-<source digest>``: the package version from pyproject.toml and a digest of every
-file the image runs (pyproject.toml, src/, the Dockerfiles; the README it also copies changes nothing), so the
-compiled pipeline can only name an image built from the same code, and any change to the code gives a new tag
-(and a stale compiled pipeline, which a test catches). ``build_commands`` gives the ``docker build`` /
-``docker push`` lines that make exactly those tags; the base image is pinned by digest when docker resolves it.
+file the image is built from (pyproject.toml, the hashed lock, src/, the Dockerfile; the README it also copies
+changes nothing), so the compiled pipeline can only name an image built from the same code, and any change to the
+code gives a new tag (and a stale compiled pipeline, which a test catches). Once the images are pushed, the
+pipeline can name them by digest instead (``repo@sha256:…``, resolved from the registry by
+``kubeflow/registry.py``): what a cluster pulls is then exactly what was built, whatever the tag names later.
 """
 
 from __future__ import annotations
 
 import hashlib
-import subprocess
+import re
 import tomllib
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from image_emotion.errors import ConfigError
-from image_emotion.revision import git_revision
+from image_emotion.lock import CPU_LOCK, LOCK
 
 DEFAULT_REGISTRY = "ghcr.io/image-emotion"
 IMAGE_NAME = "image-emotion"
-DOCKERFILES = {"cpu": "docker/Dockerfile.cpu", "cuda": "docker/Dockerfile.cuda"}
-BASE_IMAGE = "python:3.11.7-slim-bookworm"  # the Dockerfiles' default; pinned by digest at build time
-BUILT_FROM = ("pyproject.toml", "src", *DOCKERFILES.values())  # what `docker build` copies, less the README
+DOCKERFILE = "docker/Dockerfile"
+KINDS = ("cpu", "cuda")  # the Dockerfile's targets
+BASE_IMAGE = "python:3.11.7-slim-bookworm"  # the Dockerfile's default base; pinned by digest at build time
+# what the build copies, less the README (the CPU lock only where it exists)
+BUILT_FROM = ("pyproject.toml", LOCK.as_posix(), CPU_LOCK.as_posix(), "src", DOCKERFILE)
 SKIPPED = ("__pycache__", ".egg-info", ".pyc")  # build leftovers .dockerignore also leaves out
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 def source_root() -> Path:
@@ -66,21 +70,45 @@ def package_version(root: Path | None = None) -> str:
 
 @dataclass(frozen=True)
 class Images:
-    """The two images of one source tree: ``cpu`` for every step, ``cuda`` for the GPU steps."""
+    """The two images of one source tree: ``cpu`` for every step, ``cuda`` for the GPU steps. With ``digests``
+    (kind -> ``sha256:…`` of the pushed manifest) each is named by digest, else by its tag."""
 
     registry: str
     tag: str  # <version>-<first 12 hex digits of the source digest>
+    digests: Mapping[str, str] = field(default_factory=dict)
+
+    def tagged(self, kind: str) -> str:
+        """``<registry>/image-emotion:<tag>-<kind>``: what a build tags and pushes."""
+        if kind not in KINDS:
+            raise ConfigError(f"image kind {kind!r}: one of {', '.join(KINDS)}")
+        return f"{self.registry}/{IMAGE_NAME}:{self.tag}-{kind}"
+
+    def of(self, kind: str) -> str:
+        """The reference a pod pulls: by digest when known, else the tag."""
+        tagged = self.tagged(kind)
+        if kind in self.digests:
+            return f"{self.repository}@{self.digests[kind]}"
+        return tagged
+
+    @property
+    def repository(self) -> str:
+        return f"{self.registry}/{IMAGE_NAME}"
 
     @property
     def cpu(self) -> str:
-        return f"{self.registry}/{IMAGE_NAME}:{self.tag}-cpu"
+        return self.of("cpu")
 
     @property
     def cuda(self) -> str:
-        return f"{self.registry}/{IMAGE_NAME}:{self.tag}-cuda"
+        return self.of("cuda")
 
-    def of(self, kind: str) -> str:
-        return {"cpu": self.cpu, "cuda": self.cuda}[kind]
+    def by_digest(self, digests: Mapping[str, str]) -> Images:
+        """These images named by the given manifest digests (``sha256:<64 hex>`` each)."""
+        for kind, digest in digests.items():
+            self.tagged(kind)
+            if not _DIGEST.fullmatch(digest):
+                raise ConfigError(f"{self.tagged(kind)}: {digest!r} is not a manifest digest (sha256:<64 hex>)")
+        return Images(self.registry, self.tag, dict(digests))
 
 
 def images(registry: str = DEFAULT_REGISTRY, root: Path | None = None) -> Images:
@@ -89,34 +117,3 @@ def images(registry: str = DEFAULT_REGISTRY, root: Path | None = None) -> Images
     if not registry or registry.endswith("/") or " " in registry:
         raise ConfigError(f"registry {registry!r}: give a registry and namespace such as ghcr.io/<org>")
     return Images(registry, f"{package_version(root)}-{source_digest(root)[:12]}")
-
-
-def resolve_base_digest(base: str = BASE_IMAGE) -> str:
-    """``base`` pinned by digest (``python:…@sha256:…``) as docker resolves it now (pulls the image)."""
-    try:
-        subprocess.run(["docker", "pull", "--quiet", base], check=True, capture_output=True, text=True)
-        repo_digest = subprocess.run(
-            ["docker", "image", "inspect", "--format", "{{index .RepoDigests 0}}", base],
-            check=True, capture_output=True, text=True,
-        ).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError) as exc:
-        detail = getattr(exc, "stderr", "") or str(exc)
-        raise ConfigError(f"docker cannot resolve {base}: {detail.strip()}; start docker or pass --no-pin") from None
-    return f"{base}@{repo_digest.split('@', 1)[1]}"
-
-
-def build_commands(
-    built: Images, base: str = BASE_IMAGE, push: bool = False, root: Path | None = None
-) -> list[list[str]]:
-    """``docker build`` of both images with the tags the compiled pipeline names (and ``docker push``)."""
-    root = root or source_root()
-    commands = []
-    for kind, dockerfile in DOCKERFILES.items():
-        commands.append([
-            "docker", "build", "-f", dockerfile, "--build-arg", f"BASE_IMAGE={base}",
-            "--build-arg", f"IMAGE_TAG={built.of(kind)}", "--build-arg", f"GIT_REVISION={git_revision(root)}",
-            "-t", built.of(kind), ".",
-        ])  # fmt: skip
-    if push:
-        commands += [["docker", "push", built.of(kind)] for kind in DOCKERFILES]
-    return commands

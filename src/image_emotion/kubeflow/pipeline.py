@@ -294,11 +294,13 @@ def compile_pipeline(
     registry: str = CLUSTER.registry,
     parallelism: int = CLUSTER.parallelism,
     gpu_type: str = CLUSTER.gpu_type,
+    built: Images | None = None,
 ) -> Path:
-    """Compile the pipeline to YAML (the file checked in under pipelines/), its images tagged from this source."""
+    """Compile the pipeline to YAML (the file checked in under pipelines/), its images tagged from this source in
+    ``registry``, or ``built`` (e.g. named by digest)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build_pipeline(images(registry), parallelism, gpu_type), str(out))
+    compiler.Compiler().compile(build_pipeline(built or images(registry), parallelism, gpu_type), str(out))
     return out
 
 

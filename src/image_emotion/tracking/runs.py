@@ -200,6 +200,8 @@ def stage_run(config: Config, stage: str, sections: tuple[str, ...] = ()) -> Ite
     with reachable(config):
         experiment_id, parent, key, versions = parent_run(config)
         tags = {"mlflow.parentRunId": parent, "stage": stage, "pipeline_key": key}
+        if os.environ.get("IMAGE_EMOTION_IMAGE"):  # set in the container images (docker/Dockerfile): which one ran
+            tags["image"] = os.environ["IMAGE_EMOTION_IMAGE"]
 
         def create() -> str:
             client = mlflow.MlflowClient()
