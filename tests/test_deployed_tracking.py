@@ -202,6 +202,50 @@ def test_racing_promotions_leave_the_better_champion_every_time(stack, http_uri,
         assert not client.search_registered_models(f"name = '{name}{registry.LOCK_SUFFIX}'")  # lock released
 
 
+def test_eight_racing_promoters_leave_the_best_champion_in_every_round(stack, http_uri):
+    """8 promoters at once x 20 rounds against the PostgreSQL-backed server, scores drawn with ties, a dead holder's
+    lock in every other round: the champion is always the best version (ties: the earliest), by hand."""
+    client = mlflow.MlflowClient(http_uri)
+    rng = random.Random(7)
+    tags = {"dataset": "synthetic", "label_set": "mikels8"}
+    for round_ in range(20):
+        name = f"crowd-{round_}"
+        client.create_registered_model(name)
+        if round_ % 2:
+            client.create_registered_model(name + registry.LOCK_SUFFIX, tags={"owner": "dead", "acquired_at": "0"})
+        scores = [rng.choice([0.5, 0.6, 0.7, 0.8]) for _ in range(8)]
+        versions = [
+            str(
+                client.create_model_version(
+                    name, "s3://mlflow-artifacts/nowhere", tags={"test_accuracy": str(s), **tags}
+                ).version
+            )
+            for s in scores
+        ]
+        barrier, results = threading.Barrier(8), {}
+
+        def promote(version: str, score: float, barrier=barrier, results=results, name=name) -> None:
+            barrier.wait()
+            try:
+                candidate = {"accuracy": score, **tags}
+                results[version] = registry.promote(
+                    mlflow.MlflowClient(http_uri), name, version, candidate, 0.0, "accuracy", "test_accuracy", "a", "m"
+                )
+            except Exception as e:  # reported by the main thread
+                results[version] = e
+
+        threads = [threading.Thread(target=promote, args=vs) for vs in zip(versions, scores, strict=True)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not [r for r in results.values() if isinstance(r, Exception)], results
+        best = versions[scores.index(max(scores))]  # the first drawn of the highest score: the earliest version
+        assert str(client.get_model_version_by_alias(name, "champion").version) == best, (round_, scores)
+        assert results[best][1], "the best version's promoter reports it promoted"
+        assert not client.search_registered_models(f"name = '{name}{registry.LOCK_SUFFIX}'")  # lock released
+
+
 def test_a_stale_lock_is_broken_and_a_held_one_times_out_with_its_name(mlflow_uri):
     client = mlflow.MlflowClient(mlflow_uri)
     lock = "locked" + registry.LOCK_SUFFIX

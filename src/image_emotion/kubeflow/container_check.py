@@ -113,20 +113,6 @@ def _podman_keeps_exited_containers() -> Iterator[None]:
         ContainerCollection.run, Container.wait = run, wait
 
 
-@contextlib.contextmanager
-def _environ(**values: str) -> Iterator[None]:
-    previous = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in previous.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def pipeline_images(pipeline_yaml: Path) -> set[str]:
     """Every image the compiled pipeline's executors name."""
     spec = next(yaml.safe_load_all(pipeline_yaml.read_text()))
@@ -154,6 +140,8 @@ def failing_component_fails(built: Images, pipeline_root: Path, docker_host: str
     Returns the error kfp.local raised."""
     from kfp import dsl, local
 
+    from image_emotion.kubeflow.pipeline import environment
+
     @dsl.component(base_image=built.cpu, install_kfp_package=False)
     def exits_three():  # no annotation: kfp reads a return annotation as an output
         raise SystemExit(3)
@@ -161,7 +149,7 @@ def failing_component_fails(built: Images, pipeline_root: Path, docker_host: str
     pipeline_root.mkdir(parents=True, exist_ok=True)
     os.chmod(pipeline_root, 0o777)
     runner = local.DockerRunner(network_mode="host")
-    with _environ(DOCKER_HOST=docker_host), _podman_keeps_exited_containers():
+    with environment(DOCKER_HOST=docker_host), _podman_keeps_exited_containers():
         local.init(runner=runner, pipeline_root=str(pipeline_root), raise_on_error=True)
         try:
             exits_three()
@@ -205,7 +193,7 @@ def run_in_images(
     user (the containers write their outputs into it)."""
     from kfp import local
 
-    from image_emotion.kubeflow.pipeline import _local_one_of_artifacts, build_pipeline, pipeline_arguments
+    from image_emotion.kubeflow.pipeline import _local_one_of_artifacts, build_pipeline, environment, pipeline_arguments
 
     pipeline_root.mkdir(parents=True, exist_ok=True)
     os.chmod(pipeline_root, 0o777)
@@ -215,7 +203,7 @@ def run_in_images(
     start = time.monotonic()
     umask = os.umask(0)  # folders kfp.local makes here are writable by the containers' user too
     try:
-        with _environ(DOCKER_HOST=docker_host), _local_one_of_artifacts(), _podman_keeps_exited_containers():
+        with environment(DOCKER_HOST=docker_host), _local_one_of_artifacts(), _podman_keeps_exited_containers():
             local.init(runner=runner, pipeline_root=str(pipeline_root), raise_on_error=True)
             build_pipeline(built)(
                 **pipeline_arguments(config),

@@ -305,6 +305,21 @@ def compile_pipeline(
 
 
 @contextlib.contextmanager
+def environment(**values: str) -> Iterator[None]:
+    """``os.environ`` with ``values`` set while the block runs (the tasks of a local run read them), restored after."""
+    previous = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in previous.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
 def _local_one_of_artifacts() -> Iterator[None]:
     """kfp.local (2.17) resolves a DAG's artifact output from exactly one producer, so a ``dsl.OneOf`` of artifacts
     (the detector of the If/Else branches) fails there ("Expected 1 artifact in ArtifactSelectorSpec"); the cluster
@@ -350,21 +365,13 @@ def run_local(
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=True)
     before = set(Path(pipeline_root).glob("*")) if Path(pipeline_root).is_dir() else set()
     run_id = f"local-{uuid.uuid4().hex}"  # what the pod label gives on a cluster: one id for every task
-    previous = os.environ.get(cluster.RUN_ID_ENV)
-    os.environ[cluster.RUN_ID_ENV] = run_id
-    try:
-        with _local_one_of_artifacts():
-            build_pipeline(images())(
-                **pipeline_arguments(config),
-                mlflow_tracking_uri=mlflow_tracking_uri,
-                extraction_shards=extraction_shards,
-                data_dir=os.getcwd(),
-                checkpoint_root=str(Path(pipeline_root).resolve() / "checkpoints"),
-            )
-    finally:
-        if previous is None:
-            os.environ.pop(cluster.RUN_ID_ENV, None)
-        else:
-            os.environ[cluster.RUN_ID_ENV] = previous
+    with environment(**{cluster.RUN_ID_ENV: run_id}), _local_one_of_artifacts():
+        build_pipeline(images())(
+            **pipeline_arguments(config),
+            mlflow_tracking_uri=mlflow_tracking_uri,
+            extraction_shards=extraction_shards,
+            data_dir=os.getcwd(),
+            checkpoint_root=str(Path(pipeline_root).resolve() / "checkpoints"),
+        )
     (run_dir,) = set(Path(pipeline_root).glob("*")) - before - {Path(pipeline_root) / "checkpoints"}
     return {"pipeline_root": str(pipeline_root), "run_dir": str(run_dir), "run_id": run_id}

@@ -3,19 +3,28 @@
 A model's score is one measure (``key``: the seed-000 model's test accuracy, the retrieval model's test mAP8),
 stored as a tag of each registered version (``tag``) with the dataset and label set it was measured on.
 
-Safe when pipeline runs promote at once and when a ``register`` is retried:
+Safe when pipeline runs promote at once, crash, and retry:
 
-- The champion is read, compared and set while holding a lock in the registry itself: the registered model
-  ``<name>.promotion-lock``, whose creation is atomic in every MLflow store (a unique name: the second creator gets
-  RESOURCE_ALREADY_EXISTS). A holder that died leaves a lock older than ``LOCK_STALE_S``, which the next one
-  removes. After setting the alias the champion is read again; were it changed meanwhile (a lock broken as
-  stale), the decision is made again.
+- **The champion converges to the best version.** The champion is a function of what the registry records: of
+  every version scored on the candidate's dataset and label set at or above the minimum, the highest score, ties
+  to the earliest version (``best_version``). Every promoter, after registering its version, sets ``champion``
+  to that best version and reads the registry again, until a read after its own last write shows the alias on
+  the best version. Whatever the interleaving (a promoter that died between its decision and its write, two
+  holders of a broken lock, a stale write landing last), the last writer re-derives from a registry that holds
+  every version registered before it read, so the final champion is the best of them.
+- **A lock keeps promoters from contending** (MLflow's alias upsert is not atomic: two at once on PostgreSQL
+  fail with a unique-key violation, which is retried): the registered model ``<name>.promotion-lock``, whose
+  creation is atomic in every MLflow store. A holder that died leaves a lock older than ``LOCK_STALE_S``, which
+  a waiter removes; waiters wait longer than that (``LOCK_WAIT_S``), so a crash delays the next promotions and
+  fails none. Correctness no longer rests on the lock: two holders at once still converge.
 - A retried ``register`` of the same run, model files and evaluation finds its version by the run id and a
   fingerprint of both (the version tag ``model_fingerprint``) instead of registering another.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import random
 import socket
@@ -30,12 +39,17 @@ from image_emotion.errors import ImageEmotionError
 from image_emotion.files import files_fingerprint, fingerprint
 
 LOCK_SUFFIX = ".promotion-lock"
-LOCK_STALE_S = 600.0  # a promotion takes seconds; a lock this old belongs to a holder that died
-LOCK_WAIT_S = 300.0
+LOCK_STALE_S = 120.0  # a promotion takes seconds; a lock this old belongs to a holder that died
+LOCK_WAIT_S = 300.0  # longer than LOCK_STALE_S: after a crash the waiters break the lock instead of timing out
+CONVERGE_ATTEMPTS = 100  # set-and-read rounds before giving up (each a few requests; contention ends in a few)
 
 
 class RegistryLockTimeout(ImageEmotionError):
     """Another promotion held the registry lock for longer than we wait."""
+
+
+class PromotionDidNotSettle(ImageEmotionError):
+    """The champion alias kept changing under us for ``CONVERGE_ATTEMPTS`` rounds."""
 
 
 def _error_code(error: Exception) -> str:
@@ -64,7 +78,10 @@ def promotion_lock(client, name: str, wait_s: float = LOCK_WAIT_S, stale_s: floa
         try:
             held = client.get_registered_model(lock)
             if time.time() - float(held.tags.get("acquired_at", "0")) > stale_s:
-                client.delete_registered_model(lock)  # its holder died: a promotion never takes this long
+                # its holder died: a promotion never takes this long. Several waiters break it at once: the others'
+                # deletes fail (on PostgreSQL a foreign-key violation), and they try again
+                with contextlib.suppress(MlflowException):
+                    client.delete_registered_model(lock)
                 continue
         except MlflowException as e:
             if _error_code(e) != "RESOURCE_DOES_NOT_EXIST":  # released meanwhile: try again at once
@@ -149,25 +166,87 @@ def register_version(mlflow, log_model: Callable[[], str], name: str, tags: dict
     return version, True
 
 
+def _score(version, tag: str) -> float:
+    try:
+        return float(version.tags.get(tag, "nan"))
+    except ValueError:
+        return math.nan
+
+
+def best_version(versions: Sequence[Any], tag: str, minimum: float, dataset: str, label_set: str) -> Any | None:
+    """The version that should be champion: of ``versions`` scored (tag ``tag``) on ``dataset``/``label_set``
+    at or above ``minimum``, the highest score; ties go to the earliest version (a tie does not replace)."""
+    eligible = [
+        v for v in versions
+        if v.tags.get("dataset") == dataset and v.tags.get("label_set") == label_set
+        and not math.isnan(_score(v, tag)) and _score(v, tag) >= minimum
+    ]  # fmt: skip
+    return max(eligible, key=lambda v: (_score(v, tag), -int(v.version)), default=None)
+
+
+def _champion_version(client, name: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(name, "champion").version)
+    except MlflowException:
+        return None
+
+
+def _set_alias(client, name: str, alias: str, version: str, attempts: int = 20) -> None:
+    """Set ``alias``, retrying the unique-key violation of two upserts of one alias at once (two holders of a broken
+    lock, measured on PostgreSQL)."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            client.set_registered_model_alias(name, alias, version)
+            return
+        except MlflowException:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(random.uniform(0.01, 0.1))
+
+
+def converge(client, name: str, tag: str, minimum: float, dataset: str, label_set: str) -> str | None:
+    """Set ``champion`` to ``best_version`` of all of ``name``'s versions and read again, until a read after our
+    last write shows the alias there; returns that version (None when no version qualifies)."""
+    from mlflow.exceptions import MlflowException
+
+    for _ in range(CONVERGE_ATTEMPTS):
+        best = best_version(client.search_model_versions(f"name = '{name}'"), tag, minimum, dataset, label_set)
+        if best is None:
+            return None
+        if _champion_version(client, name) == str(best.version):
+            return str(best.version)
+        try:
+            client.set_registered_model_alias(name, "champion", best.version)
+        except MlflowException:  # another promoter's upsert of the same alias at the same moment: read again
+            time.sleep(random.uniform(0.01, 0.1))
+    raise PromotionDidNotSettle(
+        f"{name}@champion kept changing for {CONVERGE_ATTEMPTS} rounds; re-run the register stage (it is idempotent)"
+    )
+
+
 def promote(client, name: str, version: str, candidate: dict[str, Any], minimum: float, key: str, tag: str,
             measure: str, setting: str) -> tuple[dict[str, Any] | None, bool, str]:  # fmt: skip
-    """Under the registry lock: alias the version ``challenger``; read the champion, decide, set ``champion`` when
-    the candidate wins; read it back and decide again if it changed meanwhile. Returns (champion before, promoted,
-    reason). Every alias is set under the lock: MLflow's alias upsert is not atomic (two at once on PostgreSQL
-    fail with a unique-key violation)."""
+    """Alias the version ``challenger`` and let the champion converge to the best version recorded (see the
+    module's docstring), under the registry lock. Returns (champion before, whether this version is champion
+    after, reason)."""
     with promotion_lock(client, name):
-        client.set_registered_model_alias(name, "challenger", version)
-        while True:
-            champion = current_champion(client, name, key, tag)
-            if champion is not None and champion["version"] == str(version):  # a retry after promoting
-                return champion, True, "already champion (a retried register)"
-            promoted, reason = decide(candidate, champion, minimum, key, measure, setting)
-            if promoted:
-                client.set_registered_model_alias(name, "champion", version)
-            after = current_champion(client, name, key, tag)
-            expected = str(version) if promoted else (champion["version"] if champion else None)
-            if (after["version"] if after else None) == expected:
-                return champion, promoted, reason
+        _set_alias(client, name, "challenger", version)
+        champion = current_champion(client, name, key, tag)
+        if champion is not None and champion["version"] == str(version):  # a retry after promoting
+            return champion, True, "already champion (a retried register)"
+        promoted, reason = decide(candidate, champion, minimum, key, measure, setting)
+        if "not comparable" in reason:  # another dataset's champion: left alone
+            return champion, False, reason
+        after = converge(client, name, tag, minimum, candidate["dataset"], candidate["label_set"])
+    if promoted and after != str(version):  # a better version was registered meanwhile
+        reason = f"{measure} {candidate[key]:.4f} beat the champion before, but version {after} scores higher"
+    elif not promoted and after == str(version):  # the champion was not the best recorded version
+        reason = f"{measure} {candidate[key]:.4f} is the best of the versions recorded"
+    return champion, after == str(version), reason
 
 
 def register_and_promote(
