@@ -19,8 +19,10 @@ from pathlib import Path
 
 from image_emotion.config import DEFAULT_PARAMS, Config, load_config
 from image_emotion.errors import ConfigError, ImageEmotionError
+from image_emotion.kubeflow.builder import WORK_DIR
 from image_emotion.kubeflow.cluster import DEFAULTS as CLUSTER
 from image_emotion.kubeflow.images import BASE_IMAGE
+from image_emotion.kubeflow.registry import DEFAULT_PORT
 from image_emotion.stages import paths as stage_paths
 
 # sub-command -> (stage module, its paths dataclass, help)
@@ -263,27 +265,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="a folder of wheels the build installs from first (filled by pip here; podman/buildah only)",
     )
-    p.add_argument("--work", type=Path, default=Path(".containers"), help="the tools' settings and the Debian base")
+    p.add_argument("--work", type=Path, default=WORK_DIR, help="the tools' settings and the Debian base")
     p.add_argument("--push", action="store_true", help="push both images and print the digests the registry gives")
     p.add_argument("--dry-run", action="store_true", help="print the build commands, run nothing")
     p.set_defaults(func=_build_images)
 
     p = sub.add_parser("registry", help="start / stop a container registry on 127.0.0.1 (Debian's docker-registry)")
     p.add_argument("action", choices=("start", "stop", "status"))
-    p.add_argument("--dir", type=Path, default=Path(".containers/registry"), help="its storage and state")
-    p.add_argument("--port", type=int, default=5001, help="its port on 127.0.0.1 (default: 5001)")
+    p.add_argument("--dir", type=Path, default=WORK_DIR / "registry", help="its storage and state")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="its port on 127.0.0.1 (default: %(default)s)")
     p.set_defaults(func=_registry)
 
     p = sub.add_parser(
         "container-check",
         help="build, push and run the whole pipeline in the images (kfp.local.DockerRunner) against a tracking server",
     )
-    p.add_argument(
-        "--work", type=Path, default=Path(".containers"), help="registry, wheels, runs (default: %(default)s)"
-    )
+    p.add_argument("--work", type=Path, default=WORK_DIR, help="registry, wheels, runs (default: %(default)s)")
     p.add_argument("--engine", choices=("auto", "docker", "podman"), default="auto")
     p.add_argument("--base-image", default="debian", help="the base (default: made here from Debian's packages)")
-    p.add_argument("--port", type=int, default=5001, help="the local registry's port (default: 5001)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="the local registry's port (default: %(default)s)")
     p.set_defaults(func=_container_check)
 
     p = sub.add_parser("run-pipeline", help="run the whole kfp pipeline (--local: kfp.local, no cluster)")

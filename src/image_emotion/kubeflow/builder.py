@@ -34,6 +34,7 @@ DEBIAN_PACKAGES = (  # what the container tooling needs, from Debian's own packa
     "podman", "buildah", "skopeo", "runc", "uidmap", "fuse-overlayfs", "slirp4netns", "mmdebstrap",
     "containernetworking-plugins", "catatonit", "conmon", "docker-registry",
 )  # fmt: skip
+WORK_DIR = Path(".containers")  # the tools' settings, the Debian base's rootfs, wheels, registry and check runs
 DEBIAN_BASE = "localhost/image-emotion-base:bookworm"  # the base made by mmdebstrap, Python 3.11.2
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")

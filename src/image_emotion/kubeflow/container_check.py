@@ -36,7 +36,7 @@ from image_emotion.errors import ImageEmotionError
 from image_emotion.kubeflow import cluster
 from image_emotion.kubeflow.builder import Engine
 from image_emotion.kubeflow.images import KINDS, Images
-from image_emotion.kubeflow.registry import manifest_digest, split_reference
+from image_emotion.kubeflow.registry import DEFAULT_PORT, manifest_digest, split_reference
 
 REMOVE_AFTER_WAIT = "image-emotion.remove-after-wait"
 
@@ -258,11 +258,31 @@ def verify_registrations(tracking_uri: str, config: Config, built: Images) -> di
     return {"models": models, "stage_images": recorded}
 
 
-def check(work: Path, root: Path, engine_name: str = "auto", base: str = "debian", port: int = 5001) -> dict[str, Any]:
+def check(
+    work: Path, root: Path, engine_name: str = "auto", base: str = "debian", port: int = DEFAULT_PORT
+) -> dict[str, Any]:
     """The whole container check, as ``.ci/run`` runs it: a local registry; both images built (on the Debian base
     made from Debian's packages by default), pushed, and named by digest in a freshly compiled pipeline; a fresh
     tracking stack; the whole pipeline run in the images on the smoke configuration; the registrations verified.
-    Returns every figure (also written to ``work/container-check.json``)."""
+    Returns every figure (also written to ``work/container-check.json``). A registry this call starts is stopped
+    at the end (its storage stays)."""
+    from image_emotion.kubeflow import builder
+    from image_emotion.kubeflow.registry import LocalRegistry
+
+    work.mkdir(parents=True, exist_ok=True)
+    engine = builder.find_engine(work, engine_name)
+    registry = LocalRegistry(work / "registry", port)
+    started_here = registry.running() is None  # one the user started stays up; ours stops with the check
+    address = registry.start().address
+    try:
+        return _check(work, root, engine, address, base)
+    finally:
+        if started_here:
+            registry.stop()
+
+
+def _check(work: Path, root: Path, engine: Engine, address: str, base: str) -> dict[str, Any]:
+    """``check``'s steps after the registry at ``address`` is up."""
     import json
 
     from image_emotion.config import load_config
@@ -270,14 +290,10 @@ def check(work: Path, root: Path, engine_name: str = "auto", base: str = "debian
     from image_emotion.kubeflow import builder
     from image_emotion.kubeflow.images import images
     from image_emotion.kubeflow.pipeline import compile_pipeline
-    from image_emotion.kubeflow.registry import LocalRegistry
     from image_emotion.smoke import SMOKE_OVERRIDES
     from image_emotion.tracking.stack import TrackingStack, free_port
 
     began = time.monotonic()
-    work.mkdir(parents=True, exist_ok=True)
-    engine = builder.find_engine(work, engine_name)
-    address = LocalRegistry(work / "registry", port).start().address
     built = images(f"{address}/image-emotion", root)
     wheels = work / "wheels" if engine.name != "docker" else None
     result: dict[str, Any] = {"build": builder.build_images(engine, built, base, root, work, wheels, push_them=True)}

@@ -37,6 +37,7 @@ MANIFEST_TYPES = ", ".join((
     "application/vnd.docker.distribution.manifest.v2+json",
 ))  # fmt: skip
 STATE_FILE = "registry.json"
+DEFAULT_PORT = 5001  # the local registry's port on 127.0.0.1
 LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
 
 
@@ -129,7 +130,7 @@ class LocalRegistry:
     """Debian's ``docker-registry`` on 127.0.0.1:``port``, its blobs under ``directory/storage``; started in the
     background (``start``) and found again by its state file (``directory/registry.json``)."""
 
-    def __init__(self, directory: Path, port: int = 5001) -> None:
+    def __init__(self, directory: Path, port: int = DEFAULT_PORT) -> None:
         self.directory, self.port = Path(directory), port
 
     @property
