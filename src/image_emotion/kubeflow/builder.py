@@ -68,10 +68,11 @@ class Engine:
     def command(self, *args: str) -> list[str]:
         return [self.name, *args]
 
-    def run(self, *args: str, capture: bool = False, what: str = "") -> str:
-        """Run ``<tool> args``; a ``ContainerToolError`` naming ``what`` failed, with the tool's last line."""
+    def run(self, *args: str, capture: bool = False, what: str = "", cwd: Path | None = None) -> str:
+        """Run ``<tool> args`` (in ``cwd``); a ``ContainerToolError`` naming ``what`` failed, with the tool's last
+        line (or, not captured, a pointer to its output above)."""
         done = subprocess.run(
-            self.command(*args), env={**os.environ, **self.env}, text=True,
+            self.command(*args), env={**os.environ, **self.env}, text=True, cwd=cwd,
             stdout=subprocess.PIPE if capture else None, stderr=subprocess.PIPE if capture else None,
         )  # fmt: skip
         if done.returncode != 0:
@@ -163,12 +164,10 @@ def check_python(engine: Engine, base: str) -> str:
 
 
 def pin_base(engine: Engine, base: str) -> str:
-    """``base`` named by digest (``name@sha256:…``): pulled when it comes from a registry, the local digest when
-    it was made here."""
+    """``base`` (present here: ``resolve_base`` pulls it) named by digest (``name@sha256:…``): its registry
+    digest, or the local one when it was made here."""
     if "@sha256:" in base:
         return base
-    if not base.startswith("localhost/"):
-        engine.run("pull", "--quiet", base, capture=True, what=f"pull {base}")
     if engine.name == "docker":
         digests = json.loads(engine.run("image", "inspect", "--format", "{{json .RepoDigests}}", base, capture=True))
         if not digests:
@@ -266,8 +265,7 @@ def build(engine: Engine, p: BuildPlan, root: Path, kinds: tuple[str, ...] = KIN
         start = time.monotonic()
         command = build_command(engine, p, kind)
         print(shlex.join(command), flush=True)
-        if subprocess.run(command, cwd=root, env={**os.environ, **engine.env}).returncode != 0:
-            raise ContainerToolError(f"{engine.name} build of the {kind} image failed (see above)")
+        engine.run(*command[1:], what=f"{engine.name} build of the {kind} image", cwd=root)
         seconds[kind] = round(time.monotonic() - start, 1)
     return seconds
 
@@ -278,8 +276,7 @@ def push(engine: Engine, built: Images, kinds: tuple[str, ...] = KINDS) -> dict[
     for kind in kinds:
         command = push_command(engine, built.tagged(kind))
         print(shlex.join(command), flush=True)
-        if subprocess.run(command, env={**os.environ, **engine.env}).returncode != 0:
-            raise ContainerToolError(f"{engine.name} push of {built.tagged(kind)} failed (see above)")
+        engine.run(*command[1:], what=f"{engine.name} push of {built.tagged(kind)}")
         digests[kind] = manifest_digest(built.tagged(kind))
     return digests
 
