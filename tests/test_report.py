@@ -37,12 +37,7 @@ SEED_002 = "Seed 002: deep metric learning and affective image retrieval"
 
 
 def _paths(work: Path, out: Path) -> ReportPaths:
-    m = work / "metrics"
-    return ReportPaths(
-        m / "prepare", m / "detector.json", m / "classifier.json", m / "sweep.json", m / "ablation.json",
-        m / "transfer", m / "evaluate.json", m, work / "plots", out, work / "plots_retrieval",
-        work / "plots_generative",
-    )  # fmt: skip
+    return ReportPaths.under(work, sweep=work / "metrics/sweep.json", out_dir=out)
 
 
 def md_tables(text: str) -> dict[str, list[list[str]]]:

@@ -25,62 +25,7 @@ from image_emotion.kubeflow.images import BASE_IMAGE
 from image_emotion.kubeflow.registry import DEFAULT_PORT
 from image_emotion.stages import paths as stage_paths
 
-# sub-command -> (stage module, its paths dataclass, help)
-STAGES = {
-    "make-synthetic": (
-        "make_synthetic",
-        "MakeSyntheticPaths",
-        "draw the synthetic default dataset (params: synthetic)",
-    ),
-    "prepare": ("prepare", "PreparePaths", "dataset layout -> validated manifest, splits, folds (params: data)"),
-    "pretrain-objects": ("pretrain_objects", "PretrainPaths", "the object-pretrained detector (COCO or synthetic)"),
-    "finetune-detector": ("finetune_detector", "FinetunePaths", "train the emotional-region branch (resumes)"),
-    "extract-regions": ("extract_regions", "ExtractPaths", "cache global + top-K region features of every image"),
-    "train-classifier": ("train_classifier", "ClassifierPaths", "λ sweep, loss variants, ablations, 8/2 classes"),
-    "transfer-cv": ("transfer_cv", "TransferPaths", "5-fold one-against-all transfer to one small dataset"),
-    "evaluate": (
-        "evaluate",
-        "EvaluatePaths",
-        "test metrics, confusion matrix, λ curve, ablation table, region overlays",
-    ),
-    "train-metric": (
-        "train_metric",
-        "TrainMetricPaths",
-        "seed 002: sentiment-vector network (softmax + sentiment constraint) and Table 1's ablation rows",
-    ),
-    "build-index": (
-        "retrieve",
-        "RetrievePaths",
-        "seed 002: retrieval index of the main set, NN/FT/ST/mAP/DCG/ANMRR, t-SNE and query grid",
-    ),
-    "retrieve-transfer": (
-        "retrieve_transfer",
-        "RetrieveTransferPaths",
-        "seed 002: leave-one-out retrieval measures on one transfer set (the paper's small-set protocol)",
-    ),
-    "train-generative": (
-        "train_generative",
-        "TrainGenerativePaths",
-        "seed 001: one generative model (encoder -> mapping -> BART) for every emotion model; low-resource curve",
-    ),
-    "evaluate-generative": (
-        "evaluate_generative",
-        "EvaluateGenerativePaths",
-        "seed 001: accuracy per emotion model from one model, constrained decoding, vs the classifiers",
-    ),
-    "report": ("report", "ReportPaths", "the paper's tables beside this run's figures: reports/paper.md and .html"),
-    "register": ("register", "RegisterPaths", "log + register the model in MLflow; promote to champion if better"),
-    "register-metric": (
-        "register_metric",
-        "RegisterMetricPaths",
-        "seed 002: log + register the retrieval model; champion if its test mAP8 is better",
-    ),
-    "register-generative": (
-        "register_generative",
-        "RegisterGenerativePaths",
-        "seed 001: log + register the generative model; champion if its test accuracy is better",
-    ),
-}
+STAGES = stage_paths.STAGES  # sub-command -> the stage's declaration
 
 
 def _add_path_options(parser: argparse.ArgumentParser, paths_cls) -> None:
@@ -100,8 +45,8 @@ def _add_path_options(parser: argparse.ArgumentParser, paths_cls) -> None:
 
 
 def _run_stage(args: argparse.Namespace) -> dict:
-    module = importlib.import_module(f"image_emotion.stages.{args.stage_module}")
-    paths_cls = getattr(stage_paths, args.paths_class)
+    paths_cls = STAGES[args.command]
+    module = importlib.import_module(f"image_emotion.stages.{paths_cls.module}")
     values = {}
     for f in dataclasses.fields(paths_cls):
         value = getattr(args, f.name)
@@ -127,8 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command."""
     parser = argparse.ArgumentParser(prog="image-emotion", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (module_name, paths_class, help_text) in STAGES.items():
-        p = sub.add_parser(name, help=help_text)
+    for name, declaration in STAGES.items():
+        p = sub.add_parser(name, help=declaration.help, description=declaration.help)
         p.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: params.yaml)")
         p.add_argument(
             "--set",
@@ -138,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="KEY=VALUE",
             help="override a param, e.g. --set data.dataset=fi --set data.root=/data/FI (repeatable)",
         )
-        _add_path_options(p, getattr(stage_paths, paths_class))
-        p.set_defaults(func=_run_stage, stage_module=module_name, paths_class=paths_class, stage_options=())
+        _add_path_options(p, declaration)
+        p.set_defaults(func=_run_stage, stage_options=())
         if name == "extract-regions":
             p.add_argument(
                 "--shard",
@@ -238,6 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="name each image by the digest its registry gives its tag (after build-images --push); refused if missing",
     )
     p.set_defaults(func=_compile_pipeline)
+
+    p = sub.add_parser(
+        "dvc-yaml", help="write dvc.yaml from the stage declarations (src/image_emotion/stages/paths.py)"
+    )
+    p.add_argument("--out", type=Path, default=Path("dvc.yaml"), help="(default: %(default)s)")
+    p.add_argument("--check", action="store_true", help="only check that --out is what the declarations give")
+    p.set_defaults(func=_dvc_yaml)
 
     p = sub.add_parser("lock", help="compile the images' hashed lock (requirements/) from pyproject.toml with uv")
     p.add_argument("--check", action="store_true", help="only check that the lock matches pyproject.toml")
@@ -559,6 +511,19 @@ def _compile_pipeline(args: argparse.Namespace) -> dict:
     compiled = compile_pipeline(args.out, args.registry, args.parallelism, args.gpu_type, built=built)
     written = write_components(args.components, built)
     return {"compiled": str(compiled), "components": len(written), "cpu_image": built.cpu, "cuda_image": built.cuda}
+
+
+def _dvc_yaml(args: argparse.Namespace) -> dict:
+    from image_emotion.files import write_text_atomic
+    from image_emotion.stages.dvc_yaml import render
+
+    text = render()
+    if args.check:
+        if not args.out.is_file() or args.out.read_text(encoding="utf-8") != text:
+            raise ConfigError(f"{args.out} differs from the stage declarations: run `image-emotion dvc-yaml`")
+        return {"fresh": str(args.out)}
+    write_text_atomic(args.out, text)
+    return {"written": str(args.out), "stages": text.count("\n    cmd:") + text.count("\n      cmd:")}
 
 
 def _lock(args: argparse.Namespace) -> dict:

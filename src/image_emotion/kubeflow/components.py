@@ -539,7 +539,9 @@ def report_op(
     from image_emotion.stages import report
 
     config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, data_dir)
-    results = Path(tempfile.mkdtemp(prefix="results-"))  # the run's result files, in dvc.yaml's layout
+    root = Path(tempfile.mkdtemp(prefix="results-"))  # the run's result files, in dvc.yaml's layout
+    results = root / "metrics"
+    results.mkdir()
     for prepared in (prepared_detector, prepared_main, *prepared_transfer):
         summary = runtime.read_json(prepared.path)
         runtime.write_json(results / "prepare" / f"{summary['role']}.json", summary)
@@ -553,15 +555,16 @@ def report_op(
     for result in retrieval_transfer:
         summary = runtime.read_json(result.path)
         runtime.write_json(results / "retrieval_transfer" / f"{summary['set']}.json", summary)
-    out = Path(tempfile.mkdtemp(prefix="report-"))
-    paths = report.ReportPaths(
-        results / "prepare", results / "detector.json", results / "classifier.json", results / "lambda_sweep.json",
-        results / "ablation.json", results / "transfer", results / "evaluate.json", results, Path(plots.path), out,
-        Path(retrieval_plots.path), Path(generative_plots.path),
-    )  # fmt: skip
+    paths = report.ReportPaths.under(
+        root,
+        plots=Path(plots.path),
+        retrieval_plots=Path(retrieval_plots.path),
+        generative_plots=Path(generative_plots.path),
+        out_dir=Path(tempfile.mkdtemp(prefix="report-")),
+    )
     report.write_report(config, paths, inline_figures=True)
-    shutil.copy(out / "paper.html", html.path)
-    shutil.copy(out / "paper.md", markdown.path)
+    shutil.copy(paths.out_dir / "paper.html", html.path)
+    shutil.copy(paths.out_dir / "paper.md", markdown.path)
 
 
 def register_op(

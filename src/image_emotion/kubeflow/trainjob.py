@@ -46,13 +46,7 @@ GROUP, VERSION, PLURAL, KIND = "kubeflow.org", "v1", "pytorchjobs", "PyTorchJob"
 CONTAINER = "pytorch"  # the operator sets the environment of, and finds the port in, the container of this name
 PORT_NAME, PORT = "pytorchjob-port", 23456  # the operator's defaults
 PIPELINE_RUN_ENV = "IMAGE_EMOTION_PIPELINE_RUN"  # tracking/runs.py: the MLflow parent run
-# the trainings that run data-parallel: CLI sub-command -> (stage module, its paths dataclass)
-STAGES = {
-    "pretrain-objects": ("pretrain_objects", "PretrainPaths"),
-    "finetune-detector": ("finetune_detector", "FinetunePaths"),
-    "train-metric": ("train_metric", "TrainMetricPaths"),
-}
-OUTPUTS = ("model", "metrics", "out_dir", "ablation")  # path options a job writes (besides its checkpoint)
+STAGES = {command: cls for command, cls in stage_paths.STAGES.items() if cls.distributed}  # data-parallel ones
 BACKOFF_LIMIT = 2  # pod restarts before the job fails
 _NAME = re.compile(r"^[a-z]([-a-z0-9]{0,46}[a-z0-9])?$")  # DNS-1035 label with room for "-worker-NNN"
 _RUN_ID = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")  # a path segment and a label value
@@ -76,8 +70,8 @@ def stage_arguments(stage: str, run_id: str, paths: Mapping[str, str] | None = N
     else the checkpoint at ``WORK_MOUNT/checkpoints/<run id>/<stage module>/last.pt``, the other outputs under
     ``WORK_MOUNT/outputs/<run id>/<stage module>/``, the inputs at the paths ``dvc.yaml`` uses (relative: they
     resolve in the working directory, the data volume)."""
-    module, paths_class = STAGES[stage]
-    fields = dataclasses.fields(getattr(stage_paths, paths_class))
+    module = STAGES[stage].module
+    fields = dataclasses.fields(STAGES[stage])
     given = dict(paths or {})
     unknown = sorted(set(given) - {f.name for f in fields})
     if unknown:
@@ -85,9 +79,9 @@ def stage_arguments(stage: str, run_id: str, paths: Mapping[str, str] | None = N
     args = []
     for f in fields:
         default = Path(f.default)
-        if f.name == "checkpoint":
+        if stage_paths.role(f) == stage_paths.CHECKPOINT:
             default = Path(WORK_MOUNT) / "checkpoints" / run_id / module / "last.pt"
-        elif f.name in OUTPUTS:
+        elif stage_paths.role(f) in (stage_paths.OUT, stage_paths.METRIC):
             default = Path(WORK_MOUNT) / "outputs" / run_id / module / default.name
         args += ["--" + f.name.replace("_", "-"), str(given.get(f.name, default))]
     return args
@@ -126,7 +120,7 @@ def pytorch_job(
     from image_emotion.kubeflow.runtime import check_tracking_uri
 
     check_tracking_uri(mlflow_tracking_uri)
-    module = STAGES[stage][0]
+    module = STAGES[stage].module
     command = [
         "torchrun", "--nnodes", str(workers), "--nproc-per-node", str(gpus_per_worker),
         "-m", "image_emotion.cli", stage, "--params", params,

@@ -68,7 +68,9 @@ class RunFiles(Protocol):
     ablation: Path
     transfer: Path  # <set>.json a transfer set
     evaluation: Path
-    extras: Path  # retrieval.json + retrieval_transfer/ (seed 002), generative.json (seed 001) when present
+    retrieval: Path  # seed 002's retrieval.json, when present
+    retrieval_transfer: Path  # seed 002's <set>.json a transfer set, when present
+    generative: Path  # seed 001's generative.json, when present
     plots: Path  # the figures of evaluate
     retrieval_plots: Path  # tsne.png, queries.png (seed 002's retrieve) when present
     generative_plots: Path  # low_resource.png (seed 001's evaluate_generative) when present
@@ -108,11 +110,10 @@ def read_run(inputs: RunFiles) -> RunFigures:
     """Every result file the report needs (a missing one is named), and the later seeds' results when present
     (seed 002's leave-one-out results of each transfer set, ``retrieval_transfer/<set>.json``, join its
     ``retrieval.json`` as ``transfer``)."""
-    extras = {
-        name: _read(inputs.extras / f"{name}.json") for name in EXTRAS if (inputs.extras / f"{name}.json").is_file()
-    }
+    files = {name: getattr(inputs, name) for name in EXTRAS}
+    extras = {name: _read(path) for name, path in files.items() if path.is_file()}
     if "retrieval" in extras:
-        extras["retrieval"].setdefault("transfer", {}).update(_read_dir(inputs.extras / "retrieval_transfer"))
+        extras["retrieval"].setdefault("transfer", {}).update(_read_dir(inputs.retrieval_transfer))
     return RunFigures(
         prepare=_read_dir(inputs.prepare),
         detector=_read(inputs.detector),

@@ -157,7 +157,7 @@ def run(config: Config, paths: EvaluatePaths) -> dict[str, Any]:
     rows = list(zip(data.manifest["path"].iloc[sample], data.manifest["boxes"].iloc[sample], strict=True))
     region_overlays(data.root, rows, boxes, true_names[: len(sample)], pred_names[: len(sample)], plots / "regions.png")
 
-    with tracking.stage_run(config, "evaluate", ("evaluate",)) as mlflow:
+    with tracking.stage_run(config, "evaluate", paths.reads) as mlflow:
         tracking.log_metrics({k: v for k, v in metrics.items() if isinstance(v, float)})
         for name in ("confusion.png", "lambda_curve.png", "regions.png", "ablation.csv", "lambda_curve.csv"):
             mlflow.log_artifact(str(plots / name), artifact_path="plots")

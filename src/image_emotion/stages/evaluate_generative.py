@@ -111,7 +111,7 @@ def run(config: Config, paths: EvaluateGenerativePaths) -> dict[str, Any]:
     primary = state["primary"]
     training = json.loads(paths.training.read_text())
     curve = json.loads(paths.low_resource.read_text()) if paths.low_resource.is_file() else []
-    with tracking.stage_run(config, "evaluate_generative", ("generative",)):
+    with tracking.stage_run(config, "evaluate_generative", paths.reads):
         per_model = {
             name: score_emotion_model(model, test.of_model(name), name, config.generative.num_beams)
             for name in test.models

@@ -79,7 +79,7 @@ def run(config: Config, paths: ExtractPaths, shard: tuple[int, int] = (0, 1)) ->
     detector_sha = file_sha256(paths.detector)
     results: dict[str, Any] = {}
     start = time.perf_counter()
-    with tracking.stage_run(config, "extract_regions", ("extract",)) as mlflow:
+    with tracking.stage_run(config, "extract_regions", paths.reads) as mlflow:
         for prepared, cache_dir in zip(paths.prepared, paths.features, strict=True):
             data = PreparedDataset.load(prepared)
             identity = fingerprint(detector_sha, file_sha256(Path(prepared) / "manifest.csv"), shard_size)

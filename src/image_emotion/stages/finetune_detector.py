@@ -73,7 +73,7 @@ def _run(config: Config, paths: FinetunePaths, device: torch.device) -> dict[str
     detector.start_emotional_from_objects()
     dataset = DetectionDataset.emotional_regions(train, hflip=ft.hflip, seed=ft.seed)
     cfg = detector.config
-    with distributed.main_only(tracking.stage_run(config, "finetune_detector", ("finetune",))) as mlflow:
+    with distributed.main_only(tracking.stage_run(config, "finetune_detector", paths.reads)) as mlflow:
         mlflow.set_tag("device", str(device))
         history, resumed_from = train_detector(
             detector, dataset, ft, detector, paths.checkpoint, identity, device, mlflow, "finetune"

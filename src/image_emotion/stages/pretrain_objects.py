@@ -40,7 +40,7 @@ def _run(config: Config, paths: PretrainPaths, device: torch.device) -> dict[str
     cfg, hp = config.detector, config.pretrain
     torch.manual_seed(hp.seed)
     detector = RegionDetector(cfg).to(device)
-    with distributed.main_only(tracking.stage_run(config, "pretrain_objects", ("detector", "pretrain"))) as mlflow:
+    with distributed.main_only(tracking.stage_run(config, "pretrain_objects", paths.reads)) as mlflow:
         mlflow.set_tag("device", str(device))
         if cfg.object_weights:
             loaded, total = detector.coco_loaded

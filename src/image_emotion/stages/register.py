@@ -31,7 +31,7 @@ def run(config: Config, paths: RegisterPaths) -> dict[str, Any]:
     }
     example = input_example(paths.prepared)
 
-    with tracking.stage_run(config, "register", ("register",)) as mlflow:
+    with tracking.stage_run(config, "register", paths.reads) as mlflow:
         from mlflow.models import infer_signature
 
         def log_model() -> str:

@@ -31,7 +31,7 @@ def run(config: Config, paths: RegisterGenerativePaths) -> dict[str, Any]:
         "label_set": evaluation["label_set"],
     }
     example = input_example(paths.prepared)
-    with tracking.stage_run(config, "register_generative", ("register",)) as mlflow:
+    with tracking.stage_run(config, "register_generative", paths.reads) as mlflow:
         result = register_and_promote(
             mlflow,
             lambda: (

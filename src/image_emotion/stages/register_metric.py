@@ -29,7 +29,7 @@ def run(config: Config, paths: RegisterMetricPaths) -> dict[str, Any]:
         "label_set": retrieval["label_set"],
     }
     example = input_example(paths.prepared)
-    with tracking.stage_run(config, "register_metric", ("register",)) as mlflow:
+    with tracking.stage_run(config, "register_metric", paths.reads) as mlflow:
         result = register_and_promote(
             mlflow,
             lambda: (

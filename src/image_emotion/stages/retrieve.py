@@ -117,7 +117,7 @@ def run(config: Config, paths: RetrievePaths) -> dict[str, Any]:
     }
     write_figures(out, feature, data, idx, config.retrieve.k, config.retrieve.grid_queries, paths.plots)
     index.save(paths.index)
-    with tracking.stage_run(config, "retrieve", ("retrieve",)) as mlflow:
+    with tracking.stage_run(config, "retrieve", paths.reads) as mlflow:
         tracking.log_metrics({f"test_{k}": main[k] for k in ("accuracy", *RETRIEVAL_MEASURES)})
         mlflow.log_artifacts(str(paths.plots), artifact_path="plots_retrieval")
         mlflow.log_artifacts(str(paths.index), artifact_path="index")

@@ -34,7 +34,7 @@ def run(config: Config, paths: RetrieveTransferPaths) -> dict[str, Any]:
         "images": len(labels),
         **report,
     }
-    with tracking.stage_run(config, f"retrieve@{paths.set_name}"):
+    with tracking.stage_run(config, f"retrieve@{paths.set_name}", paths.reads):
         tracking.log_metrics({k: report[k] for k in RETRIEVAL_MEASURES})
     write_json_atomic(paths.metrics, result)
     return result

@@ -42,7 +42,6 @@ from image_emotion.training.heads import (
 )  # fmt: skip
 
 PAPER_LAMBDA = 0.4  # seed 000 §5.4.4: "we choose λ = 0.4 in all our experiments"
-TRACKED_SECTIONS = ("classifier", "emotions")  # the config sections logged as the stage run's params
 
 
 def score(
@@ -207,7 +206,7 @@ def write_outputs(
 def run(config: Config, paths: ClassifierPaths) -> dict[str, Any]:
     """The whole stage: sweep, select λ*, variants at λ*, outputs."""
     inputs = load_inputs(config, paths.prepared, paths.features)
-    with tracking.stage_run(config, "train_classifier", TRACKED_SECTIONS):
+    with tracking.stage_run(config, "train_classifier", paths.reads):
         heads, sweep = lambda_sweep(inputs, list(config.classifier.lambdas))
         best = select_lambda(sweep)
         losses, ablation, binary_head, binary = variants(inputs, sweep, best)

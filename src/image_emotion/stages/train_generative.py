@@ -126,7 +126,7 @@ def run(config: Config, paths: TrainGenerativePaths) -> dict[str, Any]:
         {name: data.manifest.to_csv(index=False) for name, data in sets.items()},
         code,
     )
-    with tracking.stage_run(config, "train_generative", ("generative", "emotions")) as mlflow:
+    with tracking.stage_run(config, "train_generative", paths.reads) as mlflow:
         mlflow.set_tag("device", str(device))
         with tracking.child_run("model", {"train_examples": len(train), "emotion_models": ",".join(examples.models)}):
             losses = train_generative_model(

@@ -162,7 +162,7 @@ def _run(config: Config, paths: TrainMetricPaths, device: torch.device, scratch:
     cfg = config.metric
     inputs = load_inputs(config, paths.prepared, scratch, device)
     objective = MetricObjective.from_config(cfg)
-    with distributed.main_only(tracking.stage_run(config, "train_metric", ("metric",))):
+    with distributed.main_only(tracking.stage_run(config, "train_metric", paths.reads)):
         model, scores, losses = train_and_score(inputs, objective, cfg.feature, cfg, cfg.seed, "model")
         rows = ablation(inputs, cfg)
         if not distributed.is_main():  # the other ranks' work ends with the trainings

@@ -31,8 +31,6 @@ from image_emotion.stages.paths import TransferPaths
 from image_emotion.tracking import runs as tracking
 from image_emotion.training.heads import CPU, HeadData, fit, load_head_data, predict
 
-TRACKED_SECTIONS = ("transfer",)  # the config sections logged as the stage run's params
-
 
 def train_one_vs_all(
     data: HeadData, init: MultiLevelHead, dims, num_classes: int, hp: HeadTraining, device: torch.device = CPU
@@ -164,7 +162,7 @@ def log_summary(metrics: dict[str, Any]) -> None:
 
 def run(config: Config, paths: TransferPaths) -> dict[str, Any]:
     inputs = load_inputs(config, paths.prepared, paths.features, paths.head)
-    with tracking.stage_run(config, stage_name(paths.set_name), TRACKED_SECTIONS):
+    with tracking.stage_run(config, stage_name(paths.set_name), paths.reads):
         results = [run_fold(inputs, k) for k in inputs.folds]
         without = int((polarity_labels(inputs.data) < 0).sum())
         metrics = {"set": paths.set_name, **summarize(inputs.data.name, inputs.data.label_set, results, without)}

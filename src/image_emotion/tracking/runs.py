@@ -191,10 +191,32 @@ def reachable(config: Config) -> Iterator[None]:
         ) from e
 
 
+NOT_LOGGED = ("*", "mlflow")  # the whole file (the report logs its hash); where to log (may hold credentials)
+
+
+def logged_params(config: Config, sections: tuple[str, ...]) -> dict[str, Any]:
+    """The config ``sections`` a stage reads (``paths.Stage.reads``: a section, a dotted part of one, or a single
+    setting such as ``device``) as nested params, less ``NOT_LOGGED``."""
+    params: dict[str, Any] = {}
+    for name in sections:
+        if name in NOT_LOGGED:
+            continue
+        value: Any = config
+        for key in name.split("."):
+            value = getattr(value, key)
+        *parents, last = name.split(".")
+        node = params
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value.to_dict() if hasattr(value, "to_dict") else value
+    return params
+
+
 @contextmanager
 def stage_run(config: Config, stage: str, sections: tuple[str, ...] = ()) -> Iterator[Any]:
     """The MLflow run of ``stage`` under the pipeline's parent run (re-opened when it exists: a re-run after a
-    failure completes it), active while the block runs, with the config ``sections`` as its params; yields the
+    failure completes it), active while the block runs, with the config ``sections`` as its params
+    (``logged_params``); yields the
     ``mlflow`` module. An unreachable tracking server is a ``TrackingUnavailable`` error."""
     mlflow = _mlflow()
     with reachable(config):
@@ -211,7 +233,7 @@ def stage_run(config: Config, stage: str, sections: tuple[str, ...] = ()) -> Ite
 
         run_id, _ = _find_or_create(experiment_id, {"stage": stage, "pipeline_key": key}, create)
         with mlflow.start_run(run_id=run_id):
-            params = {name: getattr(config, name).to_dict() for name in sections}
+            params = logged_params(config, sections)
             if params:
                 mlflow.log_params({k: str(v)[:6000] for k, v in flatten(params).items()})
             yield mlflow
