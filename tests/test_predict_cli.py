@@ -39,8 +39,11 @@ def test_a_folder_and_a_glob_give_a_table_and_a_bad_file_does_not_stop_the_other
     assert lines[0].split() == ["image", "emotion", "confidence", "polarity"]
     rows = {line.split()[0]: line.split()[1:] for line in lines[1:]}
     assert sorted(rows) == sorted(str(folder / p) for p in ("sub/p2.png", "p0.png", "p1.png"))
-    assert err.strip() == f"failed: {folder / 'broken.jpg'}: not an image PIL can decode (JPEG, PNG, BMP, GIF, TIFF, " \
-        "WebP); replace or remove it"  # fmt: skip
+    assert err.strip().splitlines() == [
+        f"model: {model[1]} + {model[3]}",  # which model answered
+        f"failed: {folder / 'broken.jpg'}: not an image PIL can decode (JPEG, PNG, BMP, GIF, TIFF, WebP); replace or "
+        "remove it",
+    ]
     # the table's figures are the model's answer: label, its probability (3 decimals) and its polarity
     assert main(["predict", str(folder), "--json", *model]) == 1
     answers = json.loads(capsys.readouterr().out)

@@ -123,8 +123,8 @@ def test_a_collection_folder_skips_bad_files_and_answers_from_it_only(setup, cap
     found = json.loads(captured.out)[str(query)]["neighbours"]
     assert sorted(x["id"] for x in found) == sorted(kept)  # k is capped at the 5 good images
     assert found[0]["id"] == str(collection / "img_2.png") and found[0]["distance"] < 1e-4
-    warnings = captured.err.strip().splitlines()
-    assert len(warnings) == 2
+    model_line, *warnings = captured.err.strip().splitlines()
+    assert model_line == f"model: {setup[0]}" and len(warnings) == 2  # the index is not loaded for a folder
     assert any("broken.png" in w for w in warnings) and any("notes.jpg" in w for w in warnings)
     assert all(w.startswith("warning: ") for w in warnings)
 
@@ -137,14 +137,15 @@ def test_a_collection_folder_skips_bad_files_and_answers_from_it_only(setup, cap
     assert "predicted" in capsys.readouterr().out.splitlines()[1].split()
 
 
-def test_bad_query_and_missing_model_are_one_line_errors(setup, capsys, tmp_path):
+def test_bad_query_and_missing_model_are_one_line_errors(setup, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     bad = tmp_path / "photo.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 truncated")
     missing_model = tmp_path / "none" / "model.pt"
-    # the bad query is named before the (missing) model is loaded
-    assert main(["retrieve", str(bad), "--model", str(missing_model)]) == 2
+    # the bad query is a failure naming it, as in predict and describe, and no model is needed to say so
+    assert main(["retrieve", str(bad), "--model", str(missing_model)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ") and str(bad) in err[0]
+    assert err == [f"failed: {bad}: corrupt or truncated image (Truncated File Read); re-copy or remove it"]
 
     good = str(setup[2][0])
     assert main(["retrieve", good, "--model", str(missing_model)]) == 2
@@ -153,8 +154,9 @@ def test_bad_query_and_missing_model_are_one_line_errors(setup, capsys, tmp_path
     assert main(["retrieve", good, "--model", str(setup[0]), "--index", str(tmp_path / "no_index")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no_index" in err[0] and "build-index" in err[0]
-    assert main(["retrieve", good, "--model-uri", "models:/x@champion", "--collection", str(tmp_path)]) == 2
-    assert "--collection cannot be used with --model-uri" in capsys.readouterr().err
+    assert main(["retrieve", good, "--model-uri", "models:/absent@champion"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()  # MLflow's own INFO lines come first
+    assert err[-1].startswith("error: --model-uri models:/absent@champion: cannot load it (Registered Model with")
 
 
 def test_the_predictor_names_a_bad_row(setup):
@@ -206,6 +208,31 @@ def test_the_logged_pyfunc_answers_as_the_predictor(setup, tmp_path, monkeypatch
     via_cli = json.loads(capsys.readouterr().out)[str(paths[9])]
     assert via_cli["label"] == local["label"][0]
     assert [n["id"] for n in via_cli["neighbours"]] == [n["id"] for n in json.loads(local["neighbours"][0])[:2]]
+
+    # with no model named, the registry's champion answers (the rule predict and describe follow too)
+    version = mlflow.register_model(info.model_uri, "image-emotion-retrieval").version
+    mlflow.MlflowClient().set_registered_model_alias("image-emotion-retrieval", "champion", version)
+    params = tmp_path / "none.yaml"  # no params file: the defaults, whose store is $MLFLOW_TRACKING_URI
+    assert main(["retrieve", str(paths[9]), "--k", "2", "--params", str(params), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)[str(paths[9])] == via_cli
+    assert captured.err.strip().splitlines()[-1] == "model: models:/image-emotion-retrieval@champion"
+    # files named on the command line win over the champion
+    assert (
+        main(
+            ["retrieve", str(paths[9]), "--params", str(params), "--model", str(model_path), "--index", str(index_dir)]
+        )
+        == 0
+    )
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"model: {model_path} + {index_dir}"
+    # and a folder is searched with the served model's embedding as with the local one
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for p in paths[:3]:
+        shutil.copy(p, folder / p.name)
+    assert main(["retrieve", str(paths[1]), "--model-uri", info.model_uri, "--collection", str(folder), "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)[str(paths[1])]["neighbours"]
+    assert found[0]["id"] == str(folder / paths[1].name) and len(found) == 3
 
 
 def test_grid_draws_each_query_with_its_neighbours_framed_by_agreement(setup, capsys, tmp_path):

@@ -68,6 +68,23 @@ def _shard_spec(text: str) -> tuple[int, int]:
     return shard, shards
 
 
+def _add_model_options(parser: argparse.ArgumentParser, kind: str, registered: str) -> None:
+    """--model-uri, one option per local file of the model ``kind`` and --params, as ``inference.models`` reads
+    them."""
+    from image_emotion.inference.models import KINDS
+
+    files = KINDS[kind].files
+    parser.add_argument(
+        "--model-uri",
+        default=None,
+        help=f"an MLflow model (default: the local files when named, else models:/<register.{registered}>@champion "
+        f"when the registry has one, else {' and '.join(map(str, files.values()))})",
+    )
+    for name, default in files.items():
+        parser.add_argument(f"--{name}", type=Path, default=None, help=f"(default: {default})")
+    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="for the model's name and tracking URI")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command."""
     parser = argparse.ArgumentParser(prog="image-emotion", description=__doc__)
@@ -109,22 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files, folders (searched recursively) or glob patterns")
     p.add_argument("--json", action="store_true", help="print JSON {image: {label, polarity, probabilities, ...}}")
     p.add_argument("--overlay", type=Path, default=None, metavar="DIR", help="write each image with its regions")
-    p.add_argument(
-        "--model-uri",
-        default=None,
-        help="an MLflow model (default: models:/<register.model_name>@champion when the registry has one, "
-        "else --detector and --head)",
-    )
-    p.add_argument("--detector", type=Path, default=Path("models/detector/detector.pt"))
-    p.add_argument("--head", type=Path, default=Path("models/classifier/head.pt"))
-    p.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="for the model name and the tracking URI")
+    _add_model_options(p, "emotion", "model_name")
     p.add_argument("--batch-size", type=_positive_int, default=8)
     p.set_defaults(func=_predict)
 
     p = sub.add_parser(
         "retrieve", help="seed 002: images nearest in feeling to query images (saved index, a folder, or MLflow)"
     )
-    p.add_argument("images", nargs="+", type=Path, metavar="QUERY_IMG")
+    p.add_argument("images", nargs="+", metavar="QUERY", help="image files, folders (searched recursively) or globs")
     p.add_argument("--k", type=_positive_int, default=5, help="neighbours per query (default: 5)")
     p.add_argument(
         "--collection",
@@ -141,9 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PNG",
         help="also draw each query with its neighbours (green: same emotion, orange: same polarity, red: other)",
     )
-    p.add_argument("--model", type=Path, default=Path("models/metric/model.pt"), help="(default: %(default)s)")
-    p.add_argument("--index", type=Path, default=Path("models/retrieval"), help="(default: %(default)s)")
-    p.add_argument("--model-uri", default=None, help="an MLflow model, e.g. models:/image-emotion-retrieval@champion")
+    _add_model_options(p, "retrieval", "retrieval_model_name")
     p.set_defaults(func=_retrieve)
 
     p = sub.add_parser(
@@ -154,8 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--emotion-models", default="", help="comma-separated, e.g. mikels8,binary (default: every one it answers)"
     )
     p.add_argument("--json", action="store_true", help="print JSON {image: [{emotion_model, label, ...}, ...]}")
-    p.add_argument("--model", type=Path, default=Path("models/generative"), help="(default: %(default)s)")
-    p.add_argument("--model-uri", default=None, help="an MLflow model, e.g. models:/image-emotion-generative@champion")
+    _add_model_options(p, "generative", "generative_model_name")
     p.set_defaults(func=_describe)
 
     p = sub.add_parser("params", help="check a params file against the schema, or write the defaults (--write)")
@@ -309,74 +315,6 @@ def _lineage(args: argparse.Namespace) -> int:
     return 0
 
 
-def _predict(args: argparse.Namespace) -> int:
-    """``predict``: every image's emotion; a bad file is reported and skipped; exit status 1 when any failed."""
-    from image_emotion.predict import expand_inputs, predict_files, print_table, write_overlays
-
-    files, failures = expand_inputs(args.images)
-    results, more_failures = predict_files(files, args)
-    failures.update(more_failures)
-    if args.overlay is not None:
-        write_overlays(results, args.overlay)
-    if args.json:
-        print(json.dumps({**results, **{k: {"error": v} for k, v in failures.items()}}, indent=2))
-    else:
-        print_table(results, failures)
-    return 1 if failures else 0
-
-
-def _describe(args: argparse.Namespace) -> int:
-    """``describe``: every image in every emotion model the generative model answers; bad files are reported and
-    skipped; exit status 1 when any failed."""
-    import pandas as pd
-
-    from image_emotion.data.images import load_image
-    from image_emotion.errors import ImageDecodeError
-    from image_emotion.predict import expand_inputs
-    from image_emotion.tracking.pyfunc import encode_image_file
-
-    files, failures = expand_inputs(args.images)
-    decoded = {}  # each file decoded once: the check and the local model's input
-    for f in files:
-        try:
-            decoded[f] = load_image(f)
-        except ImageDecodeError as exc:
-            failures[str(f)] = str(exc)
-    good = list(decoded)
-    if args.model_uri:
-        import mlflow
-
-        model = mlflow.pyfunc.load_model(args.model_uri)
-        frame = pd.DataFrame({"image": [encode_image_file(f) for f in good]})
-        answer = model.predict(frame, params={"emotion_models": args.emotion_models}) if good else None
-    else:
-        from image_emotion.tracking.generative_pyfunc import GenerativePredictor
-
-        if not (args.model / "model.pt").is_file():
-            raise ConfigError(
-                f"{args.model}: no generative model; run `dvc repro` (or `image-emotion train-generative`)"
-            )
-        predictor = GenerativePredictor(args.model)
-        answer = predictor.predict_images(list(decoded.values()), args.emotion_models or None) if good else None
-    rows: dict[str, list[dict]] = {str(f): [] for f in good}
-    if answer is not None:
-        for record in answer.to_dict("records"):
-            record["distribution"] = json.loads(record["distribution"])
-            rows[str(good[int(record.pop("image"))])].append(record)
-    if args.json:
-        print(json.dumps({**rows, **{k: {"error": v} for k, v in failures.items()}}, indent=2))
-    else:
-        print(f"{'image':40} {'emotion model':14} {'label':12} {'confidence':>10}  polarity")
-        for image, records in rows.items():
-            for r in records:
-                print(
-                    f"{image[-40:]:40} {r['emotion_model']:14} {r['label']:12} {r['confidence']:10.3f}  {r['polarity']}"
-                )
-        for image, why in failures.items():
-            print(f"{image[-40:]:40} error: {why}")
-    return 1 if failures else 0
-
-
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -387,79 +325,87 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _collection_files(directory: Path) -> list[Path]:
-    from image_emotion.data.images import is_image_name
+def _answer_images(args: argparse.Namespace, kind: str, named: dict, run, unused: tuple[str, ...] = ()) -> tuple:
+    """(decoded images by file, ``run(images, predictor)``'s answer by file, failures by argument or file) for
+    ``args.images``, the model of ``kind`` chosen by ``inference.models.resolve`` (named on stderr); no model is
+    loaded when no image decodes."""
+    from image_emotion.inference import inputs, models
 
-    if not directory.is_dir():
-        raise ImageEmotionError(f"{directory}: --collection is not a directory")
-    return sorted(p for p in directory.rglob("*") if p.is_file() and is_image_name(p))
+    files, failures = inputs.expand_inputs(args.images)
+    images, bad = inputs.decode(files)
+    failures.update(bad)
+    results = {}
+    if images:
+        batch_size = getattr(args, "batch_size", 8)
+        model = models.resolve(kind, args.model_uri, named, args.params, batch_size, unused=unused)
+        print(f"model: {model.source}", file=sys.stderr)
+        results = dict(zip(images, run(list(images.values()), model.predictor), strict=True))
+    return images, results, failures
 
 
-def _retrieve(args: argparse.Namespace) -> dict | None:
-    """``retrieve``: the predicted emotion of each query image and its ``k`` nearest images."""
-    from image_emotion.data.images import load_image
+def _predict(args: argparse.Namespace) -> int:
+    """``predict``: every image's emotion; a bad file is reported and skipped; exit status 1 when any failed."""
+    from image_emotion.inference import tables
+    from image_emotion.inference.predict import predict, write_overlays
 
-    if args.model_uri and args.collection is not None:
-        raise ImageEmotionError(
-            "--collection cannot be used with --model-uri (the served model searches its own index); drop one"
-        )
-    queries = [load_image(path) for path in args.images]  # a bad file is named here, before the model loads
-    label_header = "label"
-    if args.model_uri:
-        import mlflow
-        import pandas as pd
+    named = {"detector": args.detector, "head": args.head}
+    images, results, failures = _answer_images(
+        args, "emotion", named, lambda batch, model: predict(batch, model, args.batch_size)
+    )
+    if args.overlay is not None:
+        write_overlays(results, images, args.overlay)
+    _print_answers(results, failures, tables.predictions, args.json)
+    return 1 if failures else 0
 
-        from image_emotion.tracking.pyfunc import encode_image_file
 
-        frame = pd.DataFrame({"image": [encode_image_file(p) for p in args.images]})
-        out = mlflow.pyfunc.load_model(args.model_uri).predict(frame, params={"k": args.k})
-        answers = [{**row, "neighbours": json.loads(row["neighbours"])} for row in out.to_dict("records")]
-    elif args.collection is not None:
-        answers = _search_collection(args, queries)
-        label_header = "predicted"
-    else:
-        from image_emotion.tracking.retrieval_pyfunc import RetrievalPredictor
+def _describe(args: argparse.Namespace) -> int:
+    """``describe``: every image in every emotion model the generative model answers; bad files are reported and
+    skipped; exit status 1 when any failed."""
+    from image_emotion.inference import tables
+    from image_emotion.inference.describe import describe
 
-        answers = RetrievalPredictor(args.model, args.index).query(queries, args.k)
-    result = {str(p): answer for p, answer in zip(args.images, answers, strict=True)}
+    _, results, failures = _answer_images(
+        args, "generative", {"model": args.model}, lambda batch, model: describe(batch, model, args.emotion_models)
+    )
+    _print_answers(results, failures, tables.descriptions, args.json)
+    return 1 if failures else 0
+
+
+def _retrieve(args: argparse.Namespace) -> int:
+    """``retrieve``: the predicted emotion of each query image and its ``k`` nearest images; bad queries are
+    reported and skipped; exit status 1 when any failed."""
+    from image_emotion.inference import tables
+    from image_emotion.inference.retrieve import retrieve
+
+    _, results, failures = _answer_images(
+        args,
+        "retrieval",
+        {"model": args.model, "index": args.index},
+        lambda batch, model: retrieve(batch, model, args.k, args.collection),
+        unused=("index",) if args.collection is not None else (),
+    )
     if args.grid is not None:
-        _draw_grid(result, args.grid)
-    if args.json:
-        return result
-    _print_retrieval_table(result, label_header)
-    return None
+        _draw_grid(results, args.grid)
+    header = "predicted" if args.collection is not None else "label"
+    _print_answers(results, failures, lambda r: tables.neighbours(r, header), args.json)
+    return 1 if failures else 0
 
 
-def _search_collection(args: argparse.Namespace, queries: list) -> list[dict]:
-    """Embed every decodable image under ``--collection`` (bad ones skipped with a warning) and search them."""
-    import numpy as np
+def _print_answers(results: dict, failures: dict[str, str], table, as_json: bool) -> None:
+    """The answers as JSON (``{file: answer, failed file: {"error": reason}}``) or as ``table`` gives them; the
+    failures, one line each, on stderr (with the table)."""
+    from image_emotion.inference.tables import failures as failure_lines
 
-    from image_emotion.data.images import load_image
-    from image_emotion.errors import ImageDecodeError
-    from image_emotion.retrieval import EmbeddingIndex
-    from image_emotion.tracking.retrieval_pyfunc import RetrievalPredictor
-
-    files = _collection_files(args.collection)
-    predictor = RetrievalPredictor(args.model)
-    ids, features, classes = [], [], []
-    chunk = max(predictor.batch_size, 64)
-    for start in range(0, len(files), chunk):
-        images = []
-        for path in files[start : start + chunk]:
-            try:
-                images.append(load_image(path))
-            except ImageDecodeError as exc:
-                print(f"warning: skipped {exc}", file=sys.stderr)
-                continue
-            ids.append(str(path))
-        if images:
-            f, c = predictor.embed_and_classify(images)
-            features.append(f)
-            classes.append(c)
-    if not ids:
-        raise ImageEmotionError(f"{args.collection}: no decodable image files (jpg, png, ...) under it")
-    index = EmbeddingIndex(np.concatenate(features), ids, np.concatenate(classes).tolist(), kind="exact")
-    return predictor.query(queries, args.k, index=index)
+    if as_json:
+        answers = {
+            str(p): a.to_dict() if hasattr(a, "to_dict") else [x.to_dict() for x in a] for p, a in results.items()
+        }
+        print(json.dumps({**answers, **{k: {"error": v} for k, v in failures.items()}}, indent=2))
+        return
+    if results:
+        print(table(results))
+    if failures:
+        print(failure_lines(failures), file=sys.stderr)
 
 
 def _draw_grid(result: dict, out: Path) -> None:
@@ -468,25 +414,13 @@ def _draw_grid(result: dict, out: Path) -> None:
 
     rows = [
         {
-            "query": path,
-            "label": answer["label"],
-            "neighbours": [{**n, "relevance": relevance(answer["label"], n["label"])} for n in answer["neighbours"]],
+            "query": str(path),
+            "label": answer.label,
+            "neighbours": [{**vars(n), "relevance": relevance(answer.label, n.label)} for n in answer.neighbours],
         }
         for path, answer in result.items()
     ]
     query_grid(rows, out)
-
-
-def _print_retrieval_table(result: dict, label_header: str) -> None:
-    for n, (query, answer) in enumerate(result.items()):
-        if n:
-            print()
-        print(f"{query}: {answer['label']} ({answer['polarity']})")
-        neighbours = answer["neighbours"]
-        width = max([len(label_header), *(len(str(x["label"])) for x in neighbours)])
-        print(f"  {'rank':>4}  {'distance':>8}  {label_header:<{width}}  path")
-        for x in neighbours:
-            print(f"  {x['rank']:>4}  {x['distance']:>8.4f}  {x['label']!s:<{width}}  {x['id']}")
 
 
 def _params(args: argparse.Namespace) -> dict:
