@@ -91,13 +91,8 @@ def test_components_loaded_from_yaml_run_as_a_local_pipeline(tmp_path, repo_root
     train_metric = components.load_component_from_file(str(root / "train_metric/component.yaml"))
 
     @dsl.pipeline(name="from-yaml")
-    def from_yaml(params_yaml: str, mlflow_tracking_uri: str, mlflow_experiment: str, data_dir: str):
-        common = {
-            "params_yaml": params_yaml,
-            "mlflow_tracking_uri": mlflow_tracking_uri,
-            "mlflow_experiment": mlflow_experiment,
-            "data_dir": data_dir,
-        }
+    def from_yaml(params_yaml: str, mlflow_tracking_uri: str, data_dir: str):
+        common = {"params_yaml": params_yaml, "mlflow_tracking_uri": mlflow_tracking_uri, "data_dir": data_dir}
         main = prepare(role="main", **common)
         train_metric(main=main.outputs["dataset"], **common)
 
@@ -110,11 +105,10 @@ def test_components_loaded_from_yaml_run_as_a_local_pipeline(tmp_path, repo_root
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv(cluster.RUN_ID_ENV, "components-dir-test")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"), raise_on_error=True)
-    config = tiny_config()
+    config = tiny_config(**{"mlflow.experiment": "components-dir"})  # the experiment travels in params_yaml
     from_yaml(
         params_yaml=yaml.safe_dump(config.to_dict()),
         mlflow_tracking_uri=uri,
-        mlflow_experiment="components-dir",
         data_dir=str(tmp_path),
     )
     (run_dir,) = (tmp_path / "root").iterdir()

@@ -79,8 +79,9 @@ def test_sections_built_directly_are_validated_too():
         DetectorConfig().top_k = 4
 
 
-def test_kfp_pipeline_defaults_come_from_the_schema():
+def test_the_kfp_pipeline_takes_its_settings_once_in_params_yaml():
+    """λ, the sets, the threshold and the experiment travel inside params_yaml only (no parameter that could say
+    otherwise)."""
     inputs = build_pipeline(images()).component_spec.inputs
-    assert inputs["lambdas"].default == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
-    assert inputs["transfer_sets"].default == ["small"]
-    assert inputs["mlflow_experiment"].default == "image-emotion"
+    assert "params_yaml" in inputs and inputs["params_yaml"].default is None  # required
+    assert not set(inputs) & {"lambdas", "transfer_sets", "generative_sets", "min_accuracy", "mlflow_experiment"}

@@ -136,13 +136,27 @@ def test_compiled_pipeline_caches_by_content_retries_and_limits_its_fan_out(repo
     assert accelerators == {"amd.com/gpu"}
     conditions = sorted(t["triggerPolicy"]["condition"] for t in tasks.values() if "triggerPolicy" in t)
     assert len(conditions) == 3  # register's, and the detector's If/Else on workers
-    assert sum("min_accuracy" in c for c in conditions) == 1 and sum("workers" in c for c in conditions) == 2
+    assert sum("min-accuracy-op" in c for c in conditions) == 1
+    assert sum("workers" in c for c in conditions) == 2
     inputs = spec["root"]["inputDefinitions"]["parameters"]
     expected = {
-        "mlflow_tracking_uri", "mlflow_experiment", "params_yaml", "lambdas", "transfer_sets", "generative_sets",
-        "min_accuracy", "data_dir", "checkpoint_root", "extraction_shards", "workers", "gpus_per_worker",
+        "mlflow_tracking_uri", "params_yaml", "data_dir", "checkpoint_root", "extraction_shards", "workers",
+        "gpus_per_worker",
     }  # fmt: skip
     assert expected <= set(inputs)
+    assert not set(inputs) & {"lambdas", "transfer_sets", "generative_sets", "min_accuracy", "mlflow_experiment"}
+
+
+def _transfer_loop(root: dict[str, dict]) -> str:
+    """The ParallelFor over the transfer sets: its items are the output of the task reading them from params."""
+    (reader,) = [
+        n for n, t in root.items()
+        if t.get("inputs", {}).get("parameters", {}).get("sets") == {"runtimeValue": {"constant": "transfer"}}
+    ]  # fmt: skip
+    (loop,) = [
+        n for n, t in root.items() if f"pipelinechannel--{reader}-Output" in json.dumps(t.get("parameterIterator", {}))
+    ]
+    return loop
 
 
 def _consumers(tasks: dict[str, dict], producer: str) -> dict[str, set[str]]:
@@ -207,9 +221,9 @@ def test_the_main_extraction_fans_out_over_gpu_shards_and_one_task_sweeps_lambda
     assert not [t for t in tasks.values() if "lambdas" in json.dumps(t.get("parameterIterator", {}))]
     sweep = [n for n, t in tasks.items() if "train-classifier" in t["componentRef"]["name"]]
     assert sweep == ["train-classifier-op"]
-    assert root["train-classifier-op"]["inputs"]["parameters"]["lambdas"] == {"componentInputParameter": "lambdas"}
+    assert "lambdas" not in root["train-classifier-op"]["inputs"]["parameters"]  # classifier.lambdas of params_yaml
     assert not [c for c in spec["components"] if "lambda" in c or "select-classifier" in c]
-    (transfer_loop,) = [n for n, t in root.items() if "transfer_sets" in json.dumps(t.get("parameterIterator", {}))]
+    transfer_loop = _transfer_loop(root)
     register = next(n for n, t in root.items() if "triggerPolicy" in t)  # the condition around register-op
     assert _consumers(tasks, "train-classifier-op").keys() == {transfer_loop, "evaluate-op", "report-op", register}
 
@@ -291,9 +305,9 @@ def test_the_detector_fine_tunes_in_a_pytorchjob_when_workers_exceed_one(repo_ro
             {"outputArtifactKey": "detector", "producerSubtask": op}
         ]
     readers = _consumers(root, group)
-    register = next(n for n, t in root.items() if "min_accuracy" in json.dumps(t.get("triggerPolicy", {})))
+    register = next(n for n, t in root.items() if "min-accuracy-op" in json.dumps(t.get("triggerPolicy", {})))
     shards = next(n for n, t in root.items() if "shard-indices-op" in json.dumps(t.get("parameterIterator", {})))
-    transfer_loop = next(n for n, t in root.items() if "transfer_sets" in json.dumps(t.get("parameterIterator", {})))
+    transfer_loop = _transfer_loop(root)
     assert readers == {name: {oneof_key} for name in ("report-op", register, shards, transfer_loop)}
     assert not _consumers(tasks, "finetune-detector-op") and not _consumers(tasks, "finetune-detector-job-op")
 
@@ -396,7 +410,7 @@ def test_the_detector_job_op_hands_over_files_and_returns_the_jobs_detector(tmp_
     out, metrics = dsl.Model(uri=str(tmp_path / "out")), dsl.Metrics(uri=str(tmp_path / "metrics.json"))
     args = {
         "params_yaml": yaml.safe_dump(tiny_config().to_dict()), "mlflow_tracking_uri": "http://mlflow.mlops:5000",
-        "mlflow_experiment": "exp", "data_dir": str(tmp_path), "checkpoint_root": str(tmp_path / "work/checkpoints"),
+        "data_dir": str(tmp_path), "checkpoint_root": str(tmp_path / "work/checkpoints"),
         "dataset": dsl.Dataset(uri=str(dataset)), "objects": dsl.Model(uri=str(objects)),
         "image": "registry.example/image-emotion:1-cuda", "workers": 2, "gpus_per_worker": 1, "data_pvc": "d",
         "work_pvc": "w", "mlflow_secret": "m", "s3_secret": "s", "gpu_type": "amd.com/gpu",
@@ -452,10 +466,9 @@ def test_another_registry_changes_only_the_images(tmp_path):
     assert default == other
 
 
-def test_pipeline_arguments_follow_params():
+def test_pipeline_arguments_are_the_params_once():
     args = pipeline_arguments(tiny_config())
-    assert args["lambdas"] == [0.0, 0.5, 1.0] and args["transfer_sets"] == ["small"]
-    assert args["generative_sets"] == ["generative:ekman"]  # prepare_op's role of each set of generative.sets
+    assert list(args) == ["params_yaml"]
     assert yaml.safe_load(args["params_yaml"])["detector"]["min_size"] == 96
 
 
@@ -470,7 +483,7 @@ from kfp import dsl
 from image_emotion.kubeflow.components import extract_regions_op, merge_features_op
 params, uri, detector, dataset, out = sys.argv[1:]
 extract_regions_op(  # shard 0 of 1 (the defaults): the whole set, as one pod extracts it
-    open(params).read(), uri, "unsharded", out, dsl.Model(uri=detector), dsl.Dataset(uri=dataset),
+    open(params).read(), uri, out, dsl.Model(uri=detector), dsl.Dataset(uri=dataset),
     dsl.Dataset(uri=f"{out}/part"), dsl.Metrics(uri=f"{out}/part.json"),
 )
 merge_features_op([dsl.Dataset(uri=f"{out}/part")], dsl.Dataset(uri=f"{out}/merged"), dsl.Metrics(uri=f"{out}/m"))

@@ -39,7 +39,7 @@ PARAMS = yaml.safe_dump(tiny_config().to_dict())
 @pytest.mark.parametrize("uri", ["", "sqlite:///mlflow.db", "file:///tmp/mlruns", "/tmp/mlruns", "mlruns", "C:\\runs"])
 def test_a_tracking_store_that_dies_with_the_pod_is_refused(pod_env, tmp_path, uri):
     with pytest.raises(ConfigError, match="mlflow_tracking_uri=http://") as caught:
-        runtime.setup(PARAMS, uri, "exp", str(tmp_path))
+        runtime.setup(PARAMS, uri, str(tmp_path))
     assert "\n" not in str(caught.value) and (uri or "(empty)") in str(caught.value)
 
 
@@ -47,31 +47,31 @@ def test_a_tracking_store_that_dies_with_the_pod_is_refused(pod_env, tmp_path, u
 def test_a_server_uri_is_taken_and_the_run_id_comes_from_the_pod_label(pod_env, tmp_path, uri):
     data = tmp_path / "volume"
     data.mkdir()
-    config = runtime.setup(PARAMS, uri, "cluster-exp", str(data))
-    assert os.environ["MLFLOW_TRACKING_URI"] == uri and config.mlflow.experiment == "cluster-exp"
+    config = runtime.setup(PARAMS, uri, str(data))
+    assert os.environ["MLFLOW_TRACKING_URI"] == uri and config.mlflow.experiment == "image-emotion"  # params_yaml's
     assert os.environ["IMAGE_EMOTION_PIPELINE_RUN"] == "run-abc"  # one parent run for every pod of the kfp run
     assert Path.cwd() == data  # relative roots and weight paths resolve on the data volume
 
 
 def test_the_server_uri_may_come_from_the_environment_and_outside_kubernetes_sqlite_is_fine(pod_env, tmp_path):
     pod_env.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")  # e.g. from a ConfigMap
-    runtime.setup(PARAMS, "", "", str(tmp_path))
+    runtime.setup(PARAMS, "", str(tmp_path))
     pod_env.delenv("KUBERNETES_SERVICE_HOST")
-    runtime.setup(PARAMS, f"sqlite:///{tmp_path / 'm.db'}", "", str(tmp_path))  # kfp.local on a laptop
+    runtime.setup(PARAMS, f"sqlite:///{tmp_path / 'm.db'}", str(tmp_path))  # kfp.local on a laptop
     assert os.environ["MLFLOW_TRACKING_URI"].startswith("sqlite:")
 
 
 def test_the_uri_params_yaml_names_is_checked_too(pod_env, tmp_path):
     server = yaml.safe_dump(tiny_config(**{"mlflow.tracking_uri": "http://mlflow:5000"}).to_dict())
-    runtime.setup(server, "", "", str(tmp_path))
+    runtime.setup(server, "", str(tmp_path))
     local = yaml.safe_dump(tiny_config(**{"mlflow.tracking_uri": "sqlite:///pod.db"}).to_dict())
     with pytest.raises(ConfigError, match=re.escape("sqlite:///pod.db would keep runs")):
-        runtime.setup(local, "", "", str(tmp_path))
+        runtime.setup(local, "", str(tmp_path))
 
 
 def test_an_unmounted_data_volume_is_a_one_line_error_naming_the_parameter(pod_env, tmp_path):
     with pytest.raises(ConfigError, match=r"data directory .*/nowhere does not exist: mount the data volume.*data_pvc"):
-        runtime.setup(PARAMS, "http://mlflow:5000", "", str(tmp_path / "nowhere"))
+        runtime.setup(PARAMS, "http://mlflow:5000", str(tmp_path / "nowhere"))
 
 
 def test_a_real_dataset_root_becomes_absolute_and_a_drawn_one_travels_with_the_artifact(pod_env, tmp_path):
@@ -89,7 +89,7 @@ def test_a_real_dataset_root_becomes_absolute_and_a_drawn_one_travels_with_the_a
 
 
 def test_the_checkpoint_of_a_step_is_per_run_on_the_work_volume(pod_env, tmp_path):
-    runtime.setup(PARAMS, "http://mlflow:5000", "", str(tmp_path))
+    runtime.setup(PARAMS, "http://mlflow:5000", str(tmp_path))
     path = runtime.checkpoint_path("/mnt/image-emotion/work/checkpoints", "finetune_detector")
     assert path == Path("/mnt/image-emotion/work/checkpoints/run-abc/finetune_detector/last.pt")
     pod_env.delenv("IMAGE_EMOTION_PIPELINE_RUN")
@@ -104,7 +104,7 @@ from kfp import dsl
 from image_emotion.kubeflow.components import finetune_detector_op
 root, attempt = sys.argv[1], sys.argv[2]
 finetune_detector_op(
-    open(f"{root}/params.yaml").read(), "", "", root, f"{root}/work",
+    open(f"{root}/params.yaml").read(), "", root, f"{root}/work",
     dsl.Dataset(uri=f"{root}/regions"), dsl.Model(uri=f"{root}/objects"),
     dsl.Model(uri=f"{root}/out-{attempt}"), dsl.Metrics(uri=f"{root}/metrics-{attempt}"),
 )
@@ -133,3 +133,15 @@ def test_a_retried_training_pod_resumes_from_the_work_volume(tmp_path, mlflow_ur
     assert second.returncode == 0, second.stderr[-3000:]
     summary = json.loads((tmp_path / "out-2/detector.json").read_text())
     assert summary["resumed_from_epoch"] == killed_at and len(summary["loss_per_epoch"]) == 4
+
+
+def test_a_role_keeps_a_root_with_yaml_syntax_in_it_and_the_sets_come_from_params():
+    """Settings reach a component as typed values, not f-strings re-read as YAML: '#' and ': ' stay in a path."""
+    odd = "data/sets/#1: art, (v2)"
+    config = tiny_config(**{"transfer.sets": f"[{{name: art, dataset: artphoto, root: '{odd}'}}]"})
+    assert str(runtime.role_config(config, "art").data.root) == odd
+    assert runtime.role_config(config, "art").data.dataset == "artphoto"
+    assert runtime.set_roles(config, "transfer") == ["art"]
+    assert runtime.set_roles(config, "generative") == ["generative:ekman"]
+    with pytest.raises(ConfigError, match="transfer or generative"):
+        runtime.set_roles(config, "objects")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import difflib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -443,8 +443,13 @@ with warnings.catch_warnings():  # the section `register` shadows ABCMeta.regist
         mlflow: MlflowConfig = MlflowConfig()
 
         def with_overrides(self, overrides: Sequence[str]) -> Config:
-            """A new validated config with each ``a.b=value`` applied."""
+            """A new validated config with each ``a.b=value`` applied (the value read as YAML: user input)."""
             return validate(apply_overrides(self.to_dict(), overrides))
+
+        def with_values(self, values: Mapping[str, Any]) -> Config:
+            """A new validated config with each dotted key set to its value as given (nothing parsed: a path
+            holding ``#`` or ``: `` stays itself)."""
+            return validate(set_values(self.to_dict(), values))
 
 
 # --- loading ------------------------------------------------------------------------------------------------
@@ -509,21 +514,29 @@ def load_config(path: str | Path = DEFAULT_PARAMS, overrides: Sequence[str] = ()
     return validate(apply_overrides(raw, overrides), str(path))
 
 
-def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """A copy of ``raw`` with each ``a.b.c=value`` set (intermediate mappings created)."""
+def set_values(raw: dict[str, Any], values: Mapping[str, Any] | Sequence[tuple[str, Any]]) -> dict[str, Any]:
+    """A copy of ``raw`` with each dotted key set to its value, in order (intermediate mappings created)."""
     out = copy.deepcopy(raw)
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} must look like key.sub=value")
+    for key, value in values.items() if isinstance(values, Mapping) else values:
         node = out
         *parents, leaf = key.split(".")
         for p in parents:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {p!r} is not a mapping in params")
-        node[leaf] = yaml.safe_load(value) if value else ""
+                raise ConfigError(f"{key}: {p!r} is not a mapping in params")
+        node[leaf] = value
     return out
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """A copy of ``raw`` with each ``a.b.c=value`` set, the value read as YAML (intermediate mappings created)."""
+    pairs = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        pairs.append((key, yaml.safe_load(value) if value else ""))
+    return set_values(raw, pairs)
 
 
 # --- params.yaml, rendered from the schema ------------------------------------------------------------------

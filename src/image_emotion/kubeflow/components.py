@@ -31,7 +31,6 @@ def prepare_op(
     params_yaml: str,
     role: str,
     mlflow_tracking_uri: str,
-    mlflow_experiment: str,
     data_dir: str,
     dataset: Output[Dataset],
     metrics: Output[Metrics],
@@ -44,7 +43,7 @@ def prepare_op(
     from image_emotion.kubeflow import runtime
     from image_emotion.stages import prepare
 
-    config = runtime.role_config(runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, data_dir), role)
+    config = runtime.role_config(runtime.setup(params_yaml, mlflow_tracking_uri, data_dir), role)
     out = Path(dataset.path)
     config = runtime.draw_if_synthetic(config, out / "images")
     summary = prepare.run(config, prepare.PreparePaths(out / "prepared", out / "prepare.json"))
@@ -56,7 +55,6 @@ def prepare_op(
 def pretrain_objects_op(
     params_yaml: str,
     mlflow_tracking_uri: str,
-    mlflow_experiment: str,
     data_dir: str,
     checkpoint_root: str,
     objects: Output[Model],
@@ -69,7 +67,7 @@ def pretrain_objects_op(
     from image_emotion.kubeflow import runtime
     from image_emotion.stages import pretrain_objects
 
-    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, data_dir)
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, data_dir)
     out = Path(objects.path)
     if not config.detector.object_weights:
         config = runtime.draw_objects(config, out / "synthetic")
@@ -81,7 +79,6 @@ def pretrain_objects_op(
 def finetune_detector_op(
     params_yaml: str,
     mlflow_tracking_uri: str,
-    mlflow_experiment: str,
     data_dir: str,
     checkpoint_root: str,
     dataset: Input[Dataset],
@@ -96,7 +93,7 @@ def finetune_detector_op(
     from image_emotion.kubeflow import runtime
     from image_emotion.stages import finetune_detector
 
-    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, data_dir)
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, data_dir)
     out = Path(detector.path)
     paths = finetune_detector.FinetunePaths(
         Path(dataset.path) / "prepared",
@@ -161,7 +158,6 @@ def job_manifest_for(
 def finetune_detector_job_op(
     params_yaml: str,
     mlflow_tracking_uri: str,
-    mlflow_experiment: str,
     data_dir: str,
     checkpoint_root: str,
     dataset: Input[Dataset],
@@ -194,7 +190,7 @@ def finetune_detector_job_op(
     from image_emotion.kubeflow import cluster, runtime, trainjob
     from image_emotion.kubeflow.components import job_manifest_for, job_namespace
 
-    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, data_dir)
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, data_dir)
     namespace = job_namespace(namespace)
     checkpoint = runtime.checkpoint_path(checkpoint_root, "finetune_detector")  # the run id is known from here
     manifest, files = job_manifest_for(
@@ -223,7 +219,6 @@ def finetune_detector_job_op(
 def extract_regions_op(
     params_yaml: str,
     mlflow_tracking_uri: str,
-    mlflow_experiment: str,
     data_dir: str,
     detector: Input[Model],
     dataset: Input[Dataset],
@@ -239,13 +234,28 @@ def extract_regions_op(
     from image_emotion.kubeflow import runtime
     from image_emotion.stages import extract_regions
 
-    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, data_dir)
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, data_dir)
     out = Path(features.path)
     paths = extract_regions.ExtractPaths(
         Path(detector.path) / "detector.pt", (Path(dataset.path) / "prepared",), (out / "cache",), out / "extract.json"
     )
     part = (int(shard), int(shards))  # a parameter may arrive as a JSON number (0.0)
     runtime.log_to_kfp(metrics, extract_regions.run(config, paths, shard=part))
+
+
+def set_roles_op(params_yaml: str, sets: str) -> List[str]:  # noqa: UP006
+    """The items of a ParallelFor, read from the run's params (so they are given once): ``sets`` ``transfer``,
+    the names of ``transfer.sets``; ``generative``, the prepare roles of ``generative.sets``."""
+    from image_emotion.kubeflow import runtime
+
+    return runtime.set_roles(runtime.validated(params_yaml), sets)
+
+
+def min_accuracy_op(params_yaml: str) -> float:
+    """``register.min_accuracy`` of the run's params: the test accuracy below which nothing is registered."""
+    from image_emotion.kubeflow import runtime
+
+    return float(runtime.validated(params_yaml).register.min_accuracy)
 
 
 def shard_indices_op(shards: int) -> List[int]:  # noqa: UP006
@@ -281,26 +291,23 @@ def merge_features_op(parts: Input[List[Dataset]], features: Output[Dataset], me
 
 def train_classifier_op(
     params_yaml: str,
-    lambdas: list,
     mlflow_tracking_uri: str,
-    mlflow_experiment: str,
     data_dir: str,
     main: Input[Dataset],
     features: Input[Dataset],
     classifier: Output[Model],
     metrics: Output[Metrics],
 ):
-    """The multi-level head on the main set's cached features: the λ sweep over ``lambdas`` in one vectorized pass
-    (λ* chosen on validation), then the loss variants, Table 1 ablations and 2-class head at λ*; each training a
-    nested MLflow run of the ``train_classifier`` stage run. ``classifier`` holds the λ* heads and the sweep,
-    ablation and summary JSON files."""
+    """The multi-level head on the main set's cached features: the λ sweep over ``classifier.lambdas`` in one
+    vectorized pass (λ* chosen on validation), then the loss variants, Table 1 ablations and 2-class head at λ*;
+    each training a nested MLflow run of the ``train_classifier`` stage run. ``classifier`` holds the λ* heads
+    and the sweep, ablation and summary JSON files."""
     from pathlib import Path
 
     from image_emotion.kubeflow import runtime
     from image_emotion.stages import train_classifier
 
-    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, data_dir)
-    config = config.with_overrides([f"classifier.lambdas={[float(lam) for lam in lambdas]}"])
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, data_dir)
     out = Path(classifier.path)
     paths = train_classifier.ClassifierPaths(
         Path(main.path) / "prepared", Path(features.path) / "cache", out, out / "lambda_sweep.json",
@@ -313,7 +320,6 @@ def transfer_cv_op(
     params_yaml: str,
     set_name: str,
     mlflow_tracking_uri: str,
-    mlflow_experiment: str,
     data_dir: str,
     dataset: Input[Dataset],
     features: Input[Dataset],
@@ -326,7 +332,7 @@ def transfer_cv_op(
     from image_emotion.kubeflow import runtime
     from image_emotion.stages import transfer_cv
 
-    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, data_dir)
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, data_dir)
     paths = transfer_cv.TransferPaths(
         set_name, Path(dataset.path) / "prepared", Path(features.path) / "cache",
         Path(classifier.path) / "head.pt", Path(result.path),
@@ -339,7 +345,6 @@ def transfer_cv_op(
 def evaluate_op(
     params_yaml: str,
     mlflow_tracking_uri: str,
-    mlflow_experiment: str,
     data_dir: str,
     main: Input[Dataset],
     features: Input[Dataset],
@@ -358,7 +363,7 @@ def evaluate_op(
     from image_emotion.kubeflow import runtime
     from image_emotion.stages import evaluate
 
-    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, data_dir)
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, data_dir)
     cls_dir = Path(classifier.path)
     transfer_dir = Path(tempfile.mkdtemp(prefix="transfer-"))  # <set>.json, as dvc.yaml's metrics/transfer/
     runtime.collect_transfer(transfer, transfer_dir)
@@ -374,7 +379,6 @@ def evaluate_op(
 def train_metric_op(
     params_yaml: str,
     mlflow_tracking_uri: str,
-    mlflow_experiment: str,
     data_dir: str,
     main: Input[Dataset],
     model: Output[Model],
@@ -386,7 +390,7 @@ def train_metric_op(
     from image_emotion.kubeflow import runtime
     from image_emotion.stages import train_metric
 
-    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, data_dir)
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, data_dir)
     out = Path(model.path)
     paths = train_metric.TrainMetricPaths(
         Path(main.path) / "prepared", out, out / "metric.json", out / "metric_ablation.json"
@@ -397,7 +401,6 @@ def train_metric_op(
 def retrieve_op(
     params_yaml: str,
     mlflow_tracking_uri: str,
-    mlflow_experiment: str,
     data_dir: str,
     main: Input[Dataset],
     model: Input[Model],
@@ -412,7 +415,7 @@ def retrieve_op(
     from image_emotion.kubeflow import runtime
     from image_emotion.stages import retrieve
 
-    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, data_dir)
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, data_dir)
     paths = retrieve.RetrievePaths(
         Path(main.path) / "prepared", Path(model.path) / "model.pt", Path(model.path) / "metric_ablation.json",
         Path(index.path), Path(metrics.path), Path(plots.path),
@@ -425,7 +428,6 @@ def retrieve_transfer_op(
     params_yaml: str,
     set_name: str,
     mlflow_tracking_uri: str,
-    mlflow_experiment: str,
     data_dir: str,
     dataset: Input[Dataset],
     model: Input[Model],
@@ -437,7 +439,7 @@ def retrieve_transfer_op(
     from image_emotion.kubeflow import runtime
     from image_emotion.stages import retrieve_transfer
 
-    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, data_dir)
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, data_dir)
     paths = retrieve_transfer.RetrieveTransferPaths(
         set_name, Path(dataset.path) / "prepared", Path(model.path) / "model.pt", Path(result.path)
     )
@@ -448,7 +450,6 @@ def retrieve_transfer_op(
 def train_generative_op(
     params_yaml: str,
     mlflow_tracking_uri: str,
-    mlflow_experiment: str,
     data_dir: str,
     checkpoint_root: str,
     main: Input[Dataset],
@@ -465,7 +466,7 @@ def train_generative_op(
     from image_emotion.kubeflow import runtime
     from image_emotion.stages import train_generative
 
-    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, data_dir)
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, data_dir)
     work = Path(tempfile.mkdtemp(prefix="generative-"))
     out = Path(model.path)
     checkpoint = runtime.checkpoint_path(checkpoint_root, "train_generative")
@@ -479,7 +480,6 @@ def train_generative_op(
 def evaluate_generative_op(
     params_yaml: str,
     mlflow_tracking_uri: str,
-    mlflow_experiment: str,
     data_dir: str,
     main: Input[Dataset],
     sets: Input[List[Dataset]],  # noqa: UP006
@@ -495,7 +495,7 @@ def evaluate_generative_op(
     from image_emotion.kubeflow import runtime
     from image_emotion.stages import evaluate_generative
 
-    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, data_dir)
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, data_dir)
     work = Path(tempfile.mkdtemp(prefix="generative-"))
     trained = Path(model.path)
     paths = evaluate_generative.EvaluateGenerativePaths(
@@ -511,7 +511,6 @@ def evaluate_generative_op(
 def report_op(
     params_yaml: str,
     mlflow_tracking_uri: str,
-    mlflow_experiment: str,
     data_dir: str,
     prepared_detector: Input[Metrics],
     prepared_main: Input[Metrics],
@@ -538,7 +537,7 @@ def report_op(
     from image_emotion.kubeflow import runtime
     from image_emotion.stages import report
 
-    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, data_dir)
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, data_dir)
     root = Path(tempfile.mkdtemp(prefix="results-"))  # the run's result files, in dvc.yaml's layout
     results = root / "metrics"
     results.mkdir()
@@ -570,7 +569,6 @@ def report_op(
 def register_op(
     params_yaml: str,
     mlflow_tracking_uri: str,
-    mlflow_experiment: str,
     data_dir: str,
     main: Input[Dataset],
     detector: Input[Model],
@@ -584,7 +582,7 @@ def register_op(
     from image_emotion.kubeflow import runtime
     from image_emotion.stages import register
 
-    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, data_dir)
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, data_dir)
     paths = register.RegisterPaths(
         Path(main.path) / "prepared", Path(detector.path) / "detector.pt", Path(classifier.path) / "head.pt",
         Path(evaluation.path), Path(tempfile.mkdtemp(prefix="register-")) / "register.json",
@@ -596,7 +594,6 @@ def register_op(
 def register_metric_op(
     params_yaml: str,
     mlflow_tracking_uri: str,
-    mlflow_experiment: str,
     data_dir: str,
     main: Input[Dataset],
     model: Input[Model],
@@ -610,7 +607,7 @@ def register_metric_op(
     from image_emotion.kubeflow import runtime
     from image_emotion.stages import register_metric
 
-    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, data_dir)
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, data_dir)
     paths = register_metric.RegisterMetricPaths(
         Path(main.path) / "prepared", Path(model.path) / "model.pt", Path(index.path), Path(retrieval.path),
         Path(tempfile.mkdtemp(prefix="register-")) / "register_metric.json",
@@ -622,7 +619,6 @@ def register_metric_op(
 def register_generative_op(
     params_yaml: str,
     mlflow_tracking_uri: str,
-    mlflow_experiment: str,
     data_dir: str,
     main: Input[Dataset],
     model: Input[Model],
@@ -635,7 +631,7 @@ def register_generative_op(
     from image_emotion.kubeflow import runtime
     from image_emotion.stages import register_generative
 
-    config = runtime.setup(params_yaml, mlflow_tracking_uri, mlflow_experiment, data_dir)
+    config = runtime.setup(params_yaml, mlflow_tracking_uri, data_dir)
     paths = register_generative.RegisterGenerativePaths(
         Path(main.path) / "prepared", Path(model.path), Path(evaluation.path),
         Path(tempfile.mkdtemp(prefix="register-")) / "register_generative.json",
@@ -645,10 +641,10 @@ def register_generative_op(
 
 
 COMPONENT_FUNCTIONS = (
-    prepare_op, pretrain_objects_op, finetune_detector_op, finetune_detector_job_op, extract_regions_op,
-    shard_indices_op, merge_features_op, train_classifier_op, transfer_cv_op, evaluate_op, train_metric_op,
-    retrieve_op, retrieve_transfer_op, train_generative_op, evaluate_generative_op, report_op, register_op,
-    register_metric_op, register_generative_op,
+    set_roles_op, min_accuracy_op, prepare_op, pretrain_objects_op, finetune_detector_op, finetune_detector_job_op,
+    extract_regions_op, shard_indices_op, merge_features_op, train_classifier_op, transfer_cv_op, evaluate_op,
+    train_metric_op, retrieve_op, retrieve_transfer_op, train_generative_op, evaluate_generative_op, report_op,
+    register_op, register_metric_op, register_generative_op,
 )  # fmt: skip
 GPU_COMPONENTS = frozenset({
     "pretrain_objects_op", "finetune_detector_op", "extract_regions_op", "train_classifier_op", "train_metric_op",

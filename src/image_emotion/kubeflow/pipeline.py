@@ -36,7 +36,6 @@ from image_emotion.kubeflow.images import Images, images
 
 PIPELINE_NAME = "image-emotion"
 DEFAULT_PIPELINE_YAML = Path("pipelines/image_emotion.yaml")
-DEFAULTS = Config()  # the pipeline parameters' defaults come from the one config schema
 CLUSTER = cluster.DEFAULTS
 
 
@@ -114,12 +113,7 @@ def build_pipeline(built: Images, parallelism: int = CLUSTER.parallelism, gpu_ty
     @dsl.pipeline(name=PIPELINE_NAME, description="Image emotion: seeds 000, 002 and 001 end to end, with a report")
     def image_emotion_pipeline(
         params_yaml: str,
-        lambdas: list = list(DEFAULTS.classifier.lambdas),  # noqa: B006 - kfp default, from the config schema
-        transfer_sets: list = [t.name for t in DEFAULTS.transfer.sets],  # noqa: B006
-        generative_sets: list = [f"generative:{s.name}" for s in DEFAULTS.generative.sets],  # noqa: B006
-        min_accuracy: float = DEFAULTS.register.min_accuracy,
         mlflow_tracking_uri: str = "",
-        mlflow_experiment: str = DEFAULTS.mlflow.experiment,
         extraction_shards: int = CLUSTER.extraction_shards,
         workers: int = CLUSTER.workers,
         gpus_per_worker: int = CLUSTER.gpus_per_worker,
@@ -133,12 +127,7 @@ def build_pipeline(built: Images, parallelism: int = CLUSTER.parallelism, gpu_ty
         checkpoint_root: str = checkpoint_root,
     ):
         p = _Platform(data_pvc, work_pvc, mlflow_secret, s3_secret, gpu_type, gpu_tolerations, gpu_node_selector)
-        common = {
-            "params_yaml": params_yaml,
-            "mlflow_tracking_uri": mlflow_tracking_uri,
-            "mlflow_experiment": mlflow_experiment,
-            "data_dir": data_dir,
-        }
+        common = {"params_yaml": params_yaml, "mlflow_tracking_uri": mlflow_tracking_uri, "data_dir": data_dir}
         training = {**common, "checkpoint_root": checkpoint_root}
         objects = p.gpu(c["pretrain_objects_op"](**training), checkpoints=True)
         regions = p.cpu(c["prepare_op"](role="detector", **common)).set_display_name("prepare detector data")
@@ -177,12 +166,11 @@ def build_pipeline(built: Images, parallelism: int = CLUSTER.parallelism, gpu_ty
             ).set_display_name("extract a shard of the main data")
         features = p.cpu(c["merge_features_op"](parts=dsl.Collected(part.outputs["features"])))
         classifier = p.gpu(
-            c["train_classifier_op"](
-                lambdas=lambdas, main=main.outputs["dataset"], features=features.outputs["features"], **common
-            )
+            c["train_classifier_op"](main=main.outputs["dataset"], features=features.outputs["features"], **common)
         )
         metric = p.gpu(c["train_metric_op"](main=main.outputs["dataset"], **common))
-        with dsl.ParallelFor(items=transfer_sets, name="transfer-sets", parallelism=parallelism) as set_name:
+        sets = p.cpu(c["set_roles_op"](params_yaml=params_yaml, sets="transfer")).output  # params_yaml's, once
+        with dsl.ParallelFor(items=sets, name="transfer-sets", parallelism=parallelism) as set_name:
             small = p.cpu(c["prepare_op"](role=set_name, **common)).set_display_name("prepare transfer set")
             small_features = p.gpu(
                 c["extract_regions_op"](detector=detector, dataset=small.outputs["dataset"], **common),
@@ -201,6 +189,7 @@ def build_pipeline(built: Images, parallelism: int = CLUSTER.parallelism, gpu_ty
                     set_name=set_name, dataset=small.outputs["dataset"], model=metric.outputs["model"], **common
                 )
             )
+        generative_sets = p.cpu(c["set_roles_op"](params_yaml=params_yaml, sets="generative")).output
         with dsl.ParallelFor(items=generative_sets, name="generative-sets", parallelism=parallelism) as role:
             other = p.cpu(c["prepare_op"](role=role, **common)).set_display_name("prepare generative set")
         generative = p.gpu(
@@ -246,7 +235,8 @@ def build_pipeline(built: Images, parallelism: int = CLUSTER.parallelism, gpu_ty
             )
         )
         # the test accuracy is the component's return value ("Output")
-        with dsl.If(evaluation.outputs["Output"] >= min_accuracy, name="good-enough-to-register"):
+        good_enough = evaluation.outputs["Output"] >= p.cpu(c["min_accuracy_op"](params_yaml=params_yaml)).output
+        with dsl.If(good_enough, name="good-enough-to-register"):
             p.register(
                 c["register_op"](
                     main=main.outputs["dataset"],
@@ -278,15 +268,8 @@ def build_pipeline(built: Images, parallelism: int = CLUSTER.parallelism, gpu_ty
 
 
 def pipeline_arguments(config: Config) -> dict[str, Any]:
-    """Pipeline arguments from a config (the λ list, transfer sets and threshold follow params.yaml)."""
-    return {
-        "params_yaml": yaml.safe_dump(config.to_dict(), sort_keys=True),
-        "lambdas": list(config.classifier.lambdas),
-        "transfer_sets": [t.name for t in config.transfer.sets],
-        "generative_sets": [f"generative:{s.name}" for s in config.generative.sets],
-        "min_accuracy": config.register.min_accuracy,
-        "mlflow_experiment": config.mlflow.experiment,
-    }
+    """Pipeline arguments from a config: its params, once (the graph reads the sets and the threshold from them)."""
+    return {"params_yaml": yaml.safe_dump(config.to_dict(), sort_keys=True)}
 
 
 def compile_pipeline(

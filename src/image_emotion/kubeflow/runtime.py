@@ -18,13 +18,13 @@ from image_emotion.kubeflow.cluster import RUN_ID_ENV
 LOCAL_STORES = ("", "sqlite", "file")  # tracking URI schemes whose store would live and die inside one pod
 
 
-def setup(params_yaml: str, mlflow_tracking_uri: str, mlflow_experiment: str, data_dir: str) -> Config:
+def setup(params_yaml: str, mlflow_tracking_uri: str, data_dir: str) -> Config:
     """The validated config of the pipeline run; MLflow pointed at the pipeline's tracking server and run; the
     working directory ``data_dir`` (the data volume in a pod), where relative dataset roots and weights resolve.
 
     In a pod the pipeline run's id comes from the pod's label (``cluster.RUN_ID_ENV``) and a tracking URI that
     is empty, ``sqlite:`` or a file path is an error: that store would be deleted with the pod."""
-    config = validate(yaml.safe_load(params_yaml) or {}, "params_yaml")
+    config = validated(params_yaml)
     if mlflow_tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = mlflow_tracking_uri
     if os.environ.get(RUN_ID_ENV):
@@ -38,7 +38,12 @@ def setup(params_yaml: str, mlflow_tracking_uri: str, mlflow_experiment: str, da
                 "data_pvc names its PersistentVolumeClaim) or pass data_dir"
             )
         os.chdir(data_dir)
-    return config.with_overrides([f"mlflow.experiment={mlflow_experiment}"] if mlflow_experiment else [])
+    return config
+
+
+def validated(params_yaml: str) -> Config:
+    """The run's params (the pipeline parameter ``params_yaml``) as a validated ``Config``."""
+    return validate(yaml.safe_load(params_yaml) or {}, "params_yaml")
 
 
 def in_cluster() -> bool:
@@ -69,6 +74,16 @@ def checkpoint_path(checkpoint_root: str, step: str) -> Path:
 GENERATIVE_ROLE = "generative:"  # prepare_op's role of a set of generative.sets: "generative:<name>"
 
 
+def set_roles(config: Config, sets: str) -> list[str]:
+    """``prepare_op``'s roles of the ``transfer`` sets (their names) or of the ``generative`` sets
+    (``generative:<name>``)."""
+    if sets == "transfer":
+        return [t.name for t in config.transfer.sets]
+    if sets == "generative":
+        return [f"{GENERATIVE_ROLE}{s.name}" for s in config.generative.sets]
+    raise ConfigError(f"sets must be transfer or generative, got {sets!r}")
+
+
 def role_config(config: Config, role: str) -> Config:
     """The config that ``prepare`` of ``role`` sees, as dvc.yaml's prepare stages set it: ``data.dataset`` and
     ``data.root`` are those of ``detector`` (detector_data), ``main`` (data), ``generative:<name>`` (a set of
@@ -88,23 +103,23 @@ def role_config(config: Config, role: str) -> Config:
         if role not in by_name:
             raise ConfigError(f"no transfer set {role!r} in transfer.sets ({', '.join(by_name)})")
         ref = by_name[role]
-    return config.with_overrides([f"data.dataset={ref.dataset}", f"data.root={ref.root}"])
+    return config.with_values({"data.dataset": ref.dataset, "data.root": str(ref.root)})
 
 
 def draw_if_synthetic(config: Config, out: Path) -> Config:
     """For a synthetic ``data`` role: draw its set (the last part of ``data.root`` names it in
     ``synthetic.sets``) into ``out`` and point ``data.root`` there; another dataset's root made absolute."""
     if config.data.dataset != "synthetic":  # a real set: its root absolute, so every pod that mounts the data
-        return config.with_overrides([f"data.root={Path(config.data.root).resolve()}"])  # volume resolves it
+        return config.with_values({"data.root": str(Path(config.data.root).resolve())})  # volume resolves it
     generate(out, config.synthetic, Path(config.data.root).name)
     # relative: ``prepare`` stores it relative to the manifest, so the images travel inside the artifact
-    return config.with_overrides([f"data.root={os.path.relpath(out)}"])
+    return config.with_values({"data.root": os.path.relpath(out)})
 
 
 def draw_objects(config: Config, out: Path) -> Config:
     """Draw the synthetic objects set of ``pretrain.root`` into ``out`` and point ``pretrain.root`` there."""
     generate(out, config.synthetic, Path(config.pretrain.root).name)
-    return config.with_overrides([f"pretrain.root={out}"])
+    return config.with_values({"pretrain.root": str(out)})
 
 
 def write_json(path: str | Path, obj: Any) -> None:
