@@ -18,13 +18,13 @@ from image_emotion.errors import ConfigError
 from image_emotion.losses import (
     SAMPLINGS,
     centre_loss,
-    joint_loss,
     sample_sentiment_triplets,
     sample_triplets,
     sentiment_constraint_loss,
     sentiment_distances,
     triplet_loss,
 )
+from image_emotion.training.metric import MetricObjective
 from image_emotion.training.metric_batches import class_balanced_batches
 
 AMUSEMENT, AWE, CONTENTMENT, EXCITEMENT, ANGER, DISGUST, FEAR, SADNESS = range(8)
@@ -238,20 +238,28 @@ def test_centre_loss_hand_value():
     assert torch.allclose(x.grad, torch.tensor([[1.0, 2.0], [0.0, 1.0], [0.0, 1.0]]) / 3)  # (x - c) / B
 
 
-def test_joint_loss_is_weighted_sum():
+@pytest.mark.parametrize(
+    ("omega", "margins", "constraint"),
+    [(0.7, {}, SENTI_VALUE), (0.0, {}, 0.0), (1.0, {}, SENTI_VALUE), (0.4, {"alpha2": 0.5}, 0.588)],
+)
+def test_the_training_objective_is_eq7_weighted_sum(omega, margins, constraint):
+    """The objective every seed 002 training calls (``MetricObjective``): (1 - ω) softmax + ω sentiment constraint,
+    against the constraint's hand-computed values above (α2 = 0.5 gives 0.588) and PyTorch's cross-entropy."""
     logits = torch.tensor([[2.0, 0.5, -1.0, 0.0, 0.3, -0.2, 0.1, 0.0]] * 2 + [[0.0] * 8] * 2, dtype=torch.float64)
     logits[2, 1] = 1.5
     logits[3, 5] = -0.5
-    ce = F.cross_entropy(logits, SENTI_LABELS)
-    assert joint_loss(logits, SENTI_LABELS, POINTS).item() == pytest.approx(0.3 * ce.item() + 0.7 * 0.33, abs=1e-9)
-    assert joint_loss(logits, SENTI_LABELS, POINTS, omega=0.0).item() == pytest.approx(ce.item(), abs=1e-9)
-    assert joint_loss(logits, SENTI_LABELS, POINTS, omega=1.0).item() == pytest.approx(0.33, abs=1e-9)
-    # constraint keyword arguments reach the sentiment constraint (α2 = 0.5 gives 0.588, see above)
-    value = joint_loss(logits, SENTI_LABELS, POINTS, omega=0.4, alpha2=0.5).item()
-    assert value == pytest.approx(0.6 * ce.item() + 0.4 * 0.588, abs=1e-9)
+    ce = F.cross_entropy(logits, SENTI_LABELS).item()
+    objective = MetricObjective(omega=omega, loss="sentiment", feature="sentiment", sampling="semi-hard", **margins)
+    out = {"logits": logits, "sentiment": POINTS}
+    value = objective(out, SENTI_LABELS, "mikels8", torch.Generator().manual_seed(0)).item()
+    assert value == pytest.approx((1 - omega) * ce + omega * constraint, abs=1e-9)
+    assert objective.outputs() == (("logits",) if omega == 0.0 else ("logits", "sentiment"))
+
+
+def test_an_objective_outside_the_papers_range_is_refused():
     for omega in (-0.1, 1.2):
-        with pytest.raises(ConfigError, match=r"must be in \[0, 1\]"):
-            joint_loss(logits, SENTI_LABELS, POINTS, omega=omega)
+        with pytest.raises(ConfigError, match=r"ω in \[0, 1\]"):
+            MetricObjective(omega=omega)
 
 
 def test_bad_arguments_raise_config_error():

@@ -76,6 +76,7 @@ def test_prepare_synthetic_default_via_the_console_script(tmp_path, repo_root):
         "root": (emb / "main").as_posix(),
         "label_set": "mikels8",
         "split_scheme": "random",
+        "max_pixels": 50_000_000,  # params.yaml's images.max_pixels, kept for every later decode
     }
     assert info == expected
     assert json.loads((tmp_path / "metrics.json").read_text()) == summary
@@ -220,3 +221,25 @@ def test_an_official_validation_split_is_kept_and_a_missing_one_is_carved_from_t
     val = two.manifest[two.manifest["split"] == "val"]
     assert sorted(val["label"]) == sorted(MIKELS)
     assert set(two.manifest.loc[two.manifest["split"] == "val", "path"].str.split("/").str[0]) == {"train"}
+
+
+def test_the_pixel_limit_a_set_was_prepared_with_holds_in_every_later_stage(tmp_path, repo_root):
+    """``images.max_pixels`` is recorded with the prepared set and every later decode (extraction, training,
+    overlays) keeps it: a limit raised for prepare is not undone by the default later, nor a lowered one."""
+    from image_emotion.data.torch_data import DetectionDataset, PreparedDataset
+    from image_emotion.errors import ImageDecodeError
+
+    root = LAYOUTS["fi"](tmp_path / "fi")
+    assert _prepare(repo_root, tmp_path, "data.dataset=fi", f"data.root={root}", "images.max_pixels=123456789") == 0
+    data = PreparedDataset.load(tmp_path / "prepared")
+    assert data.max_pixels == 123456789 and data.split("train").max_pixels == 123456789
+    first = data.manifest["path"].iloc[0]
+    width, height = data.image(first).size
+    info = json.loads((tmp_path / "prepared/dataset.json").read_text())
+    (tmp_path / "prepared/dataset.json").write_text(json.dumps({**info, "max_pixels": width * height - 1}))
+    tight = PreparedDataset.load(tmp_path / "prepared")
+    with pytest.raises(ImageDecodeError, match=f"over the limit of {width * height - 1}"):
+        tight.tensor_image(first)
+    rows = tight.manifest.assign(boxes=[[[0.0, 0.0, 4.0, 4.0]]] * len(tight.manifest))
+    with pytest.raises(ImageDecodeError, match="over the limit"):
+        DetectionDataset.emotional_regions(PreparedDataset(rows, tight.root, "fi", "mikels8", tight.max_pixels))[0]

@@ -16,7 +16,6 @@ from image_emotion.models.metric import load_metric_model
 from image_emotion.retrieval import EmbeddingIndex
 from image_emotion.stages import retrieve, retrieve_transfer, train_metric
 from image_emotion.stages.paths import RetrievePaths, RetrieveTransferPaths, TrainMetricPaths
-from image_emotion.training.metric import table1_rows
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -42,17 +41,20 @@ def seed002_run(tiny_run, tmp_path_factory, mlflow_store):
 
 
 def test_train_metric_writes_the_model_and_every_table1_row(seed002_run):
-    work, out, config, summary, _ = seed002_run
+    work, out, _, summary, _ = seed002_run
     model, state = load_metric_model(out / "models/metric/model.pt")
     assert (state["label_set"], state["image_size"], state["retrieval_feature"]) == ("mikels8", 48, "sentiment")
     assert model.classifier.out_features == 8 and model.embedding_dim == 16
     rows = json.loads((out / "ablation.json").read_text())
-    assert [r["row"] for r in rows] == [r.key for r in table1_rows(config.metric)]
+    assert [r["row"] for r in rows] == [  # the paper's Table 1, top to bottom
+        "softmax", "centre", "triplet_random", "softmax_triplet_random", "softmax_triplet_hard",
+        "softmax_triplet_semihard", "sentiment_fc", "sentiment_sv",
+    ]  # fmt: skip
     assert {r["feature"] for r in rows if r["row"] != "sentiment_sv"} == {"FC"} and rows[-1]["feature"] == "SV"
     assert all(r["accuracy_std"] is None and r["seeds"] == [0] for r in rows)  # one seed: no spread
     data = PreparedDataset.load(work / "prepared/main")
     assert summary["train_images"] == len(data.split_rows("train"))
-    assert summary["last_epoch_loss"] < summary["first_epoch_loss"] * 1.5 and np.isfinite(summary["last_epoch_loss"])
+    assert summary["last_epoch_loss"] < summary["first_epoch_loss"]  # training lowered the joint loss
 
 
 def test_train_metric_and_retrieve_repeat_exactly_from_scratch(seed002_run, tmp_path, mlflow_uri):

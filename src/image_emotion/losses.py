@@ -1,6 +1,6 @@
 """Losses of seed 000 §4.3: L_cls (eq. 7), L_ed (eq. 8), L_multi (eq. 6) and L_p (eq. 10); and of seed 002
-(Yang et al., deep metric learning): the sentiment constraint E_sml (eq. 4), the joint loss (eq. 7) and the
-ablation's triplet (eq. 2) and centre losses.
+(Yang et al., deep metric learning): the sentiment constraint E_sml (eq. 4) and the ablation's triplet (eq. 2)
+and centre losses; their joint loss with softmax (eq. 7) is ``training.metric.MetricObjective``.
 
 Seed 000's losses take ``logits`` of shape ``(B, C)`` (the activations ``a_i`` of the last FC layer) and
 return the batch mean, a scalar tensor.
@@ -375,12 +375,3 @@ def centre_loss(embeddings: Tensor, labels: Tensor, centres: Tensor) -> Tensor:
     if int(labels.min()) < 0 or int(labels.max()) >= len(centres):
         raise ConfigError(f"labels must be class ids in 0..{len(centres) - 1}, got {labels.tolist()}")
     return 0.5 * (embeddings - centres[labels]).pow(2).sum(dim=1).mean()
-
-
-def joint_loss(logits: Tensor, labels: Tensor, embeddings: Tensor, omega: float = 0.7, **constraint_kwargs) -> Tensor:
-    """Seed 002 eq. 7, ``E = (1 - ω) E_cls + ω E_sml``: softmax loss on ``logits (B, C)`` and the sentiment
-    constraint on ``embeddings (B, D)``; ``constraint_kwargs`` go to ``sentiment_constraint_loss``. ω 0.7."""
-    if not 0.0 <= omega <= 1.0:
-        raise ConfigError(f"ω (omega) must be in [0, 1], got {omega}")
-    e_cls = classification_loss(logits, labels)
-    return (1.0 - omega) * e_cls + omega * sentiment_constraint_loss(embeddings, labels, **constraint_kwargs)

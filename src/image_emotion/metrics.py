@@ -34,8 +34,9 @@ def per_class_accuracy(y_true: Sequence[int], y_pred: Sequence[int], num_classes
 
 def polarity_accuracy(y_true: Sequence[int], y_pred: Sequence[int], label_set: str = "mikels8") -> float:
     """Accuracy after mapping both true and predicted classes to positive/negative (the paper's 8 -> 2)."""
-    labels = get_label_set(label_set)
-    pol = np.array([labels.polarity(x) == "positive" for x in labels.labels])
+    pol = get_label_set(label_set).polarity_ids()
+    if (pol < 0).any():
+        raise ConfigError(f"{label_set} has labels without polarity; 2-class accuracy needs every label to have one")
     return accuracy(pol[np.asarray(y_true, dtype=int)], pol[np.asarray(y_pred, dtype=int)])
 
 
@@ -245,13 +246,6 @@ def anmrr(relevant: np.ndarray, n_relevant: np.ndarray | None = None, gtm: int |
     return _mean_over_answerable(_nmrr_per_query(rel, total, gtm), total)
 
 
-def _polarity_ids(label_set: str) -> np.ndarray:
-    """Per class id: 1 positive, 0 negative, -1 no polarity (Emotion6's neutral)."""
-    labels = get_label_set(label_set)
-    ids = {"positive": 1, "negative": 0, None: -1}
-    return np.array([ids[labels.polarity_or_none(name)] for name in labels.labels], dtype=np.int64)
-
-
 def _relevant_counts(query_keys: np.ndarray, gallery_keys: np.ndarray, exclude_self: bool) -> np.ndarray:
     """Gallery items sharing each query's key ``(Q,)``; keys < 0 match nothing; minus the query itself if asked."""
     size = int(max(query_keys.max(initial=-1), gallery_keys.max(initial=-1))) + 1
@@ -284,7 +278,7 @@ def retrieval_report(
         raise ValueError("need one label per query and per gallery embedding")
     if exclude_self and (len(q_lab) != len(g_lab) or np.any(q_lab != g_lab)):
         raise ValueError("exclude_self needs the query set to be the gallery (same length and labels)")
-    pol = _polarity_ids(label_set)
+    pol = get_label_set(label_set).polarity_ids()
     q_pol, g_pol = pol[q_lab], pol[g_lab]
     n_lab = _relevant_counts(q_lab, g_lab, exclude_self)
     n_pol = _relevant_counts(q_pol, g_pol, exclude_self)

@@ -29,6 +29,7 @@ class PreparedDataset:
     root: Path
     name: str
     label_set: str
+    max_pixels: int = DEFAULT_MAX_PIXELS  # images.max_pixels when it was prepared: later decodes keep it
 
     @classmethod
     def load(cls, prepared_dir: str | Path) -> PreparedDataset:
@@ -40,12 +41,30 @@ class PreparedDataset:
         info = json.loads(info_path.read_text())
         root = Path(info["root"])  # relative roots are relative to the prepared directory
         root = root if root.is_absolute() else prepared_dir / root
-        return cls(read_manifest(prepared_dir / "manifest.csv"), root, info["dataset"], info["label_set"])
+        return cls(
+            read_manifest(prepared_dir / "manifest.csv"),
+            root,
+            info["dataset"],
+            info["label_set"],
+            int(info.get("max_pixels", DEFAULT_MAX_PIXELS)),
+        )
+
+    def image(self, path: str) -> Image.Image:
+        """The RGB image at ``path`` (a manifest path), decoded under the limit it was prepared with."""
+        return load_image(self.root / path, self.max_pixels)
+
+    def tensor_image(self, path: str) -> Tensor:
+        """``image(path)`` as ``(3, H, W)`` in [0, 1]."""
+        return to_tensor(self.image(path))
 
     def subset(self, mask: np.ndarray | pd.Series) -> PreparedDataset:
         """The rows where ``mask`` is true."""
         return PreparedDataset(
-            self.manifest[np.asarray(mask)].reset_index(drop=True), self.root, self.name, self.label_set
+            self.manifest[np.asarray(mask)].reset_index(drop=True),
+            self.root,
+            self.name,
+            self.label_set,
+            self.max_pixels,
         )
 
     def split(self, name: str) -> PreparedDataset:
@@ -119,8 +138,10 @@ class DetectionDataset(Dataset):
         labels: list[list[int]] | None = None,
         hflip: bool = False,
         seed: int = 0,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         self.paths = list(paths)
+        self.max_pixels = max_pixels
         self.boxes = [torch.tensor(b, dtype=torch.float32).reshape(-1, 4) for b in boxes]
         self.labels = None if labels is None else [torch.tensor(x, dtype=torch.int64) for x in labels]
         self.hflip = hflip
@@ -135,7 +156,7 @@ class DetectionDataset(Dataset):
                 f"{data.name}: no image has emotional-region boxes; the detector trains on a dataset with boxes "
                 "(detector_data: EmotionROI or the synthetic regions set)"
             )
-        return cls([data.root / p for p in rows["path"]], list(rows["boxes"]), None, hflip, seed)
+        return cls([data.root / p for p in rows["path"]], list(rows["boxes"]), None, hflip, seed, data.max_pixels)
 
     @classmethod
     def objects(cls, root: Path, rows: list[tuple[str, list[list[float]]]], hflip: bool, seed: int):
@@ -155,7 +176,7 @@ class DetectionDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[Tensor, dict[str, Tensor]]:
-        image, boxes = load_tensor_image(self.paths[i]), self.boxes[i].clone()
+        image, boxes = load_tensor_image(self.paths[i], self.max_pixels), self.boxes[i].clone()
         if self.hflip and torch.rand(1, generator=self.generator).item() < 0.5:
             width = image.shape[-1]
             image = image.flip(-1)

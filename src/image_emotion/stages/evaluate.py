@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 
 from image_emotion.config import Config
 from image_emotion.data.emotions import get_label_set
-from image_emotion.data.images import load_image
+from image_emotion.data.torch_data import PreparedDataset
 from image_emotion.device import pick_device
 from image_emotion.figures import pyplot, save_figure
 from image_emotion.files import atomic_path, write_json_atomic, write_text_atomic
@@ -66,11 +66,13 @@ def plot_confusion(cm: np.ndarray, labels: tuple[str, ...], path: Path) -> None:
     save_figure(fig, path)
 
 
-def region_overlays(root: Path, rows, boxes: torch.Tensor, true: list[str], pred: list[str], out: Path) -> None:
+def region_overlays(
+    data: PreparedDataset, rows, boxes: torch.Tensor, true: list[str], pred: list[str], out: Path
+) -> None:
     """A grid of images with their top-3 emotional regions and ground-truth boxes."""
     tiles = []
     for (path, gt), b, t, p in zip(rows, boxes, true, pred, strict=True):
-        img = load_image(root / path)
+        img = data.image(path)
         sx, sy = 192 / img.width, 192 / img.height
         img = img.resize((192, 192))
         draw = ImageDraw.Draw(img)
@@ -155,7 +157,7 @@ def run(config: Config, paths: EvaluatePaths) -> dict[str, Any]:
     sample = test[: config.evaluate.num_overlays]
     boxes = head_data.select(sample).tensors(("emotional_boxes",))["emotional_boxes"]
     rows = list(zip(data.manifest["path"].iloc[sample], data.manifest["boxes"].iloc[sample], strict=True))
-    region_overlays(data.root, rows, boxes, true_names[: len(sample)], pred_names[: len(sample)], plots / "regions.png")
+    region_overlays(data, rows, boxes, true_names[: len(sample)], pred_names[: len(sample)], plots / "regions.png")
 
     with tracking.stage_run(config, "evaluate", paths.reads) as mlflow:
         tracking.log_metrics({k: v for k, v in metrics.items() if isinstance(v, float)})

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from image_emotion.config import Config
-from image_emotion.data.torch_data import PreparedDataset, load_tensor_image
+from image_emotion.data.torch_data import PreparedDataset
 from image_emotion.device import pick_device
 from image_emotion.errors import ConfigError
 from image_emotion.files import file_sha256, fingerprint, write_json_atomic
@@ -57,7 +57,7 @@ def extract_dataset(
         for sid, start, stop in todo:
             chunks = []
             for i in range(start, stop, batch_size):
-                batch = [load_tensor_image(data.root / p).to(device) for p in paths[i : min(i + batch_size, stop)]]
+                batch = [data.tensor_image(p).to(device) for p in paths[i : min(i + batch_size, stop)]]
                 chunks.append({k: v.cpu() for k, v in extract_features(detector, batch).as_dict().items()})
                 bar.update(len(batch))
             features = {k: torch.cat([c[k] for c in chunks]) for k in chunks[0]}

@@ -17,7 +17,7 @@ import torch
 
 from image_emotion.config import Config
 from image_emotion.data import torch_data
-from image_emotion.data.torch_data import DetectionDataset, PreparedDataset, load_tensor_image
+from image_emotion.data.torch_data import DetectionDataset, PreparedDataset
 from image_emotion.files import file_sha256, fingerprint, source_fingerprint, write_json_atomic
 from image_emotion.models import backbones, region_detector
 from image_emotion.models.region_detector import RegionDetector, load_detector, region_recall, save_detector
@@ -39,7 +39,7 @@ def evaluate_recall(
     detector.eval()
     with torch.inference_mode():
         for path, boxes in zip(rows["path"], rows["boxes"], strict=True):
-            found = detector([load_tensor_image(data.root / path).to(device)])[0]["boxes"].cpu()
+            found = detector([data.tensor_image(path).to(device)])[0]["boxes"].cpu()
             gt = torch.tensor(boxes, dtype=torch.float32)
             for top in tops:
                 hits[top].append(region_recall(found[:top], gt))

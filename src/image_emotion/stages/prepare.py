@@ -80,6 +80,7 @@ def run(config: Config, paths: PreparePaths) -> dict[str, Any]:
             "root": stored_root.as_posix(),
             "label_set": summary["label_set"],
             "split_scheme": result.split_scheme,
+            "max_pixels": config.images.max_pixels,  # every later decode of these images keeps this limit
         },
     )
     write_json_atomic(paths.metrics, summary)

@@ -20,10 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from image_emotion.config import Config, HeadTraining
-from image_emotion.data.emotions import BINARY, get_label_set
+from image_emotion.data.emotions import get_label_set
 from image_emotion.data.torch_data import PreparedDataset
 from image_emotion.device import pick_device
-from image_emotion.errors import ConfigError
 from image_emotion.files import write_json_atomic
 from image_emotion.metrics import accuracy, per_class_accuracy
 from image_emotion.models.multilevel import MultiLevelHead, load_head
@@ -78,13 +77,7 @@ def polarity_labels(data: PreparedDataset) -> np.ndarray:
     """Each image's polarity class (0 negative, 1 positive; ``BINARY`` order), -1 where its label has none
     (Emotion6's neutral): those images are left out of the 2-class figures. Shape ``(N,)``."""
     labels = get_label_set(data.label_set)
-    out = []
-    for label in data.manifest["label"]:
-        try:
-            out.append(BINARY.index(labels.polarity(label)))
-        except ConfigError:
-            out.append(-1)
-    return np.array(out, dtype=np.int64)
+    return labels.polarity_ids()[[labels.index(x) for x in data.manifest["label"]]]
 
 
 def _fit_and_test(inputs: TransferInputs, data: HeadData, train, test, num_classes: int) -> tuple[float, list]:

@@ -21,7 +21,6 @@ from torch import Tensor, nn
 
 from image_emotion.config import EmotionsConfig, GenerativeConfig
 from image_emotion.data.emotions import BINARY, get_label_set
-from image_emotion.data.images import load_image
 from image_emotion.data.torch_data import PreparedDataset, preprocess
 from image_emotion.files import load_checkpoint, save_checkpoint
 from image_emotion.models.generative import (
@@ -91,7 +90,7 @@ def encode_dataset(model: GenerativeEmotionModel, data: PreparedDataset, batch_s
     for start in range(0, len(paths), batch_size):
         batch = torch.stack(
             [
-                preprocess(load_image(data.root / p), model.image_size, model.image_mean, model.image_std)
+                preprocess(data.image(p), model.image_size, model.image_mean, model.image_std)
                 for p in paths[start : start + batch_size]
             ]
         )

@@ -24,7 +24,6 @@ import torch
 from torch import Tensor
 
 from image_emotion.config import MetricConfig
-from image_emotion.data.images import load_image
 from image_emotion.data.torch_data import PreparedDataset, preprocess
 from image_emotion.errors import ConfigError
 from image_emotion.losses import centre_loss, sentiment_constraint_loss, triplet_loss
@@ -125,7 +124,7 @@ def image_tensor(data: PreparedDataset, size: int, mean: Sequence[float], std: S
     """Every image of ``data`` resized to ``size × size`` and normalised: ``(N, 3, size, size)``."""
     out = torch.empty(len(data.manifest), 3, size, size)
     for i, rel in enumerate(data.manifest["path"]):
-        out[i] = preprocess(load_image(data.root / rel), size, mean, std)
+        out[i] = preprocess(data.image(rel), size, mean, std)
     return out
 
 

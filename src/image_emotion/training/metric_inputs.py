@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from image_emotion.data.images import load_image
 from image_emotion.data.torch_data import PreparedDataset, preprocess
 from image_emotion.training.feature_cache import new_index, shard_ranges, write_shard
 from image_emotion.training.feature_store import FeatureStore
@@ -52,7 +51,7 @@ class ImageRows:
         picked = self.rows[index] if isinstance(index, slice) else self.rows[np.asarray(index, dtype=np.int64)]
         out = torch.empty(len(picked), 3, self.size, self.size)
         for i, row in enumerate(np.atleast_1d(picked)):
-            out[i] = preprocess(load_image(self.data.root / self._paths[row]), self.size, self.mean, self.std)
+            out[i] = preprocess(self.data.image(self._paths[row]), self.size, self.mean, self.std)
         return out
 
 
