@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from image_emotion.errors import ConfigError
 from image_emotion.files import atomic_dir, load_checkpoint
-from image_emotion.models.backbones import LITE_MEAN, LITE_STD, EfficientNetLite0, _load_weights, lite0_weights_path
+from image_emotion.models.backbones import LITE_MEAN, LITE_STD, build_trunk
 from image_emotion.models.templates import EOS, PAD, get_template, word_tokenizer
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -47,23 +47,17 @@ def _transformers():
 
 
 class Lite0Encoder(nn.Module):
-    """EfficientNet-Lite0 without its classifier: ``(B, 3, S, S)`` -> pooled head features ``(B, 1280)``."""
+    """EfficientNet-Lite0's trunk to its ``head`` tap, average-pooled: ``(B, 3, S, S)`` -> ``(B, 1280)``."""
 
     output_dim = 1280
     mean, std = LITE_MEAN, LITE_STD
 
     def __init__(self, weights: str | Path | None) -> None:
         super().__init__()
-        net = EfficientNetLite0()
-        if weights is not None:
-            path = lite0_weights_path() if weights == "imagenet" else Path(weights)
-            _load_weights(net, path, "EfficientNet-Lite0", optional=("_fc.",))
-        del net._fc
-        self.net = net
+        self.net = build_trunk("efficientnet_lite0", weights, ("head",))
 
     def forward(self, images: Tensor) -> Tensor:
-        x = self.net.features(images)["c5"]
-        return self.net.act(self.net._bn1(self.net._conv_head(x))).mean(dim=(2, 3))
+        return self.net(images)["head"].mean(dim=(2, 3))
 
     def settings(self) -> dict[str, Any]:
         return {"kind": "efficientnet_lite0"}

@@ -10,7 +10,9 @@ column), gives 136 values. Each layer's 136 values are scaled to unit L2 norm an
 and retrieval use Euclidean distances.
 
 Choices the paper leaves open, and ours:
-- which five layers (it uses GoogLeNet-Inception and names none): the last map of each resolution, see ``TAPS``;
+- which five layers (it uses GoogLeNet-Inception and names none): the last map of each resolution, ``TAPS``
+  (``models.backbones``' c1-c5: Lite0 blocks 0, 2, 4, 10, 15; ResNet stem, layer1-4; GoogLeNet conv1, conv3,
+  inception3b, inception4e, inception5b);
 - which non-linearity after the 1×1 convolution ("adding the non-linear activation"): ReLU, as in its GoogLeNet;
 - the Gram normalisation: the paper's Φ is the plain sum over the ``M_l = W_l × H_l`` positions; we divide by
   ``H_l · W_l`` so that every layer's Gram is a mean, independent of input size;
@@ -29,11 +31,11 @@ initialized as 10^-4 and 10^-3"): ``param_groups`` puts every convolutional laye
 (and the backbone's BatchNorms), at ``lr_conv`` and the fully-connected layers (the optional embedding FC and
 the classifier) at ``lr_last``.
 
-Backbones (``weights``: ``"imagenet"`` for Lite0 only, a local state-dict path, or None for random init):
-``efficientnet_lite0`` (inputs normalised with ``LITE_MEAN``/``LITE_STD``), ``resnet18|50|101`` and
-``googlenet`` (the paper's; ``IMAGENET_MEAN``/``IMAGENET_STD``; torchvision's ``transform_input=True``, as its
-ImageNet weights expect). All BatchNorms stay ordinary, trainable ``BatchNorm2d`` (the paper trains with
-batches of 128).
+Backbones (``models.backbones.build_trunk``; ``weights``: ``"imagenet"`` for Lite0 only, a local state-dict
+path, or None for random init): ``efficientnet_lite0`` (inputs normalised with ``LITE_MEAN``/``LITE_STD``),
+``resnet18|50|101`` and ``googlenet`` (the paper's; ``IMAGENET_MEAN``/``IMAGENET_STD``; torchvision's
+``transform_input=True``, as its ImageNet weights expect). All BatchNorms stay ordinary, trainable
+``BatchNorm2d`` (the paper trains with batches of 128).
 """
 
 from __future__ import annotations
@@ -45,49 +47,29 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torchvision.models import GoogLeNet, resnet18, resnet50, resnet101
 
 from image_emotion.errors import ConfigError
 from image_emotion.files import load_checkpoint, save_checkpoint
-from image_emotion.models.backbones import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    LITE_MEAN,
-    LITE_STD,
-    EfficientNetLite0,
-    lite0_weights_path,
-    load_state_dict_file,
-)
+from image_emotion.models.backbones import TRUNK_TAPS, NestedTrunk, build_trunk, trunk_normalization
 
 BACKBONES = ("efficientnet_lite0", "resnet18", "resnet50", "resnet101", "googlenet")
 NUM_LAYERS = 5
 SV_FILTERS = 16  # "The sentiment vector from each layer is 136 using 16 filters with kernel size of 1 × 1"
 
-# The five tapped feature maps (name in the backbone, channels, stride): the last map at each resolution.
-_RESNET_TAPS = ("relu", "layer1", "layer2", "layer3", "layer4")  # stem after BN+ReLU (before the max-pool)
-TAPS: dict[str, tuple[str, ...]] = {
-    "efficientnet_lite0": ("_blocks.0", "_blocks.2", "_blocks.4", "_blocks.10", "_blocks.15"),
-    "resnet18": _RESNET_TAPS,
-    "resnet50": _RESNET_TAPS,
-    "resnet101": _RESNET_TAPS,
-    "googlenet": ("conv1", "conv3", "inception3b", "inception4e", "inception5b"),
-}
-TAP_CHANNELS: dict[str, tuple[int, ...]] = {
-    "efficientnet_lite0": (16, 24, 40, 112, 320),
-    "resnet18": (64, 64, 128, 256, 512),
-    "resnet50": (64, 256, 512, 1024, 2048),
-    "resnet101": (64, 256, 512, 1024, 2048),
-    "googlenet": (64, 192, 480, 832, 1024),
-}
-TAP_STRIDES = (2, 4, 8, 16, 32)
+# The five tapped feature maps (``models.backbones``' taps: the last map at each resolution, strides 2-32) and
+# the map pooled into the classification feature (Lite0: after its 1×1 head convolution; the others: c5).
+TAPS = ("c1", "c2", "c3", "c4", "c5")
+FEATURE_TAP = "head"
+TAP_CHANNELS: dict[str, tuple[int, ...]] = {b: tuple(TRUNK_TAPS[b][t].channels for t in TAPS) for b in BACKBONES}
+TAP_STRIDES = tuple(TRUNK_TAPS["efficientnet_lite0"][t].stride for t in TAPS)  # (2, 4, 8, 16, 32) for every one
 # Channels of the last feature map, global-average-pooled into the classification feature.
-FEATURE_DIMS = {"efficientnet_lite0": 1280, "resnet18": 512, "resnet50": 2048, "resnet101": 2048, "googlenet": 1024}
+FEATURE_DIMS = {b: TRUNK_TAPS[b][FEATURE_TAP].channels for b in BACKBONES}
 
 
 def normalization(backbone: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) on [0, 1] RGB that ``backbone`` expects its inputs normalised with."""
     _check_name(backbone)
-    return (LITE_MEAN, LITE_STD) if backbone == "efficientnet_lite0" else (IMAGENET_MEAN, IMAGENET_STD)
+    return trunk_normalization(backbone)
 
 
 def sentiment_dim(filters: int = SV_FILTERS, layers: int = NUM_LAYERS) -> int:
@@ -111,107 +93,11 @@ def _check_name(backbone: str) -> None:
         raise ConfigError(f"unknown metric backbone {backbone!r}; expected one of {', '.join(BACKBONES)}")
 
 
-def _load_into(net: nn.Module, path: str | Path, what: str, optional: tuple[str, ...]) -> None:
-    """Load a state-dict file into ``net``; keys under ``optional`` (classifier heads) may be absent or differ."""
-    state = {k: v for k, v in load_state_dict_file(path).items() if not k.startswith(optional)}
-    try:
-        missing, _ = net.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatches
-        lines = str(exc).splitlines()
-        detail = lines[1].strip() if len(lines) > 1 else str(exc)
-        raise ConfigError(f"{path}: not {what} weights ({detail})") from None
-    missing = [m for m in missing if not m.startswith(optional)]
-    if missing:
-        raise ConfigError(f"{path}: not {what} weights (missing {missing[0]} and {len(missing) - 1} more)")
-
-
-class _Lite0Trunk(nn.Module):
-    """EfficientNet-Lite0 without its classifier: ``(B, 3, H, W)`` -> five taps and the 1280-channel head map."""
-
-    def __init__(self, weights: str | Path | None) -> None:
-        super().__init__()
-        net = EfficientNetLite0()
-        if weights is not None:
-            path = lite0_weights_path() if weights == "imagenet" else Path(weights)
-            _load_into(net, path, "EfficientNet-Lite0", optional=("_fc.",))
-        del net._fc
-        self.net = net
-        self.taps = {int(t.split(".")[1]) for t in TAPS["efficientnet_lite0"]}
-
-    def forward(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
-        net, maps = self.net, []
-        x = net.act(net._bn0(net._conv_stem(x)))
-        for i, block in enumerate(net._blocks):
-            x = block(x)
-            if i in self.taps:
-                maps.append(x)
-        return maps, net.act(net._bn1(net._conv_head(x)))
-
-
-class _ResNetTrunk(nn.Module):
-    """A torchvision ResNet without ``fc``: five taps (stem, layer1-4) and layer4 as the last map."""
-
-    def __init__(self, name: str, weights: str | Path | None) -> None:
-        super().__init__()
-        if weights == "imagenet":
-            raise ConfigError(
-                f"no ImageNet {name} weights ship offline; give a local .pth path (torchvision's) or null"
-            )
-        net = {"resnet18": resnet18, "resnet50": resnet50, "resnet101": resnet101}[name](weights=None)
-        if weights is not None:
-            _load_into(net, weights, name, optional=("fc.",))
-        del net.fc, net.avgpool
-        self.net = net
-
-    def forward(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
-        net = self.net
-        stem = net.relu(net.bn1(net.conv1(x)))
-        maps = [stem]
-        x = net.maxpool(stem)
-        for layer in (net.layer1, net.layer2, net.layer3, net.layer4):
-            x = layer(x)
-            maps.append(x)
-        return maps, x
-
-
-class _GoogLeNetTrunk(nn.Module):
-    """torchvision's GoogLeNet (Inception v1, the paper's), no aux heads or fc: taps conv1, conv3, inception3b,
-    inception4e, inception5b; inception5b is the last map. ``transform_input=True``: ImageNet-normalised inputs
-    are mapped to the (x - 0.5) / 0.5 scaling torchvision's weights were trained on."""
-
-    def __init__(self, weights: str | Path | None) -> None:
-        super().__init__()
-        if weights == "imagenet":
-            raise ConfigError(
-                "no ImageNet googlenet weights ship offline; give a local .pth path (torchvision's) or null"
-            )
-        net = GoogLeNet(aux_logits=False, transform_input=True, init_weights=weights is None)
-        if weights is not None:
-            _load_into(net, weights, "googlenet", optional=("fc.", "aux1.", "aux2."))
-        del net.fc, net.avgpool, net.dropout
-        self.net = net
-
-    def forward(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
-        net = self.net
-        x = net._transform_input(x)
-        c1 = net.conv1(x)
-        c3 = net.conv3(net.conv2(net.maxpool1(c1)))
-        i3 = net.inception3b(net.inception3a(net.maxpool2(c3)))
-        x = net.maxpool3(i3)
-        for name in ("inception4a", "inception4b", "inception4c", "inception4d", "inception4e"):
-            x = getattr(net, name)(x)
-        i4 = x
-        i5 = net.inception5b(net.inception5a(net.maxpool4(i4)))
-        return [c1, c3, i3, i4, i5], i5
-
-
-def _build_trunk(backbone: str, weights: str | Path | None) -> nn.Module:
+def build_backbone(backbone: str, weights: str | Path | None) -> NestedTrunk:
+    """The trunk of ``backbone`` giving ``TAPS`` and ``FEATURE_TAP`` (ordinary, trainable ``BatchNorm2d``), kept
+    under ``net`` (the parameter names ``backbone.net.<layer>`` saved models have)."""
     _check_name(backbone)
-    if backbone == "efficientnet_lite0":
-        return _Lite0Trunk(weights)
-    if backbone == "googlenet":
-        return _GoogLeNetTrunk(weights)
-    return _ResNetTrunk(backbone, weights)
+    return NestedTrunk(build_trunk(backbone, weights, (*TAPS, FEATURE_TAP)))
 
 
 class SentimentVectorNet(nn.Module):
@@ -237,7 +123,7 @@ class SentimentVectorNet(nn.Module):
     ) -> None:
         super().__init__()
         self.backbone_name = backbone
-        self.backbone = _build_trunk(backbone, weights)
+        self.backbone = build_backbone(backbone, weights)
         mean, std = normalization(backbone)
         self.image_mean, self.image_std = list(mean), list(std)
         self.filters = filters
@@ -269,8 +155,9 @@ class SentimentVectorNet(nn.Module):
     def trunk(self, images: Tensor) -> tuple[list[Tensor], Tensor]:
         """The backbone's part: the five tapped maps ``[(B, C_l, H_l, W_l)]`` and the pooled last map ``(B, F)``.
         With a frozen backbone these can be computed once and fed to ``heads`` every epoch."""
-        maps, last = self.backbone(images)
-        return maps, torch.flatten(F.adaptive_avg_pool2d(last, 1), 1)
+        features = self.backbone(images)
+        maps = [features[t] for t in TAPS]
+        return maps, torch.flatten(F.adaptive_avg_pool2d(features[FEATURE_TAP], 1), 1)
 
     def heads(self, maps: list[Tensor], pooled: Tensor) -> dict[str, Tensor]:
         """The trainable part on top of ``trunk``'s outputs: the dict described in the class docstring."""
