@@ -1,9 +1,11 @@
-"""Shared test set-up: no telemetry, the venv's commands on PATH, a small synthetic set, a throwaway MLflow store,
-and the tiny pipeline run (read-only for the tests that share it)."""
+"""Shared test set-up: no telemetry, the venv's commands on PATH, a small synthetic set, MLflow stores (one per
+test that asks, one for the tiny run, one for the later seeds' session runs), and the tiny pipeline run
+(read-only for the tests that share it)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -45,20 +47,43 @@ def synthetic_small(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def mlflow_store(tmp_path_factory) -> str:
-    """A throwaway MLflow sqlite store shared by the session's tests (each test points at it itself)."""
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+def empty_store(tmp_path_factory) -> Path:
+    """An empty MLflow sqlite store, its tables created once (about a second): stores are copies of it."""
+    import mlflow
+
+    path = tmp_path_factory.mktemp("mlflow-empty") / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
 
 
-@pytest.fixture
-def mlflow_uri(mlflow_store, monkeypatch) -> str:
-    """``$MLFLOW_TRACKING_URI`` set to the session's throwaway store for this test only (restored after)."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store)
-    return mlflow_store
+def _store_copy(empty_store: Path, folder: Path) -> str:
+    path = folder / "mlflow.db"
+    shutil.copy(empty_store, path)
+    return f"sqlite:///{path}"
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory, mlflow_store):
+def mlflow_store(tmp_path_factory, empty_store) -> str:
+    """A throwaway MLflow store for the session-wide runs of seed 002 and seed 001 (each test points at it)."""
+    return _store_copy(empty_store, tmp_path_factory.mktemp("mlflow"))
+
+
+@pytest.fixture
+def mlflow_uri(empty_store, tmp_path, monkeypatch) -> str:
+    """This test's own MLflow store as ``$MLFLOW_TRACKING_URI`` (restored after): no other test's runs in it."""
+    uri = _store_copy(empty_store, tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory, empty_store) -> str:
+    """The MLflow store the tiny pipeline run writes to, and nothing else."""
+    return _store_copy(empty_store, tmp_path_factory.mktemp("mlflow-tiny"))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_store):
     """The pipeline's stages run in-process on the tiny config, up to evaluate, with the paper's data roles
     played by synthetic sets; returns (workdir, config). Read-only for tests: a test that changes files copies
     what it changes first."""
@@ -76,7 +101,7 @@ def tiny_run(tmp_path_factory, mlflow_store):
     )
 
     session_env = pytest.MonkeyPatch()
-    session_env.setenv("MLFLOW_TRACKING_URI", mlflow_store)  # only while the stages run
+    session_env.setenv("MLFLOW_TRACKING_URI", tiny_store)  # only while the stages run
     work = tmp_path_factory.mktemp("tiny")
     syn = work / "synthetic"
     config = tiny_config(**{"data.root": syn / "main", "pretrain.root": syn / "objects"})
@@ -147,3 +172,14 @@ def tiny_run(tmp_path_factory, mlflow_store):
     )
     session_env.undo()
     return work, config
+
+
+WHOLE_RUNS = {"tiny_run", "seed001_run", "seed002_run", "served"}  # fixtures that run a pipeline's stages
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that reads a whole pipeline run (in process) is end to end, whatever its module says: ``-m "not e2e"``
+    is then the unit tier."""
+    for item in items:
+        if WHOLE_RUNS & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)

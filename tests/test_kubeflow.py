@@ -18,6 +18,7 @@ from image_emotion.kubeflow.images import images
 from image_emotion.kubeflow.pipeline import compile_pipeline, pipeline_arguments, run_local
 
 
+@pytest.mark.slow
 def test_checked_in_yaml_equals_a_fresh_compile(tmp_path, repo_root):
     # parsed, not as text: the header comment lists a dict default in an order that varies between processes
     fresh = list(yaml.safe_load_all(compile_pipeline(tmp_path / "pipeline.yaml").read_text()))
@@ -108,6 +109,7 @@ def test_compiled_pipeline_asks_the_cluster_for_volumes_secrets_gpus_and_a_non_r
         assert (kind, inputs[parameter]["defaultValue"]) in names, (kind, parameter)
 
 
+@pytest.mark.slow
 def test_compiled_pipeline_caches_by_content_retries_and_limits_its_fan_out(repo_root, tmp_path):
     spec, _ = _compiled(repo_root / "pipelines/image_emotion.yaml")
     tasks = _all_tasks(spec["root"]["dag"], spec)
@@ -450,6 +452,7 @@ def test_the_shard_indices_are_the_loops_items():
             shard_indices_op(bad)
 
 
+@pytest.mark.slow
 def test_another_registry_changes_only_the_images(tmp_path):
     default, _ = _compiled(compile_pipeline(tmp_path / "a.yaml"))
     other, _ = _compiled(compile_pipeline(tmp_path / "b.yaml", registry="registry.example.com/ml"))

@@ -106,6 +106,7 @@ def test_googlenet_the_papers_backbone_taps_and_shapes():
     assert [tuple(s[1:]) for s in inputs] == [(64, 32, 32), (192, 16, 16), (480, 8, 8), (832, 4, 4), (1024, 2, 2)]
 
 
+@pytest.mark.slow
 def test_gradients_reach_the_1x1_convs_and_the_backbone():
     torch.manual_seed(0)
     model = SentimentVectorNet("resnet18", weights=None, num_classes=8, embedding_dim=16)
@@ -182,6 +183,7 @@ def test_param_groups_cover_every_trainable_parameter_once():
     torch.optim.SGD(groups, lr=0.1, momentum=0.9)  # torch rejects a parameter given twice
 
 
+@pytest.mark.slow
 def test_save_load_round_trip_reproduces_outputs(tmp_path):
     torch.manual_seed(0)
     model = SentimentVectorNet("efficientnet_lite0", weights=None, num_classes=3, embedding_dim=16, dropout=0.3)

@@ -28,6 +28,7 @@ def small_set(tmp_path_factory):
     return images, torch.tensor([MIKELS8.index(x) for x in manifest["label"]])
 
 
+@pytest.mark.slow
 def test_the_joint_loss_goes_down(small_set):
     images, labels = small_set
     torch.manual_seed(0)
@@ -104,6 +105,7 @@ def test_training_on_cached_backbone_maps_equals_running_the_frozen_backbone(sma
     assert not torch.allclose(cached["classifier.weight"], untrained.classifier.weight)
 
 
+@pytest.mark.slow
 def test_the_centre_loss_row_trains_and_needs_its_centres(small_set):
     images, labels = small_set
     torch.manual_seed(0)

@@ -26,6 +26,7 @@ def _loss(det, images, boxes, seed=0):
     return losses, sum(losses.values())
 
 
+@pytest.mark.slow
 def test_training_losses_are_the_four_of_faster_rcnn_and_finite(synthetic_small):
     images, boxes, _ = synthetic_small
     det = _detector().train()
@@ -36,6 +37,7 @@ def test_training_losses_are_the_four_of_faster_rcnn_and_finite(synthetic_small)
     assert det.object_classifier.weight.grad is None  # the object classifier stays frozen
 
 
+@pytest.mark.slow
 def test_a_few_steps_reduce_the_loss_and_find_the_regions(synthetic_small):
     images, boxes, _ = synthetic_small
     det = _detector().train()
@@ -178,6 +180,7 @@ def test_a_v2_checkpoint_loads_into_the_v2_layout_and_is_refused_by_v1(tmp_path,
         assert det.detect([torch.rand(3, 64, 64)]).object_scores.shape == (1, 10)
 
 
+@pytest.mark.slow
 def test_fine_tuning_the_emotional_branch_leaves_the_object_branch_unchanged(synthetic_small):
     images, boxes, _ = synthetic_small
     det = _detector(backbone_weights=None)

@@ -87,6 +87,7 @@ def test_an_unreachable_registry_is_one_line():
         manifest_digest("127.0.0.1:9/ns/image-emotion:tag", seconds=2)
 
 
+@pytest.mark.slow
 def test_a_pipeline_whose_digests_are_not_the_registrys_is_refused(registry, tmp_path, repo_root):
     built = images(f"{_address(registry)}/ns", repo_root)
     pushed = {"cpu": "sha256:" + "1" * 64, "cuda": "sha256:" + "2" * 64}

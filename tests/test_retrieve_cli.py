@@ -169,6 +169,7 @@ def test_the_predictor_names_a_bad_row(setup):
         predictor.predict(pd.DataFrame({"image": ["%%%"]}))
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:``mlflow.models.utils.validate_serving_input`` is deprecated:FutureWarning")
 def test_the_logged_pyfunc_answers_as_the_predictor(setup, tmp_path, monkeypatch, capsys):
     import mlflow

@@ -100,6 +100,7 @@ def _files(directory):
     return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
 
 
+@pytest.mark.slow
 def test_merged_shards_are_the_unsharded_cache_byte_for_byte(project, tmp_path, capsys):
     whole = tmp_path / "A"
     assert _cli(project, whole) == 0

@@ -28,6 +28,10 @@ DEFAULT_PARAMS = Path("params.yaml")
 DATASETS = ("synthetic", "fi", "emotionroi", "iaps", "artphoto", "abstract", "emotion6", "twitter", "emoset")
 DatasetName = Literal["synthetic", "fi", "emotionroi", "iaps", "artphoto", "abstract", "emotion6", "twitter", "emoset"]
 HeadMode = Literal["global", "object", "emotional", "global+object", "global+emotional"]
+FpnBackbone = Literal["efficientnet_lite0", "resnet50", "resnet101"]
+MetricLoss = Literal["sentiment", "triplet", "centre"]
+MetricFeature = Literal["sentiment", "fc", "joint"]
+# The vocabularies above (and MetricBackbone) are the modules' too: they read them with typing.get_args.
 
 
 _VALIDATING: ContextVar[bool] = ContextVar("validating", default=False)  # inside a pydantic validation
@@ -168,7 +172,7 @@ class EmotionsConfig(Section):
 class DetectorConfig(Section):
     """The emotional-region detector (seed 000 §4.1). CPU-sized defaults; the paper: resnet101, 800 px."""
 
-    backbone: Literal["efficientnet_lite0", "resnet50", "resnet101"] = "efficientnet_lite0"
+    backbone: FpnBackbone = "efficientnet_lite0"
     layout: Literal["v1", "v2"] = Field(
         "v1",
         description="torchvision's heads: v1 two-FC box head, 1-conv RPN (fasterrcnn_resnet50_fpn) | v2 4-conv+FC "
@@ -305,10 +309,8 @@ class MetricConfig(Section):
     lr_last: float = Field(0.01, gt=0, description="the FC layers (the paper: 1e-3)")
     momentum: float = Field(0.9, ge=0)
     omega: float = Field(0.7, ge=0, le=1, description="ω of E = (1-ω)·E_cls + ω·E_sml")
-    loss: Literal["sentiment", "triplet", "centre"] = Field(
-        "sentiment", description="E_sml: the sentiment constraint | plain triplet | centre loss"
-    )
-    feature: Literal["sentiment", "fc", "joint"] = Field(
+    loss: MetricLoss = Field("sentiment", description="E_sml: the sentiment constraint | plain triplet | centre loss")
+    feature: MetricFeature = Field(
         "sentiment", description="E_sml and retrieval on the sentiment vector (SV) | the unit-norm FC embedding | both"
     )
     sampling: Literal["random", "hard", "semi-hard"] = "semi-hard"

@@ -34,7 +34,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, get_args
 
 import torch
 from torch import Tensor, nn
@@ -42,11 +42,12 @@ from torchvision.models import GoogLeNet, resnet18, resnet50, resnet101
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from image_emotion.config import FpnBackbone
 from image_emotion.errors import ConfigError
 
 LEVELS = ("p2", "p3", "p4", "p5")
 FPN_TAPS = ("c2", "c3", "c4", "c5")  # the trunk maps the FPN reads, one per level
-FPN_BACKBONES = ("efficientnet_lite0", "resnet50", "resnet101")
+FPN_BACKBONES = get_args(FpnBackbone)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # EfficientNet-Lite was trained on inputs scaled as (x - 127) / 128, i.e. mean 0.498, std 0.502 on [0, 1].

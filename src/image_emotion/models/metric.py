@@ -42,17 +42,18 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from image_emotion.config import MetricBackbone
 from image_emotion.errors import ConfigError
 from image_emotion.files import load_checkpoint, save_checkpoint
 from image_emotion.models.backbones import TRUNK_TAPS, NestedTrunk, build_trunk, trunk_normalization
 
-BACKBONES = ("efficientnet_lite0", "resnet18", "resnet50", "resnet101", "googlenet")
+BACKBONES = get_args(MetricBackbone)
 NUM_LAYERS = 5
 SV_FILTERS = 16  # "The sentiment vector from each layer is 136 using 16 filters with kernel size of 1 × 1"
 
@@ -176,7 +177,7 @@ class SentimentVectorNet(nn.Module):
             "logits": self.classifier(self.dropout(embedding)),
         }
 
-    def param_groups(self, lr_conv: float = 1e-4, lr_last: float = 1e-3) -> list[dict[str, Any]]:
+    def param_groups(self, lr_conv: float, lr_last: float) -> list[dict[str, Any]]:
         """Optimizer groups for the paper's two rates: ``conv`` (backbone + 1×1 convolutions) at ``lr_conv``,
         ``last`` (embedding FC if any + classifier) at ``lr_last``; frozen parameters are left out."""
         conv = [p for m in (self.backbone, self.reducers) for p in m.parameters() if p.requires_grad]

@@ -17,17 +17,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 from torch import Tensor, nn
 
+from image_emotion.config import HeadMode
 from image_emotion.errors import ConfigError
 from image_emotion.files import load_checkpoint, save_checkpoint
 from image_emotion.models.backbones import LEVELS
 from image_emotion.models.region_detector import RegionDetector, Regions
 
-MODES = ("global", "object", "emotional", "global+object", "global+emotional")
+MODES = get_args(HeadMode)
 
 
 def parse_mode(mode: str) -> tuple[bool, str | None]:

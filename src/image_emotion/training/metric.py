@@ -18,12 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
+from typing import get_args
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from image_emotion.config import MetricConfig
+from image_emotion.config import MetricConfig, MetricFeature, MetricLoss
 from image_emotion.data.torch_data import PreparedDataset, preprocess
 from image_emotion.errors import ConfigError
 from image_emotion.losses import centre_loss, sentiment_constraint_loss, triplet_loss
@@ -32,9 +33,9 @@ from image_emotion.training import distributed
 from image_emotion.training.metric_batches import class_balanced_batches
 from image_emotion.training.metric_inputs import ImageRows
 
-METRIC_LOSSES = ("sentiment", "triplet", "centre")
+METRIC_LOSSES = get_args(MetricLoss)
 RETRIEVAL_MEASURES = ("nn", "ft", "st", "map8", "map2", "dcg", "anmrr")  # the paper's seven (``retrieval_report``)
-FEATURES = ("sentiment", "fc", "joint")
+FEATURES = get_args(MetricFeature)
 _DEFAULTS = MetricConfig()  # the objective's defaults are params.yaml's `metric` section
 
 
