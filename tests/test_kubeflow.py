@@ -178,9 +178,8 @@ def test_the_main_extraction_fans_out_over_gpu_shards_and_one_task_sweeps_lambda
     tasks = _all_tasks(spec["root"]["dag"], spec)
     executors = spec["deploymentSpec"]["executors"]
     inputs = spec["root"]["inputDefinitions"]["parameters"]
-    assert inputs["extraction_shards"] == {"defaultValue": cluster.DEFAULTS.extraction_shards,
-                                           "isOptional": True, "parameterType": "NUMBER_INTEGER"}  # fmt: skip
-    assert cluster.DEFAULTS.extraction_shards == 1  # by default one pod extracts the whole set, as before
+    # by default one pod extracts the whole set, as before sharding existed
+    assert inputs["extraction_shards"] == {"defaultValue": 1.0, "isOptional": True, "parameterType": "NUMBER_INTEGER"}
     # the shard indices 0..N-1 come from a task: kfp's ParallelFor takes a list, extraction_shards is an int
     indices = root["shard-indices-op"]
     assert indices["inputs"]["parameters"]["shards"] == {"componentInputParameter": "extraction_shards"}
@@ -252,10 +251,8 @@ def test_the_detector_fine_tunes_in_a_pytorchjob_when_workers_exceed_one(repo_ro
     tasks = _all_tasks(spec["root"]["dag"], spec)
     executors = spec["deploymentSpec"]["executors"]
     inputs = spec["root"]["inputDefinitions"]["parameters"]
-    for name in ("workers", "gpus_per_worker"):
-        assert inputs[name] == {"defaultValue": getattr(cluster.DEFAULTS, name), "isOptional": True,
-                                "parameterType": "NUMBER_INTEGER"}, name  # fmt: skip
-    assert cluster.DEFAULTS.workers == 1  # by default the one GPU pod fine-tunes, as before
+    for name in ("workers", "gpus_per_worker"):  # by default the one GPU pod fine-tunes, as before
+        assert inputs[name] == {"defaultValue": 1.0, "isOptional": True, "parameterType": "NUMBER_INTEGER"}, name
 
     group, branch_tasks, branches = _detector_branches(spec)
     assert sorted(branches) == ["job", "single"]
