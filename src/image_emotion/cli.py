@@ -457,7 +457,7 @@ def _dvc_yaml(args: argparse.Namespace) -> dict:
             raise ConfigError(f"{args.out} differs from the stage declarations: run `image-emotion dvc-yaml`")
         return {"fresh": str(args.out)}
     write_text_atomic(args.out, text)
-    return {"written": str(args.out), "stages": text.count("\n    cmd:") + text.count("\n      cmd:")}
+    return {"written": str(args.out), "stages": sum(len(cls.dvc_runs()) for cls in STAGES.values())}
 
 
 def _lock(args: argparse.Namespace) -> dict:

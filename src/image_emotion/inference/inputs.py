@@ -21,7 +21,7 @@ def expand_inputs(arguments: list[str]) -> tuple[list[Path], Failures]:
     for arg in arguments:
         path = Path(arg)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p))
+            found = image_files(path)
         elif path.is_file():
             found = [path]
         elif glob.has_magic(arg):

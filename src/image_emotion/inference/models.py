@@ -18,7 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from image_emotion.config import DEFAULT_PARAMS
 from image_emotion.errors import ConfigError
+from image_emotion.stages.paths import (
+    ClassifierPaths,
+    EvaluatePaths,
+    FinetunePaths,
+    RetrievePaths,
+    TrainGenerativePaths,
+)
 
 
 @dataclass(frozen=True)
@@ -49,20 +57,23 @@ def _generative(model: Path, batch_size: int) -> Any:
     return GenerativePredictor(model)
 
 
-KINDS = {
+_EVALUATED, _RETRIEVAL, _GENERATIVE = EvaluatePaths(), RetrievePaths(), TrainGenerativePaths()
+KINDS = {  # the local files are where the stage declarations put them
     "emotion": Kind(
-        {"detector": Path("models/detector/detector.pt"), "head": Path("models/classifier/head.pt")},
+        {"detector": FinetunePaths().model, "head": _EVALUATED.head},
         "model_name",
-        "train-classifier",
+        ClassifierPaths.command,
         _emotion,
     ),
     "retrieval": Kind(
-        {"model": Path("models/metric/model.pt"), "index": Path("models/retrieval")},
+        {"model": _RETRIEVAL.model, "index": _RETRIEVAL.index},
         "retrieval_model_name",
-        "build-index",
+        RetrievePaths.command,
         _retrieval,
     ),
-    "generative": Kind({"model": Path("models/generative")}, "generative_model_name", "train-generative", _generative),
+    "generative": Kind(
+        {"model": _GENERATIVE.out_dir}, "generative_model_name", TrainGenerativePaths.command, _generative
+    ),
 }
 
 
@@ -116,7 +127,7 @@ def resolve(
     kind: str,
     model_uri: str | None = None,
     files: Mapping[str, Path | None] | None = None,
-    params: Path = Path("params.yaml"),
+    params: Path = DEFAULT_PARAMS,
     batch_size: int = 8,
     unused: tuple[str, ...] = (),
 ) -> Resolved:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,8 @@ def import_closure(module: str, package_dir: Path = PACKAGE_DIR) -> set[Path]:
     return seen
 
 
-def source_deps(module: str, package_dir: Path = PACKAGE_DIR) -> list[str]:
+@functools.cache  # a stage's module is read once however many dvc.yaml entries run it
+def source_deps(module: str, package_dir: Path = PACKAGE_DIR) -> tuple[str, ...]:
     """``import_closure`` as ``src/...`` paths, a sub-package named as one folder when every module in it is
     imported."""
     closure = import_closure(module, package_dir)
@@ -72,7 +74,7 @@ def source_deps(module: str, package_dir: Path = PACKAGE_DIR) -> list[str]:
     }
     whole = {d for d in whole if not any(p in whole for p in d.parents)}  # the outermost whole folders
     kept = sorted({*whole, *(f for f in closure if not any(d in f.parents for d in whole))})
-    return [f"src/{p.as_posix()}" for p in kept]
+    return tuple(f"src/{p.as_posix()}" for p in kept)
 
 
 def _cmd(cls: type[Stage], run: Run) -> str:

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from image_emotion.config import Config
+from image_emotion.config import Config, set_values
 from image_emotion.errors import ImageEmotionError
 from image_emotion.files import fingerprint
 from image_emotion.revision import git_revision
@@ -197,19 +197,15 @@ NOT_LOGGED = ("*", "mlflow")  # the whole file (the report logs its hash); where
 def logged_params(config: Config, sections: tuple[str, ...]) -> dict[str, Any]:
     """The config ``sections`` a stage reads (``paths.Stage.reads``: a section, a dotted part of one, or a single
     setting such as ``device``) as nested params, less ``NOT_LOGGED``."""
-    params: dict[str, Any] = {}
+    pairs = []
     for name in sections:
         if name in NOT_LOGGED:
             continue
         value: Any = config
         for key in name.split("."):
             value = getattr(value, key)
-        *parents, last = name.split(".")
-        node = params
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[last] = value.to_dict() if hasattr(value, "to_dict") else value
-    return params
+        pairs.append((name, value.to_dict() if hasattr(value, "to_dict") else value))
+    return set_values({}, pairs)
 
 
 @contextmanager
