@@ -2,8 +2,11 @@
 builds and runs the images): the Dockerfile installs the hashed lock, runs as the numeric user, has CMD and no
 ENTRYPOINT; the build commands tag exactly the images the compiled pipeline names; the tag follows the code."""
 
+import os
 import re
 import shutil
+import subprocess
+import uuid
 
 import pytest
 import yaml
@@ -172,3 +175,51 @@ def test_a_stale_lock_stops_the_build_before_it_starts(tmp_path, repo_root):
     (root / "pyproject.toml").write_text(text.replace('"tqdm>=4.66",', '"tqdm>=4.67",'))
     with pytest.raises(Exception, match=r"image\.txt does not match pyproject\.toml's dependencies"):
         builder.plan(images("r.example.com/ns", root), "base@sha256:" + "0" * 64, root)
+
+
+def test_podman_keeps_a_pushs_temporary_copies_under_the_work_folder(tmp_path):
+    builder.podman_settings(tmp_path / "state")
+    conf = (tmp_path / "state/containers.conf").read_text()
+    assert f'image_copy_tmp_dir = "{(tmp_path / "state/tmp").resolve()}"' in conf
+    assert conf.count("[engine]") == 1  # runc's setting, where it applies, joins the same table
+
+
+def test_too_little_disk_is_one_line_before_anything_is_written(tmp_path):
+    builder.require_free(tmp_path, 1, "a step")  # a byte is free
+    with pytest.raises(builder.ContainerToolError, match=r"^pushing needs about \d+ GiB free under .* GiB: free"):
+        builder.require_free(tmp_path, 2**60, "pushing")
+
+
+def test_the_wheel_cache_is_shared_by_checkouts(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert builder.default_wheelhouse() == tmp_path / "cache/image-emotion/wheels"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert builder.default_wheelhouse() == tmp_path / "home/.cache/image-emotion/wheels"
+
+
+@pytest.mark.skipif(shutil.which("podman") is None, reason="podman is installed by docker/check.sh")
+def test_older_images_of_the_repository_are_removed_and_nothing_else(tmp_path):
+    engine = builder.Engine("podman", builder.podman_settings(tmp_path / "state"))
+    repository = f"127.0.0.1:1/t{uuid.uuid4().hex[:8]}"
+    current, older = Images(repository, "new"), Images(repository, "old")
+    other = f"localhost/{uuid.uuid4().hex[:8]}:keep"
+    made = []
+    for content, refs in (("a", [older.tagged("cpu"), older.tagged("cuda")]), ("b", [current.tagged("cpu")]),
+                          ("c", [current.tagged("cuda"), other])):  # fmt: skip
+        (tmp_path / content).write_text(content)
+        tar = tmp_path / f"{content}.tar"
+        subprocess.run(["tar", "-cf", tar, "-C", tmp_path, content], check=True)
+        image_id = engine.run("import", "--quiet", str(tar), refs[0], capture=True)
+        for ref in refs[1:]:
+            engine.run("tag", image_id, ref)
+        made.append(image_id)
+    try:
+        removed = builder.remove_older_images(engine, current)
+        assert sorted(removed) == sorted([older.tagged("cpu"), older.tagged("cuda")])
+        for ref in (current.tagged("cpu"), current.tagged("cuda"), other):
+            assert builder.image_exists(engine, ref)
+        assert not builder.image_exists(engine, older.tagged("cpu"))
+        assert not builder.image_exists(engine, made[0])  # its layers went with its last tag
+    finally:
+        subprocess.run(engine.command("rmi", "--force", *made), env={**os.environ, **engine.env}, capture_output=True)

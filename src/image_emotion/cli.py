@@ -238,10 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
         "container-check",
         help="build, push and run the whole pipeline in the images (kfp.local.DockerRunner) against a tracking server",
     )
-    p.add_argument("--work", type=Path, default=WORK_DIR, help="registry, wheels, runs (default: %(default)s)")
+    p.add_argument("--work", type=Path, default=WORK_DIR, help="registry, runs (default: %(default)s)")
     p.add_argument("--engine", choices=("auto", "docker", "podman"), default="auto")
     p.add_argument("--base-image", default="debian", help="the base (default: made here from Debian's packages)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="the local registry's port (default: %(default)s)")
+    p.add_argument(
+        "--wheels", type=Path, default=None, help="the wheel cache (default: shared by this machine's checkouts)"
+    )
     p.set_defaults(func=_container_check)
 
     p = sub.add_parser("run-pipeline", help="run the whole kfp pipeline (--local: kfp.local, no cluster)")
@@ -508,7 +511,7 @@ def _container_check(args: argparse.Namespace) -> dict:
     from image_emotion.kubeflow.container_check import check
     from image_emotion.kubeflow.images import source_root
 
-    return check(args.work, source_root(), args.engine, args.base_image, args.port)
+    return check(args.work, source_root(), args.engine, args.base_image, args.port, args.wheels)
 
 
 def _run_pipeline(args: argparse.Namespace) -> dict:

@@ -47,11 +47,15 @@ default_ulimits = ["nofile=8192:8192", "nproc=4096:4096"]
 # the host's network: a container reaches the tracking server and the registry on 127.0.0.1, as a pod reaches
 # its cluster's services
 netns = "host"
-{engine}"""
-RUNC = """[engine]
-# crun fails where cgroups are in hybrid mode ("cgroups in hybrid mode not supported"); runc runs there
+[engine]
+# a push's temporary copies of the layers (up to ~2 GB here) go under the work folder, emptied after each push,
+# not into /var/tmp where an interrupted push leaves them
+image_copy_tmp_dir = "{tmp}"
+{runtime}"""
+RUNC = """# crun fails where cgroups are in hybrid mode ("cgroups in hybrid mode not supported"); runc runs there
 runtime = "runc"
 """
+PUSH_FREE_BYTES = 8 * 2**30  # measured: a first push of both images writes ~3.5 GB of blobs and ~2 GB of copies
 
 
 class ContainerToolError(ImageEmotionError):
@@ -85,8 +89,34 @@ def podman_settings(state_dir: Path) -> dict[str, str]:
     """The environment that points podman/buildah at ``state_dir/containers.conf`` (written here)."""
     state_dir.mkdir(parents=True, exist_ok=True)
     conf = state_dir / "containers.conf"
-    conf.write_text(CONTAINERS_CONF.format(engine=RUNC if shutil.which("runc") else ""))
+    tmp = push_tmp_dir(state_dir)
+    tmp.mkdir(exist_ok=True)  # podman stats it before any copy
+    conf.write_text(CONTAINERS_CONF.format(tmp=tmp, runtime=RUNC if shutil.which("runc") else ""))
     return {"CONTAINERS_CONF": str(conf.resolve())}
+
+
+def push_tmp_dir(state_dir: Path) -> Path:
+    """Where podman and buildah keep a push's temporary layer copies (``image_copy_tmp_dir``)."""
+    return (state_dir / "tmp").resolve()
+
+
+def default_wheelhouse() -> Path:
+    """The wheel cache that every checkout of this machine shares (files are hash-checked against the lock on
+    every install): ``$XDG_CACHE_HOME/image-emotion/wheels``, else ``~/.cache/image-emotion/wheels``."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "image-emotion" / "wheels"
+
+
+def require_free(path: Path, needed: int, what: str) -> None:
+    """A ``ContainerToolError`` in one line when the filesystem of ``path`` has less than ``needed`` bytes free."""
+    path.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(path).free
+    if free < needed:
+        raise ContainerToolError(
+            f"{what} needs about {needed / 2**30:.0f} GiB free under {path.resolve()}, which has "
+            f"{free / 2**30:.1f} GiB: free some space (e.g. `podman image prune`, or remove an old "
+            f"{WORK_DIR}/registry) and run it again"
+        )
 
 
 def _docker_daemon() -> bool:
@@ -270,15 +300,54 @@ def build(engine: Engine, p: BuildPlan, root: Path, kinds: tuple[str, ...] = KIN
     return seconds
 
 
-def push(engine: Engine, built: Images, kinds: tuple[str, ...] = KINDS) -> dict[str, str]:
-    """Push ``kinds`` and return the manifest digest the registry gives each."""
+def push(engine: Engine, built: Images, work: Path, kinds: tuple[str, ...] = KINDS) -> dict[str, str]:
+    """Push ``kinds`` and return the manifest digest the registry gives each. Needs ``PUSH_FREE_BYTES`` free
+    under ``work`` (one line saying so before anything is written); the push's temporary copies are removed
+    afterwards, whatever happened."""
+    require_free(work, PUSH_FREE_BYTES, "pushing the images")
     digests = {}
-    for kind in kinds:
-        command = push_command(engine, built.tagged(kind))
-        print(shlex.join(command), flush=True)
-        engine.run(*command[1:], what=f"{engine.name} push of {built.tagged(kind)}")
-        digests[kind] = manifest_digest(built.tagged(kind))
+    try:
+        for kind in kinds:
+            command = push_command(engine, built.tagged(kind))
+            print(shlex.join(command), flush=True)
+            engine.run(*command[1:], what=f"{engine.name} push of {built.tagged(kind)}")
+            digests[kind] = manifest_digest(built.tagged(kind))
+    finally:
+        if engine.name != "docker":
+            _empty(push_tmp_dir(work))
     return digests
+
+
+def _empty(folder: Path) -> None:
+    """Remove everything inside ``folder`` (kept)."""
+    for child in folder.glob("*"):
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
+def remove_older_images(engine: Engine, built: Images) -> list[str]:
+    """Remove this machine's images of ``built.repository`` other than ``built``'s own (earlier sources' builds,
+    which stay in the registry they were pushed to, and their untagged leftovers), with the layers nothing else
+    uses. Nothing outside that repository is touched. Returns what was removed (references, or ids)."""
+    if engine.name == "buildah":
+        return []
+    listed = engine.run("images", "--format", "{{.ID}} {{.Repository}}:{{.Tag}}", built.repository, capture=True)
+    keep = {built.tagged(kind) for kind in KINDS}
+    kept_ids = {line.split()[0] for line in listed.splitlines() if line.split()[1:] and line.split()[1] in keep}
+    older: list[str] = []  # newest first, as listed: a child (the CUDA image) before the image it is built on
+    for line in listed.splitlines():
+        image_id, ref = line.split(maxsplit=1)
+        if ref.rsplit(":", 1)[0] != built.repository:
+            continue  # another name of an image that has one in the repository: podman lists it too
+        untagged = ref.endswith(":<none>")
+        name = image_id if untagged else ref  # a tag is only untagged where the image has others
+        if ref not in keep and not (untagged and image_id in kept_ids) and name not in older:
+            older.append(name)
+    if older:
+        engine.run("rmi", *older, capture=True, what="removing the older images")
+    return older
 
 
 def image_size(engine: Engine, image: str) -> int:
@@ -326,7 +395,7 @@ def build_images(
         result["bytes"] = {kind: image_size(engine, built.tagged(kind)) for kind in KINDS}
     if push_them:
         start = time.monotonic()
-        result["digests"] = push(engine, built)
+        result["digests"] = push(engine, built, work)
         seconds["push"] = round(time.monotonic() - start, 1)
     seconds["total"] = round(time.monotonic() - began, 1)
     return result

@@ -259,13 +259,20 @@ def verify_registrations(tracking_uri: str, config: Config, built: Images) -> di
 
 
 def check(
-    work: Path, root: Path, engine_name: str = "auto", base: str = "debian", port: int = DEFAULT_PORT
+    work: Path,
+    root: Path,
+    engine_name: str = "auto",
+    base: str = "debian",
+    port: int = DEFAULT_PORT,
+    wheels: Path | None = None,
 ) -> dict[str, Any]:
     """The whole container check, as ``.ci/run`` runs it: a local registry; both images built (on the Debian base
     made from Debian's packages by default), pushed, and named by digest in a freshly compiled pipeline; a fresh
     tracking stack; the whole pipeline run in the images on the smoke configuration; the registrations verified.
     Returns every figure (also written to ``work/container-check.json``). A registry this call starts is stopped
-    at the end (its storage stays)."""
+    at the end (its storage stays). ``wheels``: the wheel cache (default: the one this machine's checkouts share,
+    ``builder.default_wheelhouse``). Once the check holds, this machine's older images of the repository are
+    removed (they stay in the registry)."""
     from image_emotion.kubeflow import builder
     from image_emotion.kubeflow.registry import LocalRegistry
 
@@ -275,13 +282,13 @@ def check(
     started_here = registry.running() is None  # one the user started stays up; ours stops with the check
     address = registry.start().address
     try:
-        return _check(work, root, engine, address, base)
+        return _check(work, root, engine, address, base, wheels or builder.default_wheelhouse())
     finally:
         if started_here:
             registry.stop()
 
 
-def _check(work: Path, root: Path, engine: Engine, address: str, base: str) -> dict[str, Any]:
+def _check(work: Path, root: Path, engine: Engine, address: str, base: str, wheels: Path) -> dict[str, Any]:
     """``check``'s steps after the registry at ``address`` is up."""
     import json
 
@@ -295,8 +302,10 @@ def _check(work: Path, root: Path, engine: Engine, address: str, base: str) -> d
 
     began = time.monotonic()
     built = images(f"{address}/image-emotion", root)
-    wheels = work / "wheels" if engine.name != "docker" else None
-    result: dict[str, Any] = {"build": builder.build_images(engine, built, base, root, work, wheels, push_them=True)}
+    wheelhouse = wheels if engine.name != "docker" else None
+    result: dict[str, Any] = {
+        "build": builder.build_images(engine, built, base, root, work, wheelhouse, push_them=True)
+    }
     built = built.by_digest(result["build"]["digests"])
     pipeline_yaml = compile_pipeline(work / "pipeline.yaml", built=built)
     result["pipeline"] = {"yaml": str(pipeline_yaml), "images": sorted(pipeline_images(pipeline_yaml))}
@@ -316,6 +325,7 @@ def _check(work: Path, root: Path, engine: Engine, address: str, base: str) -> d
         run = run_in_images(config, built, work / "pipeline-root", stack.tracking_uri, docker_host)
         result["run"] = {"seconds": run.seconds, "tasks": run.tasks, "run_dir": str(run.run_dir)}
         result["tracking"] = verify_registrations(stack.tracking_uri, config, built)
+    result["removed_older_images"] = builder.remove_older_images(engine, built)
     result["seconds"] = round(time.monotonic() - began, 1)
     write_text_atomic(work / "container-check.json", json.dumps(result, indent=2))
     return result
