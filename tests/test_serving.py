@@ -141,6 +141,34 @@ def test_http_answer_equals_the_in_process_prediction(served, in_process, count)
     _assert_same_answer(json.loads(body)["predictions"], expected, labels)
 
 
+def _png(image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return _b64(buffer.getvalue())
+
+
+def test_a_large_image_is_reduced_while_decoded_and_answers_as_the_image_the_model_reads(served, in_process):
+    """A test image at the detector's input size, and the same image 20x larger (nearest): decoded one batch at a
+    time and reduced by 20 while decoded, the large one reaches the model as the small one, so its answer is the
+    same and its regions are the small one's x 20, in the large file's pixels (also over HTTP)."""
+    from PIL import Image
+
+    url, _, images = served
+    predictor = in_process.unwrap_python_model().predictor
+    side = predictor.fit.min_side
+    small = Image.open(images[0]).convert("RGB").resize((side, side))
+    large = small.resize((side * 20, side * 20), Image.Resampling.NEAREST)
+    answers = in_process.predict(pd.DataFrame({"image": [_png(small), _png(large)]}))
+    labels = list(predictor.labels)
+    np.testing.assert_allclose(answers[labels].iloc[1], answers[labels].iloc[0], atol=1e-6)
+    small_regions, large_regions = (np.asarray(json.loads(r), float) for r in answers["regions"])
+    np.testing.assert_allclose(large_regions[:, :4], small_regions[:, :4] * 20, atol=1.5)  # rounded to 0.1 px
+    assert large_regions[:, :4].max() > side  # in the large file's pixels, not the model's
+    status, body = _post(url, _split("image", [_png(large)]))
+    assert status == 200, body[:2000]
+    _assert_same_answer(json.loads(body)["predictions"], answers.iloc[1:].reset_index(drop=True), labels)
+
+
 def test_a_real_photo_is_classified(served):
     from PIL import Image
     from skimage import data
@@ -184,12 +212,15 @@ BAD = {
     # 900 MP: over PIL's own bomb limit (2 x Image.MAX_IMAGE_PIXELS), refused when the header is read
     "decompression bomb": (lambda: _split("image", [_b64(_png_bomb(30000, 30000))]), ("bomb", "pixels")),
     # 64 MP: under PIL's limits, over images.max_pixels (50 MP), refused before the pixels are decoded
-    "over max_pixels": (lambda: _split("image", [_b64(_png_bomb(8000, 8000))]), ("pixels", "bomb")),
+    "over max_pixels": (lambda: _split("image", [_b64(_png_bomb(8000, 8000))]), ("over serving.max_image_pixels",)),
     "0-byte file": (lambda: _split("image", [_b64(b"")]), ("empty", "0 bytes")),
     "wrong column": (lambda: _split("img", [_b64(b"hello")]), ("missing inputs ['image']", "column 'image'")),
     "malformed JSON": (lambda: b"{not json", ("valid json",)),
     "invalid base64": (lambda: _split("image", ["@@@not-base64@@@"]), ("valid base64",)),
-    "50 MB of base64": (_fifty_mb_of_base64, ("limit", "not an image", "too large", "over the")),
+    "50 MB of base64": (_fifty_mb_of_base64, ("over serving.max_image_bytes",)),
+    # limits of the logged model (serving.*), checked on the headers before anything is decoded
+    "65 rows": (lambda: _split("image", [_b64(_png_bomb(8, 8))] * 65), ("over serving.max_rows = 64",)),
+    "5 x 49 MP": (lambda: _split("image", [_b64(_png_bomb(7000, 7000))] * 5), ("over serving.max_request_pixels",)),
 }
 
 

@@ -90,6 +90,23 @@ class ImagesConfig(Section):
     max_pixels: int = Field(50_000_000, gt=0, description="refuse larger images (decompression bombs)")
 
 
+class ServingConfig(Section):
+    """What one request to a served model may ask (over a limit: HTTP 400 naming it); logged with the model.
+
+    The limits are the registered model's ``model_config``, so a served model keeps those it was registered
+    with."""
+
+    max_rows: int = Field(64, ge=1, description="images in one request")
+    max_image_bytes: int = Field(32 * 2**20, ge=1, description="one encoded image file (a 24 MP JPEG is ~10 MB)")
+    max_request_bytes: int = Field(64 * 2**20, ge=1, description="all encoded images of one request")
+    max_image_pixels: int = Field(
+        ImagesConfig.model_fields["max_pixels"].default, ge=1, description="one image, as its header states"
+    )
+    max_request_pixels: int = Field(200_000_000, ge=1, description="all images of one request, as headers state")
+    max_k: int = Field(100, ge=1, description="neighbours one retrieval query may ask")
+    max_emotion_models: int = Field(8, ge=1, description="emotion models one generative request may ask")
+
+
 class SyntheticSet(Section):
     num_images: int = Field(ge=16, description="at least 2 per class")
     seed: int
@@ -329,6 +346,9 @@ class RetrieveConfig(Section):
     index: Literal["auto", "exact", "hnsw"] = Field("auto", description="auto: exact below exact_below items")
     exact_below: int = Field(50_000, ge=1, description="collections this large get a faiss HNSW index")
     k: int = Field(5, ge=1, description="neighbours shown a query")
+    ef_search: int = Field(
+        256, ge=1, description="HNSW's search width, fixed with the index (a query's k never changes it)"
+    )
     grid_queries: int = Field(4, ge=0, description="test queries drawn with their top-k (queries.png)")
 
 
@@ -442,6 +462,7 @@ with warnings.catch_warnings():  # the section `register` shadows ABCMeta.regist
         retrieve: RetrieveConfig = RetrieveConfig()
         generative: GenerativeConfig = GenerativeConfig()
         register: RegisterConfig = RegisterConfig()
+        serving: ServingConfig = ServingConfig()
         mlflow: MlflowConfig = MlflowConfig()
 
         def with_overrides(self, overrides: Sequence[str]) -> Config:

@@ -7,8 +7,11 @@ Euclidean distance, nearest first, as ``(distances (Q, k), positions (Q, k))``; 
 
 - ``exact``: brute force in numpy, the same order as ``metrics.rank_gallery`` (equal distances keep the lower
   position first), so retrieval measures and the served answers agree;
-- ``hnsw``: faiss's HNSW graph (``IndexHNSWFlat``, M = 32, efSearch >= 2k): approximate, sub-linear, for
-  collections of hundreds of thousands of images;
+- ``hnsw``: faiss's HNSW graph (``IndexHNSWFlat``, M = 32): approximate, sub-linear, for collections of hundreds
+  of thousands of images. Its search width ``ef_search`` is fixed with the index (``retrieve.ef_search``, saved in
+  ``index.json``) and passed with each search (faiss's per-call parameters), never set on the shared index, so
+  concurrent queries cannot change each other's; a query's ``k`` above it widens only its own search. Places
+  faiss leaves unfilled (``-1``: fewer than ``k`` reachable) are dropped, never read as the last item;
 - ``auto``: exact below ``exact_below`` items, HNSW from there.
 
 Layout of a saved index: ``index.json`` (kind, dimension, ids, labels), ``embeddings.npy`` (float32) and, for
@@ -23,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from image_emotion.config import RetrieveConfig
 from image_emotion.errors import ConfigError
 from image_emotion.files import atomic_dir
 from image_emotion.metrics import rank_gallery
@@ -30,6 +34,7 @@ from image_emotion.metrics import rank_gallery
 KINDS = ("auto", "exact", "hnsw")
 EXACT_BELOW = 50_000  # items: below this, brute force answers in milliseconds and is exact
 HNSW_M = 32
+EF_SEARCH = RetrieveConfig.model_fields["ef_search"].default
 
 
 class EmbeddingIndex:
@@ -42,6 +47,7 @@ class EmbeddingIndex:
         labels: list[int] | None = None,
         kind: str = "auto",
         exact_below: int = EXACT_BELOW,
+        ef_search: int = EF_SEARCH,
     ) -> None:
         vectors = np.ascontiguousarray(np.asarray(embeddings, dtype=np.float32))
         if vectors.ndim != 2 or len(vectors) == 0:
@@ -55,6 +61,7 @@ class EmbeddingIndex:
         self.embeddings, self.ids = vectors, list(ids)
         self.labels = None if labels is None else [int(x) for x in labels]
         self.kind = ("exact" if len(vectors) < exact_below else "hnsw") if kind == "auto" else kind
+        self.ef_search = int(ef_search)
         self._faiss = self._build_hnsw(vectors) if self.kind == "hnsw" else None
 
     @staticmethod
@@ -70,15 +77,20 @@ class EmbeddingIndex:
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` nearest items of each query ``(Q, D)``: Euclidean distances ``(Q, k)`` and positions ``(Q, k)``,
-        nearest first (``k`` is capped at the collection's size)."""
+        nearest first (``k`` is capped at the collection's size). HNSW may find fewer than ``k`` for a query: its
+        rows are then padded with distance ``inf`` and position ``-1``, which callers skip."""
         q = np.ascontiguousarray(np.atleast_2d(np.asarray(queries, dtype=np.float32)))
         if q.shape[1] != self.embeddings.shape[1]:
             raise ConfigError(f"queries have dimension {q.shape[1]}, the index {self.embeddings.shape[1]}")
         k = min(int(k), len(self))
         if self._faiss is not None:
-            self._faiss.hnsw.efSearch = max(64, 2 * k)
-            squared, positions = self._faiss.search(q, k)
-            return np.sqrt(np.maximum(squared, 0.0)), positions.astype(np.int64)
+            import faiss
+
+            params = faiss.SearchParametersHNSW(efSearch=max(self.ef_search, k))
+            squared, positions = self._faiss.search(q, k, params=params)
+            positions = positions.astype(np.int64)
+            distances = np.where(positions >= 0, np.sqrt(np.maximum(squared, 0.0)), np.inf)
+            return distances, positions
         positions = rank_gallery(q, self.embeddings)[:, :k]
         diff = q[:, None, :].astype(np.float64) - self.embeddings[positions].astype(np.float64)
         return np.sqrt((diff**2).sum(-1)), positions
@@ -91,6 +103,7 @@ class EmbeddingIndex:
                 "dimension": int(self.embeddings.shape[1]),
                 "ids": self.ids,
                 "labels": self.labels,
+                "ef_search": self.ef_search,
             }
             (tmp / "index.json").write_text(json.dumps(meta), encoding="utf-8")
             np.save(tmp / "embeddings.npy", self.embeddings)
@@ -113,6 +126,7 @@ class EmbeddingIndex:
             ) from None
         index = cls.__new__(cls)
         index.embeddings, index.ids, index.labels, index.kind = embeddings, meta["ids"], meta["labels"], meta["kind"]
+        index.ef_search = int(meta.get("ef_search", EF_SEARCH))  # indexes saved before it was stored: the default
         index._faiss = None
         if index.kind == "hnsw":
             import faiss

@@ -465,7 +465,7 @@ class RegisterPaths(Stage):
     command: ClassVar[str] = "register"
     module: ClassVar[str] = "register"
     help: ClassVar[str] = "log + register the model in MLflow; promote to champion if better"
-    reads: ClassVar[tuple[str, ...]] = ("register", "mlflow")
+    reads: ClassVar[tuple[str, ...]] = ("register", "serving", "mlflow")
 
     prepared: Path = dep("data/prepared/main")
     detector: Path = dep("models/detector/detector.pt", tracked="models/detector")
@@ -480,7 +480,7 @@ class RegisterMetricPaths(Stage):
     command: ClassVar[str] = "register-metric"
     module: ClassVar[str] = "register_metric"
     help: ClassVar[str] = "seed 002: log + register the retrieval model; champion if its test mAP8 is better"
-    reads: ClassVar[tuple[str, ...]] = ("register", "mlflow")
+    reads: ClassVar[tuple[str, ...]] = ("register", "serving", "mlflow")
 
     prepared: Path = dep("data/prepared/main")
     model: Path = dep("models/metric/model.pt", tracked="models/metric")
@@ -495,7 +495,7 @@ class RegisterGenerativePaths(Stage):
     command: ClassVar[str] = "register-generative"
     module: ClassVar[str] = "register_generative"
     help: ClassVar[str] = "seed 001: log + register the generative model; champion if its test accuracy is better"
-    reads: ClassVar[tuple[str, ...]] = ("register", "mlflow")
+    reads: ClassVar[tuple[str, ...]] = ("register", "serving", "mlflow")
 
     prepared: Path = dep("data/prepared/main")
     model: Path = dep("models/generative")

@@ -44,6 +44,7 @@ def run(config: Config, paths: RegisterPaths) -> dict[str, Any]:
                 signature=infer_signature(example, output_example),
                 input_example=example,
                 pip_requirements=model_requirements(),
+                model_config=config.serving.model_dump(),  # the limits it serves with
             ).model_uri
 
         result = register_and_promote(mlflow, log_model, [paths.detector, paths.head], name, candidate, min_accuracy)

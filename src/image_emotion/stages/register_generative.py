@@ -36,7 +36,12 @@ def run(config: Config, paths: RegisterGenerativePaths) -> dict[str, Any]:
             mlflow,
             lambda: (
                 log_generative_model(
-                    mlflow, paths.model, example, [str(PACKAGE_DIR)], model_requirements(("transformers", "tokenizers"))
+                    mlflow,
+                    paths.model,
+                    example,
+                    [str(PACKAGE_DIR)],
+                    model_requirements(("transformers", "tokenizers")),
+                    config.serving,
                 ).model_uri
             ),
             [paths.model],

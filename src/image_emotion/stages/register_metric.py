@@ -34,7 +34,13 @@ def run(config: Config, paths: RegisterMetricPaths) -> dict[str, Any]:
             mlflow,
             lambda: (
                 log_retrieval_model(
-                    mlflow, paths.model, paths.index, example, [str(PACKAGE_DIR)], model_requirements(("faiss-cpu",))
+                    mlflow,
+                    paths.model,
+                    paths.index,
+                    example,
+                    [str(PACKAGE_DIR)],
+                    model_requirements(("faiss-cpu",)),
+                    config.serving,
                 ).model_uri
             ),
             [paths.model, paths.index],

@@ -100,6 +100,7 @@ def run(config: Config, paths: RetrievePaths) -> dict[str, Any]:
         labels.tolist(),
         kind=config.retrieve.index,
         exact_below=config.retrieve.exact_below,
+        ef_search=config.retrieve.ef_search,
     )
     ablation = json.loads(paths.ablation.read_text()) if paths.ablation.is_file() else []
     result = {

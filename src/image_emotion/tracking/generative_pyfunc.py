@@ -1,7 +1,8 @@
 """The served generative model of seed 001: an MLflow pyfunc that answers every emotion model from one set of
 weights.
 
-Input: a DataFrame with a column ``image`` (base64 image files, decoded safely: ``tracking/served_input.py``);
+Input: a DataFrame with a column ``image`` (base64 image files, decoded safely one batch at a time, each reduced
+while decoded to the encoder's input size, under the limits the model was logged with: ``tracking/served_input.py``);
 optional param ``emotion_models`` (comma-separated, e.g. ``"mikels8,binary"``; empty: every emotion model the
 model was trained on). Output: one row per image and emotion model: ``image`` (the input row), ``emotion_model``,
 ``label`` (the label whose filled template is most likely), ``confidence`` (its probability), ``polarity``
@@ -23,8 +24,17 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from image_emotion.config import ServingConfig
 from image_emotion.data.emotions import get_label_set
-from image_emotion.tracking.served_input import BadServedParameter, decode_image_column
+from image_emotion.data.images import Fit
+from image_emotion.tracking.served_input import (
+    BadServedParameter,
+    Deadline,
+    decoded_batches,
+    limits_of,
+    request_images,
+    unique_names,
+)
 
 try:
     from mlflow.pyfunc import PythonModel
@@ -38,7 +48,12 @@ class GenerativePredictor:
     """The saved generative model (``models/generative``), loaded once; ``predict`` on encoded images."""
 
     def __init__(
-        self, model_dir: str | Path, device: str = "auto", batch_size: int = 16, allow_paths: bool = False
+        self,
+        model_dir: str | Path,
+        device: str = "auto",
+        batch_size: int = 16,
+        allow_paths: bool = False,
+        limits: ServingConfig | None = None,
     ) -> None:
         from image_emotion.device import pick_device
         from image_emotion.models.generative import load_generative_model
@@ -48,11 +63,13 @@ class GenerativePredictor:
         self.model = model.to(self.device).eval()
         self.emotion_models: list[str] = list(state["emotion_models"])
         self.batch_size, self.allow_paths = batch_size, allow_paths
+        self.limits = limits or ServingConfig()
 
     def _chosen(self, emotion_models: Sequence[str] | str | None) -> list[str]:
         if emotion_models is None or emotion_models == "":
             return self.emotion_models
-        names = [m.strip() for m in emotion_models.split(",")] if isinstance(emotion_models, str) else emotion_models
+        names = emotion_models.split(",") if isinstance(emotion_models, str) else list(emotion_models)
+        names = unique_names(names, "emotion models", "max_emotion_models", self.limits.max_emotion_models)
         unknown = [m for m in names if m not in self.emotion_models]
         if unknown:
             raise BadServedParameter(
@@ -62,9 +79,9 @@ class GenerativePredictor:
         return list(names)
 
     def predict_images(
-        self, images: Sequence[Image.Image], emotion_models: Sequence[str] | str | None = None
+        self, images: Sequence[Image.Image], emotion_models: Sequence[str] | str | None = None, first: int = 0
     ) -> pd.DataFrame:
-        """Decoded images -> the output rows of the module docstring."""
+        """Decoded images -> the output rows of the module docstring (``image``: ``first`` + the position)."""
         from image_emotion.data.torch_data import preprocess
         from image_emotion.models.templates import get_template
 
@@ -88,7 +105,7 @@ class GenerativePredictor:
                     label = labels.labels[int(p.argmax())]
                     rows.append(
                         {
-                            "image": start + offset,
+                            "image": first + start + offset,
                             "emotion_model": name,
                             "label": label,
                             "confidence": float(p.max()),
@@ -102,15 +119,24 @@ class GenerativePredictor:
         return pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
 
     def predict(self, frame: pd.DataFrame, emotion_models: Sequence[str] | str | None = None) -> pd.DataFrame:
-        """``frame["image"]`` (base64 image files) -> the output rows; a bad cell raises ``ValueError``."""
-        return self.predict_images(decode_image_column(frame, self.allow_paths), emotion_models)
+        """``frame["image"]`` (base64 image files) -> the output rows; a bad cell raises ``ValueError``, a request
+        over a limit names it."""
+        names = self._chosen(emotion_models)
+        images, deadline = request_images(frame, self.limits, self.allow_paths), Deadline()
+        fit, answers, done = Fit(self.model.image_size), [], 0
+        for batch in decoded_batches(images, self.batch_size, fit, self.limits):
+            deadline.check(done, len(images.files))
+            answers.append(self.predict_images(batch, names, first=done))
+            done += len(batch)
+        return pd.concat(answers, ignore_index=True) if answers else self.predict_images([], names)
 
 
 class GenerativeModel(PythonModel):
     """MLflow pyfunc wrapper of ``GenerativePredictor`` (artifact ``model``; param ``emotion_models``)."""
 
     def load_context(self, context: Any) -> None:
-        self.predictor = GenerativePredictor(context.artifacts["model"])
+        limits = limits_of(getattr(context, "model_config", None))
+        self.predictor = GenerativePredictor(context.artifacts["model"], limits=limits)
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         return self.predictor.predict(model_input, (params or {}).get("emotion_models") or None)
@@ -122,9 +148,11 @@ def log_generative_model(
     input_example: pd.DataFrame,
     code_paths: Sequence[str | Path],
     pip_requirements: Sequence[str],
+    limits: ServingConfig,
 ) -> Any:
     """Log the generative pyfunc (the model directory as its artifact) with a signature inferred from
-    ``input_example`` and its answer, param ``emotion_models`` (default: all); returns the ``ModelInfo``."""
+    ``input_example`` and its answer, param ``emotion_models`` (default: all) and ``limits`` as its
+    ``model_config``; returns the ``ModelInfo``."""
     from mlflow.models import infer_signature
 
     output_example = GenerativePredictor(model_dir, device="cpu").predict(input_example)
@@ -136,4 +164,5 @@ def log_generative_model(
         input_example=input_example,
         code_paths=[str(p) for p in code_paths],
         pip_requirements=list(pip_requirements),
+        model_config=limits.model_dump(),
     )

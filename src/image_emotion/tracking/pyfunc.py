@@ -19,8 +19,10 @@ import pandas as pd
 import torch
 from torchvision.transforms.functional import to_tensor
 
+from image_emotion.config import ServingConfig
 from image_emotion.data.emotions import get_label_set
-from image_emotion.tracking.served_input import decode_image_column
+from image_emotion.data.images import Fit
+from image_emotion.tracking.served_input import Deadline, decoded_batches, limits_of, request_images
 
 try:
     from mlflow.pyfunc import PythonModel
@@ -53,6 +55,7 @@ class EmotionPredictor:
         device: str = "auto",
         batch_size: int = 8,
         allow_paths: bool = False,
+        limits: ServingConfig | None = None,
     ) -> None:
         from image_emotion.device import pick_device
         from image_emotion.models.multilevel import MultiLevelClassifier, load_head
@@ -64,16 +67,26 @@ class EmotionPredictor:
         self.labels = self.label_set.labels
         self.model = MultiLevelClassifier(load_detector(detector_path, self.device), head.to(self.device)).eval()
         self.batch_size, self.allow_paths = batch_size, allow_paths
+        self.limits = limits or ServingConfig()
+        transform = self.model.detector.transform
+        self.fit = Fit(int(transform.min_size[-1]), int(transform.max_size))
 
     def predict_images(self, images: list) -> pd.DataFrame:
-        """Decoded RGB images -> the output rows described in the module docstring."""
+        """Decoded RGB images -> the output rows described in the module docstring (regions in the pixels of
+        ``info["original_size"]`` where an image was reduced while decoded, else in its own)."""
         rows = []
         for start in range(0, len(images), self.batch_size):
             batch = [to_tensor(img).to(self.device) for img in images[start : start + self.batch_size]]
             with torch.inference_mode():
                 logits, feats = self.model(batch)
             probs = logits.softmax(-1).cpu()
-            for p, boxes, scores in zip(probs, feats.emotional_boxes.cpu(), feats.emotional_scores.cpu(), strict=True):
+            sizes = [img.info.get("original_size", img.size) for img in images[start : start + self.batch_size]]
+            scales = [
+                torch.tensor([w / img.width, h / img.height] * 2)
+                for (w, h), img in zip(sizes, images[start : start + self.batch_size], strict=True)
+            ]
+            boxes_in_files = [b * s for b, s in zip(feats.emotional_boxes.cpu(), scales, strict=True)]
+            for p, boxes, scores in zip(probs, boxes_in_files, feats.emotional_scores.cpu(), strict=True):
                 regions = [
                     [*(round(float(v), 1) for v in b), round(float(s), 4)] for b, s in zip(boxes, scores, strict=True)
                 ]
@@ -89,14 +102,24 @@ class EmotionPredictor:
         return pd.DataFrame(rows, columns=["label", "polarity", *self.labels, "regions"])
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
-        return self.predict_images(decode_image_column(frame, self.allow_paths))
+        """A request (see the module docstring) checked, then decoded and answered one batch at a time."""
+        images, deadline = request_images(frame, self.limits, self.allow_paths), Deadline()
+        answers = []
+        for batch in decoded_batches(images, self.batch_size, self.fit, self.limits):
+            deadline.check(sum(len(a) for a in answers), len(images.files))
+            answers.append(self.predict_images(batch))
+        if not answers:
+            return self.predict_images([])
+        return pd.concat(answers, ignore_index=True)
 
 
 class EmotionModel(PythonModel):
-    """MLflow pyfunc wrapper of ``EmotionPredictor`` (artifacts ``detector`` and ``head``)."""
+    """MLflow pyfunc wrapper of ``EmotionPredictor`` (artifacts ``detector`` and ``head``; the limits it was
+    logged with in its ``model_config``)."""
 
     def load_context(self, context: Any) -> None:
-        self.predictor = EmotionPredictor(context.artifacts["detector"], context.artifacts["head"])
+        limits = limits_of(getattr(context, "model_config", None))
+        self.predictor = EmotionPredictor(context.artifacts["detector"], context.artifacts["head"], limits=limits)
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         return self.predictor.predict(model_input)

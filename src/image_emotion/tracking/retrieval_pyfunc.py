@@ -2,7 +2,9 @@
 predicted emotion and the ``k`` images nearest in feeling from the saved collection.
 
 Input: a DataFrame with a string column ``image`` - each cell a base64-encoded image file (JPEG, PNG...), decoded
-safely (``data/images.py``); optional param ``k`` (default 5). Output: one row per image with ``label`` (the
+safely (``data/images.py``) one batch at a time, each reduced while decoded to the model's input size, under the
+limits the model was logged with (``serving``: rows, bytes, pixels, ``max_k``; over one, HTTP 400 naming it);
+optional param ``k`` (default 5). Output: one row per image with ``label`` (the
 classifier's prediction), ``polarity`` (positive / negative in the model's label set) and ``neighbours`` - JSON
 ``[{"rank": 1, "id": "<image path>", "label": "<its label>", "distance": 0.12}, ...]``, nearest first, by Euclidean
 distance between the model's retrieval features (``retrieval_feature`` saved with the model: the unit-norm
@@ -25,10 +27,12 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from image_emotion.config import ServingConfig
 from image_emotion.data.emotions import get_label_set
+from image_emotion.data.images import Fit
 from image_emotion.errors import ConfigError
 from image_emotion.retrieval import EmbeddingIndex
-from image_emotion.tracking.served_input import decode_image_column
+from image_emotion.tracking.served_input import Deadline, checked_k, decoded_batches, limits_of, request_images
 
 try:
     from mlflow.pyfunc import PythonModel
@@ -39,6 +43,12 @@ DEFAULT_K = 5
 OUTPUT_COLUMNS = ["label", "polarity", "neighbours"]
 
 
+def found(distances: np.ndarray, positions: np.ndarray) -> list[tuple[float, int]]:
+    """One query's ``(distance, position)`` pairs, nearest first, without the places the index left unfilled
+    (position ``-1``: HNSW reached fewer than ``k`` items)."""
+    return [(float(d), int(p)) for d, p in zip(distances, positions, strict=True) if p >= 0]
+
+
 class RetrievalPredictor:
     """The sentiment-vector model and (optionally) a saved ``EmbeddingIndex``, loaded from their files.
 
@@ -47,7 +57,12 @@ class RetrievalPredictor:
     """
 
     def __init__(
-        self, model_path: str | Path, index_dir: str | Path | None = None, device: str = "auto", batch_size: int = 32
+        self,
+        model_path: str | Path,
+        index_dir: str | Path | None = None,
+        device: str = "auto",
+        batch_size: int = 32,
+        limits: ServingConfig | None = None,
     ) -> None:
         from image_emotion.device import pick_device
         from image_emotion.models.metric import load_metric_model
@@ -75,7 +90,7 @@ class RetrievalPredictor:
         self.feature = state.get("retrieval_feature", "sentiment")
         if self.feature not in ("sentiment", "fc", "joint"):
             raise ConfigError(f"{model_path}: unknown retrieval_feature {self.feature!r}; retrain the model")
-        self.batch_size = batch_size
+        self.batch_size, self.limits = batch_size, limits or ServingConfig()
 
     def embed_and_classify(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
         """Retrieval features ``(N, D)`` float32 and predicted class ids ``(N,)`` of ``images``, in batches."""
@@ -124,7 +139,7 @@ class RetrievalPredictor:
                         "label": self._label_name(index, int(p)),
                         "distance": round(float(d), 6),
                     }
-                    for rank, (d, p) in enumerate(zip(dist_row, pos_row, strict=True), start=1)
+                    for rank, (d, p) in enumerate(found(dist_row, pos_row), start=1)
                 ]
             )
         return answers
@@ -154,23 +169,29 @@ class RetrievalPredictor:
             out.append({"label": label, "polarity": self.label_set.polarity_or_none(label), "neighbours": found})
         return out
 
-    def predict(self, frame: pd.DataFrame, k: int = DEFAULT_K) -> pd.DataFrame:
+    def predict(self, frame: pd.DataFrame, k: Any = DEFAULT_K) -> pd.DataFrame:
         """One row per cell of ``frame["image"]`` (base64 image files): ``label``, ``polarity``, ``neighbours``
-        (JSON text). A bad cell raises ``ValueError`` naming its row."""
-        images = decode_image_column(frame)
-        rows = [{**r, "neighbours": json.dumps(r["neighbours"])} for r in self.query(images, int(k))]
+        (JSON text). A bad cell raises ``ValueError`` naming its row; a request over a limit names it."""
+        k = checked_k(k, self.limits)
+        images, deadline = request_images(frame, self.limits), Deadline()
+        rows: list[dict[str, Any]] = []
+        for batch in decoded_batches(images, self.batch_size, Fit(self.image_size), self.limits):
+            deadline.check(len(rows), len(images.files))
+            rows += [{**r, "neighbours": json.dumps(r["neighbours"])} for r in self.query(batch, k)]
         return pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
 
 
 class RetrievalModel(PythonModel):
-    """MLflow pyfunc wrapper of ``RetrievalPredictor`` (artifacts ``model`` and ``index``; param ``k``)."""
+    """MLflow pyfunc wrapper of ``RetrievalPredictor`` (artifacts ``model`` and ``index``; param ``k``; the
+    limits it was logged with in its ``model_config``)."""
 
     def load_context(self, context: Any) -> None:
-        self.predictor = RetrievalPredictor(context.artifacts["model"], context.artifacts["index"])
+        limits = limits_of(getattr(context, "model_config", None))
+        self.predictor = RetrievalPredictor(context.artifacts["model"], context.artifacts["index"], limits=limits)
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         k = (params or {}).get("k", DEFAULT_K)
-        return self.predictor.predict(model_input, k=int(DEFAULT_K if k is None else k))
+        return self.predictor.predict(model_input, k=DEFAULT_K if k is None else k)
 
 
 def log_retrieval_model(
@@ -180,10 +201,11 @@ def log_retrieval_model(
     input_example: pd.DataFrame,
     code_paths: Sequence[str | Path],
     pip_requirements: Sequence[str],
+    limits: ServingConfig,
 ) -> Any:
     """Log the retrieval pyfunc (model file + index directory as artifacts, ``code_paths`` as its code) with a
-    signature inferred from ``input_example`` and its answer, and param ``k`` (default 5); returns the
-    ``ModelInfo``."""
+    signature inferred from ``input_example`` and its answer, param ``k`` (default 5) and ``limits`` as its
+    ``model_config``; returns the ``ModelInfo``."""
     from mlflow.models import infer_signature
 
     output_example = RetrievalPredictor(model_path, index_dir, device="cpu").predict(input_example, k=DEFAULT_K)
@@ -195,4 +217,5 @@ def log_retrieval_model(
         input_example=input_example,
         code_paths=[str(p) for p in code_paths],
         pip_requirements=list(pip_requirements),
+        model_config=limits.model_dump(),
     )
