@@ -25,6 +25,7 @@ from typing import Any
 import pandas as pd
 
 from image_emotion.data.emotions import get_label_set
+from image_emotion.data.safe_paths import relative_path
 from image_emotion.errors import ConfigError, DatasetError
 from image_emotion.files import atomic_path
 
@@ -51,7 +52,8 @@ def make_manifest(rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def validate_manifest(df: pd.DataFrame, source: str = "manifest") -> pd.DataFrame:
-    """Check columns, labels, distributions, boxes, splits; raise a one-line ``DatasetError`` naming ``source``."""
+    """Check columns, paths (relative, no ``..``), labels, distributions, boxes, splits; raise a one-line
+    ``DatasetError`` naming ``source``."""
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise DatasetError(f"{source}: missing column(s) {', '.join(missing)}; expected {', '.join(COLUMNS)}")
@@ -61,6 +63,7 @@ def validate_manifest(df: pd.DataFrame, source: str = "manifest") -> pd.DataFram
     if not dupes.empty:
         raise DatasetError(f"{source}: image {dupes.iloc[0]!r} listed twice; remove the duplicate row")
     for i, row in enumerate(df.itertuples(index=False)):
+        relative_path(row.path, f"{source} row {i + 2}")  # relative, no '..' (symlinks: PreparedDataset.load)
         where = f"{source} row {i + 2} ({row.path})"
         try:
             labels = get_label_set(row.label_set)

@@ -18,6 +18,7 @@ from torchvision.transforms.functional import to_tensor
 from image_emotion.data.emotions import emotion_distribution, get_label_set
 from image_emotion.data.images import DEFAULT_MAX_PIXELS, load_image
 from image_emotion.data.manifest import read_manifest
+from image_emotion.data.safe_paths import inside
 from image_emotion.errors import DatasetError
 
 
@@ -33,7 +34,8 @@ class PreparedDataset:
 
     @classmethod
     def load(cls, prepared_dir: str | Path) -> PreparedDataset:
-        """Read ``manifest.csv`` and ``dataset.json`` written by ``image-emotion prepare``."""
+        """Read ``manifest.csv`` and ``dataset.json`` written by ``image-emotion prepare``; every manifest path
+        must stay inside the image root (``safe_paths.inside``), else a one-line ``DatasetError`` names the row."""
         prepared_dir = Path(prepared_dir)
         info_path = prepared_dir / "dataset.json"
         if not info_path.is_file():
@@ -41,8 +43,12 @@ class PreparedDataset:
         info = json.loads(info_path.read_text())
         root = Path(info["root"])  # relative roots are relative to the prepared directory
         root = root if root.is_absolute() else prepared_dir / root
+        manifest_path = prepared_dir / "manifest.csv"
+        manifest = read_manifest(manifest_path)
+        for i, path in enumerate(manifest["path"]):  # every later ``root / path`` stays inside the root
+            inside(root, path, f"{manifest_path} row {i + 2}")
         return cls(
-            read_manifest(prepared_dir / "manifest.csv"),
+            manifest,
             root,
             info["dataset"],
             info["label_set"],
@@ -51,7 +57,7 @@ class PreparedDataset:
 
     def image(self, path: str) -> Image.Image:
         """The RGB image at ``path`` (a manifest path), decoded under the limit it was prepared with."""
-        return load_image(self.root / path, self.max_pixels)
+        return load_image(inside(self.root, path, f"{self.name} manifest path"), self.max_pixels)
 
     def tensor_image(self, path: str) -> Tensor:
         """``image(path)`` as ``(3, H, W)`` in [0, 1]."""
@@ -156,7 +162,8 @@ class DetectionDataset(Dataset):
                 f"{data.name}: no image has emotional-region boxes; the detector trains on a dataset with boxes "
                 "(detector_data: EmotionROI or the synthetic regions set)"
             )
-        return cls([data.root / p for p in rows["path"]], list(rows["boxes"]), None, hflip, seed, data.max_pixels)
+        paths = [inside(data.root, p, f"{data.name} manifest path") for p in rows["path"]]
+        return cls(paths, list(rows["boxes"]), None, hflip, seed, data.max_pixels)
 
     @classmethod
     def objects(cls, root: Path, rows: list[tuple[str, list[list[float]]]], hflip: bool, seed: int):
@@ -165,7 +172,7 @@ class DetectionDataset(Dataset):
         if not rows:
             raise DatasetError(f"{root}: no image has object boxes; the object pre-training needs them")
         return cls(
-            [root / p for p, _ in rows],
+            [inside(root, p, f"{root} object rows") for p, _ in rows],
             [[o[:4] for o in objs] for _, objs in rows],
             [[int(o[4]) for o in objs] for _, objs in rows],
             hflip,

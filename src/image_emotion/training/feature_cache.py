@@ -25,12 +25,13 @@ import json
 import os
 import shutil
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 import torch
 
+from image_emotion.data.safe_paths import inside
 from image_emotion.errors import ConfigError, ImageEmotionError
 from image_emotion.files import atomic_dir, atomic_path, file_sha256, write_json_atomic
 
@@ -42,8 +43,22 @@ class CacheError(ImageEmotionError):
     """A feature cache that is missing, stale or corrupt."""
 
 
+CACHE_FIX = "index.json names files of the cache directory itself; delete the cache and run extract-regions again"
+
+
 def _index_path(cache_dir: Path) -> Path:
     return cache_dir / "index.json"
+
+
+def cache_file(cache_dir: Path, name: object, what: str) -> Path:
+    """``cache_dir / name`` for a file name read from ``index.json``: a plain name (no folder, no ``..``) of a
+    file inside the cache directory (``safe_paths.inside``), else a one-line ``CacheError`` naming it."""
+    if not isinstance(name, str):
+        raise CacheError(f"{what}: file name {name!r} is not a string; {CACHE_FIX}")
+    path = inside(cache_dir, name, what, place="the cache directory", fix=CACHE_FIX, error=CacheError)
+    if len(PurePosixPath(name).parts) != 1:
+        raise CacheError(f"{what}: path {name!r} is not a plain file name of the cache directory; {CACHE_FIX}")
+    return path
 
 
 def read_index(cache_dir: str | Path) -> dict[str, Any] | None:
@@ -62,8 +77,19 @@ def new_index(fingerprint: str, num_images: int, shard_size: int) -> dict[str, A
 
 def entry_files(entry: dict[str, Any]) -> list[str]:
     """The file names of one index entry (also of an entry of the earlier one-file format, to remove them)."""
-    files = [f["file"] for f in entry.get("files", {}).values() if isinstance(f, dict) and "file" in f]
-    return files + ([entry["file"]] if isinstance(entry.get("file"), str) else [])
+    if not isinstance(entry, dict):
+        return []
+    listed = entry.get("files") if isinstance(entry.get("files"), dict) else {}
+    files = [f["file"] for f in listed.values() if isinstance(f, dict) and "file" in f]
+    return files + ([entry["file"]] if "file" in entry else [])
+
+
+def _check_index_files(cache_dir: Path, index: dict[str, Any]) -> None:
+    """Every file name of every entry of ``index`` passes ``cache_file`` (before anything is opened or removed)."""
+    shards = index.get("shards")
+    for sid, entry in shards.items() if isinstance(shards, dict) else ():
+        for name in entry_files(entry):
+            cache_file(cache_dir, name, f"{_index_path(cache_dir)} shard {sid}")
 
 
 def shard_ranges(num_images: int, shard_size: int) -> list[tuple[str, int, int]]:
@@ -87,12 +113,14 @@ def shard_ranges_of(num_images: int, shard_size: int, shard: int, shards: int) -
 
 
 def shard_is_valid(cache_dir: Path, entry: dict[str, Any] | None) -> bool:
-    """Every file of the shard exists and its bytes hash to the recorded value."""
-    files = entry.get("files") if entry else None
-    if not isinstance(files, dict) or "paths" not in files:
+    """Every file of the shard exists and its bytes hash to the recorded value. A file name that is not a plain
+    name inside ``cache_dir`` raises ``CacheError`` (``cache_file``)."""
+    files = entry.get("files") if isinstance(entry, dict) else None
+    if not isinstance(files, dict) or "paths" not in files or not all(isinstance(f, dict) for f in files.values()):
         return False
+    paths = [cache_file(cache_dir, f.get("file"), f"{_index_path(cache_dir)} shard entry") for f in files.values()]
     return all(
-        (cache_dir / f["file"]).is_file() and file_sha256(cache_dir / f["file"]) == f["sha256"] for f in files.values()
+        path.is_file() and file_sha256(path) == f.get("sha256") for path, f in zip(paths, files.values(), strict=True)
     )
 
 
@@ -106,10 +134,14 @@ def missing_shards(
     cache_dir = Path(cache_dir)
     owned = shard_ranges_of(num_images, shard_size, shard, shards)
     index = read_index(cache_dir)
+    if isinstance(index, dict):
+        _check_index_files(cache_dir, index)  # a crafted name raises here, before any file is removed
+    else:
+        index = None
     if index is not None and index.get("format") != FORMAT:  # another layout: its files go, all is recomputed
         for entry in index.get("shards", {}).values():
             for name in entry_files(entry):
-                (cache_dir / name).unlink(missing_ok=True)
+                cache_file(cache_dir, name, f"{_index_path(cache_dir)}").unlink(missing_ok=True)
     if (
         index is None
         or index.get("format") != FORMAT
@@ -121,7 +153,7 @@ def missing_shards(
     owned_ids = {sid for sid, _, _ in owned}
     for sid in sorted(set(index["shards"]) - owned_ids):
         for name in entry_files(index["shards"][sid]):
-            (cache_dir / name).unlink(missing_ok=True)
+            cache_file(cache_dir, name, f"{_index_path(cache_dir)} shard {sid}").unlink(missing_ok=True)
         del index["shards"][sid]
     todo = []
     for sid, start, stop in owned:
@@ -225,7 +257,8 @@ def merge_caches(parts: list[Path], out: Path) -> dict[str, Any]:
         for sid in sorted(entries):
             entry = entries[sid]
             for file in entry["files"].values():
-                src, dst = owner[sid] / file["file"], tmp / file["file"]
+                where = f"{_index_path(owner[sid])} shard {sid}"
+                src, dst = cache_file(owner[sid], file["file"], where), cache_file(tmp, file["file"], where)
                 try:
                     os.link(src, dst)
                 except OSError:

@@ -21,13 +21,15 @@ from image_emotion.data.datasets.base import (
     require_file,
 )
 from image_emotion.data.emotions import MIKELS8, distribution_from_votes, dominant_label
+from image_emotion.data.safe_paths import relative_path
 from image_emotion.errors import DatasetError
 
 CSV_NAME = "ABSTRACT_groundTruth.csv"
 
 
 def read_votes(csv_path: Path) -> list[tuple[str, dict[str, float]]]:
-    """``(image name, {mikels label: votes})`` for each row of the ground-truth CSV."""
+    """``(image name, {mikels label: votes})`` for each row of the ground-truth CSV; a name must be a relative path
+    without ``..`` (``safe_paths``), else a one-line ``DatasetError`` names the line."""
     with csv_path.open(newline="", encoding="utf-8-sig") as fh:
         rows = list(csv.reader(fh, quotechar="'", skipinitialspace=True))
     if not rows:
@@ -47,7 +49,9 @@ def read_votes(csv_path: Path) -> list[tuple[str, dict[str, float]]]:
             raise DatasetError(f"{csv_path} line {n}: vote counts must be numbers, got {row}") from None
         if any(v < 0 or v != v for v in votes.values()):
             raise DatasetError(f"{csv_path} line {n}: vote counts must be non-negative numbers, got {row}")
-        out.append((row[0].strip().strip("'\""), votes))
+        name = row[0].strip().strip("'\"")
+        relative_path(name, f"{csv_path} line {n}")
+        out.append((name, votes))
     return out
 
 

@@ -20,6 +20,7 @@ import pandas as pd
 from image_emotion.config import Config, DataConfig
 from image_emotion.data.images import DEFAULT_MAX_PIXELS, is_image_name, load_image
 from image_emotion.data.manifest import make_manifest
+from image_emotion.data.safe_paths import inside
 from image_emotion.errors import DatasetError, ImageDecodeError
 
 OnError = Literal["raise", "skip"]
@@ -110,8 +111,14 @@ class Collector:
         return path.relative_to(self.root).as_posix()
 
     def add(self, path: Path, label: str, label_set: str, **fields: Any) -> None:
-        """Queue an image; it is decoded (when ``check_images``) in ``result``."""
-        self.rows.append({"path": self.rel(path), "label": label, "label_set": label_set, **fields})
+        """Queue an image; it is decoded (when ``check_images``) in ``result``. ``path`` must stay inside the
+        root (``safe_paths.inside``: also for files found by walking a folder, which may be symlinks)."""
+        if path.is_relative_to(self.root):
+            rel: str | Path = self.rel(path)
+        else:  # an absolute path from a data file, or one beside the root: refused below
+            rel = path if path.is_absolute() else Path(os.path.relpath(path, self.root))
+        inside(self.root, rel, str(self.root))
+        self.rows.append({"path": rel, "label": label, "label_set": label_set, **fields})
 
     def skip(self, path: Path | str, reason: str, bad: bool = True) -> None:
         """Leave ``path`` out with ``reason``; ``bad=False`` for files that are not images at all."""

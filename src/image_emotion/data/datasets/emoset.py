@@ -41,6 +41,7 @@ from image_emotion.data.datasets.base import (
     require_file,
 )
 from image_emotion.data.emotions import MIKELS8
+from image_emotion.data.safe_paths import inside, relative_path
 from image_emotion.errors import DatasetError
 
 SPLITS = ("train", "val", "test")
@@ -54,10 +55,10 @@ ATTRIBUTES = SCALAR_ATTRIBUTES + NAME_ATTRIBUTES + LIST_ATTRIBUTES
 
 
 def _relative(value: Any, split_file: Path, n: int) -> PurePosixPath:
-    """A root-relative path from a split-file entry; absolute paths and ``..`` are refused."""
-    rel = PurePosixPath(str(value).strip().replace("\\", "/"))
-    if not rel.parts or rel.is_absolute() or ".." in rel.parts or ":" in rel.parts[0]:
-        raise DatasetError(f"{split_file} entry {n}: path {value!r} is not relative to the EmoSet root")
+    """A root-relative path from a split-file entry; absolute paths, ``..`` and drive letters are refused."""
+    rel = relative_path(str(value).strip().replace("\\", "/"), f"{split_file} entry {n}")
+    if ":" in rel.parts[0]:
+        raise DatasetError(f"{split_file} entry {n}: path {value!r} is not relative to the EmoSet root (drive)")
     return rel
 
 
@@ -106,7 +107,7 @@ def load(root: Path, options: LoaderOptions) -> LoadResult:
                     "the official split files must not overlap"
                 )
             seen[rel] = split
-            image = root / rel
+            image = inside(root, rel, f"{root / f'{split}.json'} entry {n}")
             if not image.is_file():
                 collector.skip(image, f"listed in {split}.json but the image file is missing")
                 continue
@@ -146,7 +147,11 @@ def read_attributes(root: str | Path, splits: tuple[str, ...] = SPLITS, on_error
     rows, index = [], []
     for split in splits:
         for label, rel, annotation in read_split(root, split):
-            ann = root / (annotation or PurePosixPath("annotation", label, rel.with_suffix(".json").name))
+            ann = inside(
+                root,
+                annotation or PurePosixPath("annotation", label, rel.with_suffix(".json").name),
+                f"{root / f'{split}.json'} annotation of {rel}",
+            )
             try:
                 row = _attribute_row(json.loads(ann.read_text(encoding="utf-8-sig")), ann)
             except (OSError, json.JSONDecodeError, UnicodeDecodeError, DatasetError) as exc:

@@ -18,6 +18,7 @@ from image_emotion.data.datasets.base import (
     require_file,
 )
 from image_emotion.data.emotions import EMOTION6, distribution_from_votes, dominant_label
+from image_emotion.data.safe_paths import inside
 from image_emotion.errors import ConfigError, DatasetError
 
 
@@ -37,7 +38,7 @@ def load(root: Path, options: LoaderOptions) -> LoadResult:
             probs = [float(c) for c in cells[3:10]]
         except ValueError:
             raise DatasetError(f"{gt} line {n}: probabilities must be numbers, got {cells[3:10]}") from None
-        path = images / cells[0]
+        path = inside(images, cells[0], f"{gt} line {n}")
         label = dominant_label(dict(zip(EMOTION6.labels, probs, strict=True)))
         if label is None:
             collector.skip(path, "top probability is tied (dropped)", bad=False)

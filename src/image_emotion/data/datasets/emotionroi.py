@@ -24,6 +24,7 @@ from image_emotion.data.datasets.base import (
 )
 from image_emotion.data.emotions import EKMAN6
 from image_emotion.data.images import is_image_name, load_image
+from image_emotion.data.safe_paths import inside
 from image_emotion.errors import ImageDecodeError
 
 
@@ -71,8 +72,10 @@ def load(root: Path, options: LoaderOptions) -> LoadResult:
                 collector.skip(f, "not an image file (ignored)", bad=False)
                 continue
             key = f"{sub.name}/{f.name}"
+            inside(root, f.relative_to(root), str(root))  # both files stay inside the root before either is opened
+            heat_path = inside(root, heatmaps.relative_to(root) / key, str(root))
             try:
-                heat = np.asarray(load_image(heatmaps / key, options.max_pixels).convert("L"), dtype=np.float64)
+                heat = np.asarray(load_image(heat_path, options.max_pixels).convert("L"), dtype=np.float64)
                 with Image.open(f) as im:
                     width, height = im.size
             except (ImageDecodeError, OSError) as exc:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from image_emotion.data.datasets.base import Collector, LoaderOptions, LoadResult, require_dir, require_file
 from image_emotion.data.emotions import distribution_from_votes
+from image_emotion.data.safe_paths import inside
 from image_emotion.data.synthetic import ANNOTATIONS
 from image_emotion.errors import ConfigError, DatasetError
 
@@ -28,7 +29,7 @@ def load(root: Path, options: LoaderOptions) -> LoadResult:
             try:
                 votes, boxes = json.loads(row["votes"]), json.loads(row["boxes"])
                 collector.add(
-                    root / row["path"],
+                    inside(root, row["path"], f"{ann} line {n}"),
                     row["label"],
                     row.get("label_set") or "mikels8",
                     distribution=distribution_from_votes(votes).tolist(),

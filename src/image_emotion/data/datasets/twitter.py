@@ -16,6 +16,7 @@ from image_emotion.data.datasets.base import (
     require_dir,
     require_file,
 )
+from image_emotion.data.safe_paths import inside
 from image_emotion.errors import DatasetError
 
 
@@ -32,5 +33,6 @@ def load(root: Path, options: LoaderOptions) -> LoadResult:
             continue
         if len(cells) != 2 or cells[1] not in ("0", "1"):
             raise DatasetError(f"{agree} line {n}: expected '<image name> <0|1>', got {line.strip()!r}")
-        collector.add(images / cells[0], "positive" if cells[1] == "1" else "negative", "binary")
+        label = "positive" if cells[1] == "1" else "negative"
+        collector.add(inside(images, cells[0], f"{agree} line {n}"), label, "binary")
     return collector.result("random", "Twitter I")
