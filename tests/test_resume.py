@@ -1,5 +1,6 @@
 """Interrupted detector training resumes from its last checkpoint (a real SIGKILL of the CLI) and ends with exactly
-the weights of an uninterrupted run; a checkpoint of other params is not resumed, a corrupt one is a clear error."""
+the weights of an uninterrupted run; a checkpoint of other params is not resumed, a corrupt one (and its previous
+one) is a clear error."""
 
 import json
 import os
@@ -111,7 +112,8 @@ def test_checkpoint_of_other_params_is_not_resumed_and_corrupt_one_is_a_clear_er
     assert "was made with more epochs; starting afresh" in capsys.readouterr().err
 
     model_before = (project / "model/detector.pt").read_bytes()
-    (project / "ckpt/last.pt").write_bytes(b"\x00garbage")
+    (project / "ckpt/last.pt").write_bytes(b"\x00garbage")  # and the previous one it would fall back to
+    (project / "ckpt/last.pt.prev").write_bytes(b"\x00garbage")
     with pytest.raises(CheckpointError, match=f"{project / 'ckpt/last.pt'}: checkpoint cannot be read"):
         finetune_detector.run(config, paths)
     assert (project / "model/detector.pt").read_bytes() == model_before  # the earlier model is intact

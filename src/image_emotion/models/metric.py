@@ -214,6 +214,7 @@ def save_metric_model(path: Path, model: SentimentVectorNet, extra: dict[str, An
             "image_std": model.image_std,
             **extra,
         },
+        keep_previous=False,  # a model file, not a training checkpoint
     )
 
 

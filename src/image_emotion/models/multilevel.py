@@ -183,6 +183,7 @@ def save_head(
             "label_set": label_set,
             **extra,
         },
+        keep_previous=False,  # a model file, not a training checkpoint
     )
 
 

@@ -331,7 +331,8 @@ def region_recall(pred: Tensor, gt: Tensor, iou: float = 0.5) -> float:
 def save_detector(detector: RegionDetector, path: str | Path, extra: dict[str, Any] | None = None) -> None:
     """Write the detector's config and weights atomically (``load_detector`` reads them back)."""
     state = {k: v.detach().cpu() for k, v in detector.state_dict().items()}
-    save_checkpoint(path, {"config": detector.config.to_dict(), "state_dict": state, **(extra or {})})
+    state = {"config": detector.config.to_dict(), "state_dict": state, **(extra or {})}
+    save_checkpoint(path, state, keep_previous=False)  # a model file, not a training checkpoint
 
 
 def load_detector(path: str | Path, device: str | torch.device = "cpu") -> RegionDetector:
