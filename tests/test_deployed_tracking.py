@@ -196,7 +196,7 @@ def test_racing_promotions_leave_the_better_champion_every_time(stack, http_uri,
         assert not [r for r in results.values() if "error" in r], f"trial {trial}: {results}"
         client = mlflow.MlflowClient(http_uri)
         champion = client.get_model_version_by_alias(name, "champion")
-        assert champion.tags["test_accuracy"] == "0.9", f"trial {trial}: the worse model became champion"
+        assert champion.tags["val_accuracy"] == "0.9", f"trial {trial}: the worse model became champion"
         assert results[0.9]["promoted"] and str(results[0.9]["version"]) == champion.version
         assert len(client.search_model_versions(f"name = '{name}'")) == 2
         assert not client.search_registered_models(f"name = '{name}{registry.LOCK_SUFFIX}'")  # lock released

@@ -110,9 +110,9 @@ def test_registry_promotes_only_a_better_model_and_serves_the_champion(tiny_run,
     params = params.with_overrides(["register.model_name=tiny-emotion", "register.min_accuracy=0.0"])
     evaluation = json.loads((work / "metrics/evaluate.json").read_text())
 
-    def register_with(accuracy: float) -> dict:
-        path = tmp_path / f"evaluate_{accuracy}.json"
-        path.write_text(json.dumps({**evaluation, "test_accuracy": accuracy}))
+    def register_with(accuracy: float, test_accuracy: float = 0.5) -> dict:
+        path = tmp_path / f"evaluate_{accuracy}_{test_accuracy}.json"
+        path.write_text(json.dumps({**evaluation, "val_accuracy": accuracy, "test_accuracy": test_accuracy}))
         return register.run(
             params,
             register.RegisterPaths(
@@ -132,7 +132,12 @@ def test_registry_promotes_only_a_better_model_and_serves_the_champion(tiny_run,
     assert str(client.get_model_version_by_alias("tiny-emotion", "champion").version) == "1"
     assert str(client.get_model_version_by_alias("tiny-emotion", "challenger").version) == "2"
     better = register_with(0.75)
-    assert better["promoted"] and "beats the champion's 0.6000" in better["reason"]
+    assert better["promoted"] and "validation accuracy 0.7500 beats the champion's 0.6000" in better["reason"]
+    best_on_test = register_with(0.70, test_accuracy=0.99)  # test is recorded, never compared
+    assert not best_on_test["promoted"] and best_on_test["reported"] == {"test_accuracy": 0.99}
+    version = client.get_model_version("tiny-emotion", str(best_on_test["version"]))
+    assert version.tags["val_accuracy"] == "0.7" and version.tags["test_accuracy"] == "0.99"
+    assert str(client.get_model_version_by_alias("tiny-emotion", "champion").version) == str(better["version"])
     assert str(client.get_model_version_by_alias("tiny-emotion", "champion").version) == "3"
 
     model = mlflow.pyfunc.load_model("models:/tiny-emotion@champion")

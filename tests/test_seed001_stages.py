@@ -186,7 +186,8 @@ def test_register_generative_promotes_only_a_better_model_and_serves_the_champio
     )
     assert (first["version"], first["promoted"], first["reason"]) == (1, True, "no champion yet")
     worse = json.loads(paths.metrics.read_text())
-    worse["accuracy"] -= 0.05
+    worse["val_accuracy"] -= 0.05  # worse on validation, better on test: test is never compared
+    worse["accuracy"] += 0.05
     (tmp_path / "worse.json").write_text(json.dumps(worse))
     second = register_generative.run(
         config, RegisterGenerativePaths(train.prepared, train.out_dir, tmp_path / "worse.json", tmp_path / "2.json")

@@ -158,7 +158,8 @@ def test_register_metric_promotes_only_a_better_map8_and_serves_the_champion(see
     )
     assert (first["version"], first["promoted"], first["reason"]) == (1, True, "no champion yet")
     worse = json.loads(paths.metrics.read_text())
-    worse["main"]["map8"] -= 0.05
+    worse["validation"]["map8"] -= 0.05  # worse on validation, better on test: test is never compared
+    worse["main"]["map8"] += 0.05
     (tmp_path / "worse.json").write_text(json.dumps(worse))
     second = register_metric.run(
         config,

@@ -417,13 +417,16 @@ class EvaluateConfig(Section):
 class RegisterConfig(Section):
     model_name: str = "image-emotion"
     min_accuracy: float = Field(
-        0.0, ge=0, le=1, description="never promote below this test accuracy (the kfp condition too)"
+        0.0, ge=0, le=1, description="never promote below this validation accuracy (the kfp condition too)"
     )
     retrieval_model_name: str = Field("image-emotion-retrieval", description="seed 002's model (register_metric)")
-    min_map8: float = Field(0.0, ge=0, le=1, description="never promote a retrieval model below this test mAP8")
+    min_map8: float = Field(0.0, ge=0, le=1, description="never promote a retrieval model below this validation mAP8")
     generative_model_name: str = Field("image-emotion-generative", description="seed 001's model")
     min_generative_accuracy: float = Field(
-        0.0, ge=0, le=1, description="never promote a generative model below this test accuracy (main emotion model)"
+        0.0,
+        ge=0,
+        le=1,
+        description="never promote a generative model below this validation accuracy (main emotion model)",
     )
 
 

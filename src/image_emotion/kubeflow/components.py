@@ -252,7 +252,7 @@ def set_roles_op(params_yaml: str, sets: str) -> List[str]:  # noqa: UP006
 
 
 def min_accuracy_op(params_yaml: str) -> float:
-    """``register.min_accuracy`` of the run's params: the test accuracy below which nothing is registered."""
+    """``register.min_accuracy`` of the run's params: the validation accuracy below which nothing is registered."""
     from image_emotion.kubeflow import runtime
 
     return float(runtime.validated(params_yaml).register.min_accuracy)
@@ -373,7 +373,7 @@ def evaluate_op(
     )  # fmt: skip
     result = evaluate.run(config, paths)
     runtime.log_to_kfp(metrics, result)
-    return float(result["test_accuracy"])
+    return float(result["val_accuracy"])  # what the register condition compares (test is only reported)
 
 
 def train_metric_op(

@@ -5,7 +5,7 @@ that many GPU pods, launched and awaited by finetune_detector_job) -> prepare ma
 shard_indices -> ParallelFor shard: extract_regions [GPU] of shard i of ``extraction_shards`` -> Collected ->
 merge_features -> train_classifier [GPU] (the whole λ sweep, λ* and its variants) -> ParallelFor transfer set:
 prepare, extract_regions [GPU], transfer_cv -> Collected -> evaluate -> report (HTML + Markdown artifacts) and,
-if test accuracy >= min_accuracy, register. Seed 002: prepare main data -> train_metric [GPU] -> retrieve ->
+if validation accuracy >= min_accuracy, register. Seed 002: prepare main data -> train_metric [GPU] -> retrieve ->
 report, register_metric, and retrieve_transfer for each transfer set (in its loop) -> report. Seed 001: prepare
 each generative set (ParallelFor) -> Collected -> train_generative [GPU] -> evaluate_generative -> report,
 register_generative. The same graph as dvc.yaml.
@@ -234,7 +234,7 @@ def build_pipeline(built: Images, parallelism: int = CLUSTER.parallelism, gpu_ty
                 **common,
             )
         )
-        # the test accuracy is the component's return value ("Output")
+        # the validation accuracy is the component's return value ("Output"); test is only reported
         good_enough = evaluation.outputs["Output"] >= p.cpu(c["min_accuracy_op"](params_yaml=params_yaml)).output
         with dsl.If(good_enough, name="good-enough-to-register"):
             p.register(

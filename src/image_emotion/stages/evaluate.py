@@ -117,6 +117,10 @@ def run(config: Config, paths: EvaluatePaths) -> dict[str, Any]:
     device = pick_device(config.device)
     pred = predict(head, sub, device=device).argmax(1)
     report = classification_report(sub.labels.tolist(), pred.tolist(), data.label_set)
+    val = head_data.select(split_index(data, "val"))  # what promotion compares (test is only reported)
+    val_accuracy = (
+        float((predict(head, val, device=device).argmax(1) == val.labels).float().mean()) if len(val.labels) else None
+    )
 
     binary_head, _ = load_head(paths.head_binary)
     binary = to_binary(data, head_data).select(test) if data.label_set != "binary" else sub
@@ -131,6 +135,8 @@ def run(config: Config, paths: EvaluatePaths) -> dict[str, Any]:
         "dataset": data.name,
         "label_set": data.label_set,
         "lambda": head_state.get("lambda"),
+        "val_accuracy": val_accuracy,
+        "num_val_images": len(val.labels),
         "test_accuracy": report["accuracy"],
         "test_polarity_accuracy": report.get("polarity_accuracy"),
         "binary_test_accuracy": binary_report["accuracy"],

@@ -127,6 +127,7 @@ def run(config: Config, paths: EvaluateGenerativePaths) -> dict[str, Any]:
         "dataset": state["dataset"],
         "label_set": primary,
         "accuracy": per_model[primary]["accuracy"],
+        "val_accuracy": training.get("val_accuracy", {}).get(primary),  # what promotion compares
         "emotion_models": per_model,
         "probe_accuracy": training.get("probe_test_accuracy", {}),
         "decoding": {

@@ -1,7 +1,7 @@
 """Stage ``register_generative`` (seed 001): log the generative model to MLflow, register it as
-``register.generative_model_name``, alias ``challenger``; ``champion`` only when its test accuracy on the main
-set's emotion model is at least ``register.min_generative_accuracy`` and beats the current champion's (same
-dataset and label set).
+``register.generative_model_name``, alias ``challenger``; ``champion`` only when its validation accuracy on the
+main set's emotion model is at least ``register.min_generative_accuracy`` and beats the current champion's (same
+dataset and label set). The test accuracy is recorded with it, never compared.
 
 The pyfunc (``tracking/generative_pyfunc.py``) answers a DataFrame of base64 images with label, confidence,
 polarity, distribution and filled template per emotion model. The decision goes to
@@ -14,6 +14,7 @@ import json
 from typing import Any
 
 from image_emotion.config import Config
+from image_emotion.errors import ConfigError
 from image_emotion.files import write_json_atomic
 from image_emotion.stages.paths import RegisterGenerativePaths
 from image_emotion.tracking import runs as tracking
@@ -25,8 +26,10 @@ from image_emotion.tracking.registry import register_and_promote
 
 def run(config: Config, paths: RegisterGenerativePaths) -> dict[str, Any]:
     evaluation = json.loads(paths.evaluation.read_text())
+    if evaluation.get("val_accuracy") is None:
+        raise ConfigError(f"{paths.evaluation}: no val_accuracy (promotion compares validation); re-run its stages")
     candidate = {
-        "accuracy": float(evaluation["accuracy"]),
+        "accuracy": float(evaluation["val_accuracy"]),
         "dataset": evaluation["dataset"],
         "label_set": evaluation["label_set"],
     }
@@ -49,6 +52,7 @@ def run(config: Config, paths: RegisterGenerativePaths) -> dict[str, Any]:
             candidate,
             config.register.min_generative_accuracy,
             setting="register.min_generative_accuracy",
+            reported={"test_accuracy": float(evaluation["accuracy"])},
         )
     write_json_atomic(paths.metrics, result)
     return result

@@ -1,6 +1,7 @@
 """Stage ``register_metric`` (seed 002): log the retrieval model (sentiment-vector network + index) to MLflow,
-register it as ``register.retrieval_model_name``, alias ``challenger``; ``champion`` only when its test mAP8 is at
-least ``register.min_map8`` and beats the current champion's (same dataset and label set).
+register it as ``register.retrieval_model_name``, alias ``challenger``; ``champion`` only when its validation mAP8
+(validation queries against the train gallery) is at least ``register.min_map8`` and beats the current champion's
+(same dataset and label set). The test mAP8 is recorded with it, never compared.
 
 The pyfunc (``tracking/retrieval_pyfunc.py``) answers a DataFrame of base64 images with each image's predicted
 emotion and its nearest images in the index (param ``k``). The decision goes to ``metrics/register_metric.json``.
@@ -24,7 +25,7 @@ from image_emotion.tracking.retrieval_pyfunc import log_retrieval_model
 def run(config: Config, paths: RegisterMetricPaths) -> dict[str, Any]:
     retrieval = json.loads(paths.retrieval.read_text())
     candidate = {
-        "map8": float(retrieval["main"]["map8"]),
+        "map8": float(retrieval["validation"]["map8"]),
         "dataset": retrieval["dataset"],
         "label_set": retrieval["label_set"],
     }
@@ -48,9 +49,10 @@ def run(config: Config, paths: RegisterMetricPaths) -> dict[str, Any]:
             candidate,
             config.register.min_map8,
             key="map8",
-            tag="test_map8",
-            measure="test mAP8",
+            tag="val_map8",
+            measure="validation mAP8",
             setting="register.min_map8",
+            reported={"test_map8": float(retrieval["main"]["map8"])},
         )
     write_json_atomic(paths.metrics, result)
     return result

@@ -87,12 +87,16 @@ def run(config: Config, paths: RetrievePaths) -> dict[str, Any]:
     model.to(pick_device(config.device))
     feature = state["retrieval_feature"]
     data = PreparedDataset.load(paths.prepared)
-    idx = {s: data.split_rows(s) for s in ("train", "test")}
+    idx = {s: data.split_rows(s) for s in ("train", "val", "test")}
     labels = data.labels().numpy()
     out = embed_prepared(model, state, data)
     main = {
         "protocol": "test queries against the train split",
         **score(out, labels, idx["test"], idx["train"], feature, data.label_set),
+    }
+    validation = {  # what promotion compares (test is only reported)
+        "protocol": "validation queries against the train split",
+        **score(out, labels, idx["val"], idx["train"], feature, data.label_set),
     }
     index = EmbeddingIndex(
         out[feature],
@@ -114,6 +118,7 @@ def run(config: Config, paths: RetrievePaths) -> dict[str, Any]:
         "gallery_size": len(idx["train"]),
         "collection_size": len(index),
         "main": main,
+        "validation": validation,
         "ablation": ablation,
     }
     write_figures(out, feature, data, idx, config.retrieve.k, config.retrieve.grid_queries, paths.plots)

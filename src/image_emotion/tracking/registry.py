@@ -1,7 +1,10 @@
 """The MLflow model registry: who is champion, and whether a new version should take its place.
 
-A model's score is one measure (``key``: the seed-000 model's test accuracy, the retrieval model's test mAP8),
-stored as a tag of each registered version (``tag``) with the dataset and label set it was measured on.
+A model's score is one measure on its *validation* split (``tag``: the seed-000 and generative models' validation
+accuracy, the retrieval model's validation mAP8), stored as a tag of each registered version with the dataset and
+label set it was measured on. Test figures are only reported (tags and the decision record): choosing the
+champion by test accuracy would, over repeated runs, select on the test set. Versions registered before their
+validation score was recorded carry no such tag and are never compared with.
 
 Safe when pipeline runs promote at once, crash, and retry:
 
@@ -109,7 +112,7 @@ def decide(
     champion: dict[str, Any] | None,
     minimum: float,
     key: str = "accuracy",
-    measure: str = "test accuracy",
+    measure: str = "validation accuracy",
     setting: str = "register.min_accuracy",
 ) -> tuple[bool, str]:
     """Whether ``candidate`` (``key``, dataset, label_set) should become champion, and why."""
@@ -128,7 +131,7 @@ def decide(
     return False, f"{measure} {score:.4f} does not beat the champion's {champion[key]:.4f}"
 
 
-def current_champion(client, name: str, key: str = "accuracy", tag: str = "test_accuracy") -> dict[str, Any] | None:
+def current_champion(client, name: str, key: str = "accuracy", tag: str = "val_accuracy") -> dict[str, Any] | None:
     """The champion's version, score (``key``, read from the version's ``tag``), dataset and label set, or None
     when there is none."""
     from mlflow.exceptions import MlflowException
@@ -257,17 +260,25 @@ def register_and_promote(
     candidate: dict[str, Any],
     minimum: float,
     key: str = "accuracy",
-    tag: str = "test_accuracy",
-    measure: str = "test accuracy",
+    tag: str = "val_accuracy",
+    measure: str = "validation accuracy",
     setting: str = "register.min_accuracy",
+    reported: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Register the model ``log_model()`` logs (it returns its URI) as a new version of ``name`` (tagged with its
     score, dataset and label set), alias it ``challenger``, and ``champion`` when ``decide`` says so (``promote``:
     safe against concurrent promotions); the decision is tagged on the active run and its score logged. A retried
     call in the same run with the same ``model_files`` and evaluation reuses its version (nothing is logged again).
-    Returns the decision record (the stage's metrics file)."""
+    ``reported`` (e.g. the test accuracy) is tagged and recorded beside the score, never compared. Returns the
+    decision record (the stage's metrics file)."""
     client = mlflow.MlflowClient()
-    tags = {tag: str(candidate[key]), "dataset": candidate["dataset"], "label_set": candidate["label_set"]}
+    reported = dict(reported or {})
+    tags = {
+        tag: str(candidate[key]),
+        "dataset": candidate["dataset"],
+        "label_set": candidate["label_set"],
+        **{name: str(value) for name, value in reported.items()},
+    }
     identity = fingerprint(files_fingerprint(*model_files), tags)  # the same files with the same evaluation
     version, _ = register_version(mlflow, log_model, name, tags, identity)
     champion, promoted, reason = promote(client, name, version.version, candidate, minimum, key, tag, measure, setting)
@@ -280,6 +291,8 @@ def register_and_promote(
         "promoted": promoted,
         "reason": reason,
         "model_uri": f"models:/{name}/{version.version}",
+        "compared_on": tag,
+        "reported": reported,
     }
     mlflow.set_tags({"promoted": promoted, "reason": reason[:500], "model_version": version.version})
     scores = {f"candidate_{key}": candidate[key], f"champion_{key}_before": result[f"champion_{key}_before"]}
