@@ -179,3 +179,20 @@ def test_head_learns_on_extracted_features(detector, synthetic_small):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_an_images_features_do_not_depend_on_the_batch_it_is_in(detector):
+    """One image alone and in a batch with images of other sizes (which the detector would pad it to): the same
+    global and region features, boxes and scores, in the batch's order."""
+    generator = torch.Generator().manual_seed(3)
+    wide = torch.rand(3, 96, 128, generator=generator)
+    tall = torch.rand(3, 160, 120, generator=generator)
+    other_wide = torch.rand(3, 96, 128, generator=generator)
+    with torch.inference_mode():
+        alone = extract_features(detector, [wide]).as_dict()
+        tall_alone = extract_features(detector, [tall]).as_dict()
+        mixed = extract_features(detector, [tall, wide, other_wide]).as_dict()
+    for name, value in alone.items():
+        torch.testing.assert_close(mixed[name][1:2], value, atol=1e-5, rtol=1e-5, msg=name)
+        torch.testing.assert_close(mixed[name][0:1], tall_alone[name], atol=1e-5, rtol=1e-5, msg=name)
+    assert not torch.allclose(mixed["global"][1], mixed["global"][2])  # the third image is its own

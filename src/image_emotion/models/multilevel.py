@@ -85,11 +85,36 @@ def local_features(detector: RegionDetector, regions: Regions, boxes: Tensor) ->
 def extract_features(
     detector: RegionDetector, images: list[Tensor], kinds: tuple[str, ...] = ("emotional", "object")
 ) -> RegionFeatures:
-    """One backbone pass: global features and, for each of ``kinds``, the top-K regions' features.
+    """One backbone pass per image size: global features and, for each of ``kinds``, the top-K regions' features.
 
-    ``images``: list of ``(3, H, W)`` in [0, 1]. Region kinds not asked for get empty ``(B, 0, Dl)``
-    features (inference reads only the kind its head uses).
+    ``images``: list of ``(3, H, W)`` in [0, 1]. Images of one size go through the detector together; images of
+    another size never share its padding (the detector pads a batch to its largest image, and the padding would
+    enter the global pooling and the RPN), so an image's features do not depend on the batch it is in. Region
+    kinds not asked for get empty ``(B, 0, Dl)`` features (inference reads only the kind its head uses).
     """
+    groups = size_groups(images)
+    if len(groups) == 1:
+        return _extract_same_size(detector, images, kinds)
+    parts = [_extract_same_size(detector, [images[i] for i in group], kinds) for group in groups]
+    order = torch.tensor([i for group in groups for i in group])
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(len(order))
+    joined = {
+        name: torch.cat([getattr(part, name) for part in parts])[inverse.to(parts[0].global_.device)]
+        for name in RegionFeatures.__dataclass_fields__
+    }
+    return RegionFeatures(**joined)
+
+
+def size_groups(images: list[Tensor]) -> list[list[int]]:
+    """Positions of ``images`` grouped by ``(H, W)``, groups in order of their first image."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, image in enumerate(images):
+        groups.setdefault(tuple(image.shape[-2:]), []).append(i)
+    return list(groups.values())
+
+
+def _extract_same_size(detector: RegionDetector, images: list[Tensor], kinds: tuple[str, ...]) -> RegionFeatures:
     regions = detector.detect(images)
     b = len(images)
 
