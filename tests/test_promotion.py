@@ -18,29 +18,29 @@ SET = {"dataset": "synthetic", "label_set": "mikels8"}
 
 
 def _v(version: int, score: str, **tags: str) -> SimpleNamespace:
-    return SimpleNamespace(version=str(version), tags={"test_accuracy": score, **SET, **tags})
+    return SimpleNamespace(version=str(version), tags={"val_accuracy": score, **SET, **tags})
 
 
 def test_best_version_is_the_highest_comparable_score_ties_to_the_earliest():
     versions = [_v(1, "0.50"), _v(2, "0.60"), _v(3, "0.60"), _v(4, "0.90", dataset="fi"), _v(5, "0.7", label_set="b")]
-    assert registry.best_version(versions, "test_accuracy", 0.0, **SET).version == "2"  # 4, 5: other sets; 3 ties
-    assert registry.best_version(versions, "test_accuracy", 0.65, **SET) is None  # none reaches the minimum
+    assert registry.best_version(versions, "val_accuracy", 0.0, **SET).version == "2"  # 4, 5: other sets; 3 ties
+    assert registry.best_version(versions, "val_accuracy", 0.65, **SET) is None  # none reaches the minimum
     versions.append(_v(6, "not a number"))
     versions.append(_v(7, "0.61"))
-    assert registry.best_version(versions, "test_accuracy", 0.0, **SET).version == "7"
+    assert registry.best_version(versions, "val_accuracy", 0.0, **SET).version == "7"
 
 
 def _register(client, name: str, score: float) -> str:
     """A version of ``name`` scored ``score`` (no model files: the registry is what is tested)."""
     with contextlib.suppress(mlflow.exceptions.MlflowException):  # registered already
         client.create_registered_model(name)
-    tags = {"test_accuracy": str(score), **SET}
+    tags = {"val_accuracy": str(score), **SET}
     return str(client.create_model_version(name, source="file:///nowhere", tags=tags).version)
 
 
 def _promote(client, name: str, version: str, score: float):
     candidate = {"accuracy": score, **SET}
-    return registry.promote(client, name, version, candidate, 0.0, "accuracy", "test_accuracy", "acc", "min")
+    return registry.promote(client, name, version, candidate, 0.0, "accuracy", "val_accuracy", "acc", "min")
 
 
 def test_a_stale_read_of_the_champion_cannot_crown_the_worse_model(mlflow_uri, monkeypatch):
@@ -107,6 +107,6 @@ def test_converge_is_a_no_op_once_settled_and_none_below_the_minimum(mlflow_uri,
     name = f"settled-{minimum}"
     for score in (0.6, 0.65, 0.62):
         _register(client, name, score)
-    best = registry.converge(client, name, "test_accuracy", minimum, **SET)
+    best = registry.converge(client, name, "val_accuracy", minimum, **SET)
     assert best == (None if minimum else "2")
-    assert registry.converge(client, name, "test_accuracy", minimum, **SET) == best
+    assert registry.converge(client, name, "val_accuracy", minimum, **SET) == best

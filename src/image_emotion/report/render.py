@@ -20,6 +20,7 @@ FIGURES = (  # (file under plots/, heading): the λ curve (Fig. 8), the confusio
     ("lambda_curve.png", "Fig. 8: accuracy by λ"),
     ("confusion.png", "Confusion matrix of the full method (test split)"),
     ("regions.png", "Emotional regions (red, the best first and thickest) and ground truth (green) on test images"),
+    ("reliability.png", "Reliability of the classifier's confidence on test, without and with the fitted temperature"),
 )
 TITLE = "image-emotion: seed 000's tables, this run beside the paper"
 SUMMARY = "What this run shows"  # the heading of a section's ``summary``

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from image_emotion.calibration import ECE_BINS, expected_calibration_error, reliability
 from image_emotion.config import Config
 from image_emotion.data.emotions import get_label_set
 from image_emotion.data.torch_data import PreparedDataset
@@ -103,6 +104,40 @@ TRANSFER_COLUMNS = (  # Table 3: own classes and 2-class, mean ± std over the f
 )
 
 
+def calibration_figures(head, head_state: dict[str, Any], test, val, device) -> dict[str, Any]:
+    """ECE on test (and validation) without and with the head's fitted temperature, and the reliability bins."""
+    temperature = float(head_state.get("temperature", 1.0))
+    before, after = predict(head, test, device=device), predict(head, test, device=device, temperature=temperature)
+    figures: dict[str, Any] = {
+        "temperature": temperature,
+        "bins": ECE_BINS,
+        "test_ece_before": expected_calibration_error(before, test.labels),
+        "test_ece_after": expected_calibration_error(after, test.labels),
+        "reliability": {"before": reliability(before, test.labels), "after": reliability(after, test.labels)},
+    }
+    if len(val.labels):
+        val_before = predict(head, val, device=device)
+        val_after = predict(head, val, device=device, temperature=temperature)
+        figures["val_ece_before"] = expected_calibration_error(val_before, val.labels)
+        figures["val_ece_after"] = expected_calibration_error(val_after, val.labels)
+    return figures
+
+
+def plot_reliability(figures: dict[str, Any], path: Path) -> None:
+    """The reliability diagram on test: each bin's accuracy against its confidence, without and with the
+    temperature."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle=":", label="perfect calibration")
+    for name, style, text in (("before", "s--", "T = 1"), ("after", "o-", f"T = {figures['temperature']:.2f}")):
+        shown = [r for r in figures["reliability"][name] if r["count"]]
+        ece = figures[f"test_ece_{name}"]
+        ax.plot([r["confidence"] for r in shown], [r["accuracy"] for r in shown], style, label=f"{text}: ECE {ece:.3f}")
+    ax.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title="reliability on test")
+    ax.legend(loc="upper left", fontsize=8)
+    save_figure(fig, path)
+
+
 def read_transfer(path: Path) -> dict[str, dict[str, Any]]:
     """The transfer results by set name, from the directory of ``<set>.json`` files (none: empty)."""
     return {f.stem: json.loads(f.read_text()) for f in sorted(path.glob("*.json"))} if path.is_dir() else {}
@@ -121,6 +156,7 @@ def run(config: Config, paths: EvaluatePaths) -> dict[str, Any]:
     val_accuracy = (
         float((predict(head, val, device=device).argmax(1) == val.labels).float().mean()) if len(val.labels) else None
     )
+    calibration = calibration_figures(head, head_state, sub, val, device)
 
     binary_head, _ = load_head(paths.head_binary)
     binary = to_binary(data, head_data).select(test) if data.label_set != "binary" else sub
@@ -148,6 +184,7 @@ def run(config: Config, paths: EvaluatePaths) -> dict[str, Any]:
             name: {k: t.get(k) for k in TRANSFER_COLUMNS} for name, t in transfer.items()
         },
         "chance_accuracy": 1.0 / len(labels),
+        "calibration": {k: v for k, v in calibration.items() if k != "reliability"},
     }
 
     plots = paths.plots
@@ -159,6 +196,12 @@ def run(config: Config, paths: EvaluatePaths) -> dict[str, Any]:
     write_text_atomic(plots / "lambda_curve.csv", _csv(sweep, ["lambda", "val_accuracy", "test_accuracy"]))
     write_text_atomic(plots / "ablation.csv", _csv(ablation, ["mode", "val_accuracy", "test_accuracy"]))
     plot_lambda_curve(sweep, plots / "lambda_curve.png")
+    plot_reliability(calibration, plots / "reliability.png")
+    reliability_rows = [
+        {"temperature": name, **r} for name in ("before", "after") for r in calibration["reliability"][name]
+    ]
+    columns = ["temperature", "lower", "upper", "count", "confidence", "accuracy"]
+    write_text_atomic(plots / "reliability.csv", _csv(reliability_rows, columns))
     plot_confusion(np.array(report["confusion_matrix"]), labels.labels, plots / "confusion.png")
     sample = test[: config.evaluate.num_overlays]
     boxes = head_data.select(sample).tensors(("emotional_boxes",))["emotional_boxes"]
@@ -167,7 +210,9 @@ def run(config: Config, paths: EvaluatePaths) -> dict[str, Any]:
 
     with tracking.stage_run(config, "evaluate", paths.reads) as mlflow:
         tracking.log_metrics({k: v for k, v in metrics.items() if isinstance(v, float)})
-        for name in ("confusion.png", "lambda_curve.png", "regions.png", "ablation.csv", "lambda_curve.csv"):
+        tracking.log_metrics({f"calibration_{k}": v for k, v in metrics["calibration"].items() if isinstance(v, float)})
+        for name in ("confusion.png", "lambda_curve.png", "regions.png", "reliability.png", "ablation.csv",
+                     "lambda_curve.csv"):  # fmt: skip
             mlflow.log_artifact(str(plots / name), artifact_path="plots")
     write_json_atomic(paths.metrics, metrics)
     return metrics

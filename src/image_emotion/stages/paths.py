@@ -283,6 +283,7 @@ class EvaluatePaths(Stage):
         {"lambda_curve": {"x": "lambda", "y": {"plots/lambda_curve.csv": ["val_accuracy", "test_accuracy"]}}},
         {"confusion": {"template": "confusion", "x": "actual", "y": {"plots/confusion.csv": "predicted"}}},
         "plots/regions.png",
+        "plots/reliability.png",
     )
 
     prepared: Path = dep("data/prepared/main")

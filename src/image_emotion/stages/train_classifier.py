@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from image_emotion.calibration import fit_temperature
 from image_emotion.config import ClassifierConfig, Config
 from image_emotion.data.emotions import get_label_set
 from image_emotion.data.torch_data import PreparedDataset
@@ -33,6 +34,7 @@ from image_emotion.tracking import runs as tracking
 from image_emotion.training.heads import (
     CPU,
     HeadData,
+    head_logits,
     load_head_data,
     predict,
     split_index,
@@ -167,6 +169,12 @@ def variants(inputs: ClassifierInputs, sweep: list[dict[str, Any]], best: dict[s
     return losses, ablation, binary_head, binary
 
 
+def validation_temperature(head: MultiLevelHead, data: HeadData, val: np.ndarray, device: torch.device) -> float:
+    """The temperature of ``head``'s logits fitted on the validation rows ``val`` (1.0 without any)."""
+    rows = data.select(val)
+    return fit_temperature(head_logits(head, rows, device=device), rows.labels)
+
+
 def write_outputs(
     paths: ClassifierPaths,
     inputs: ClassifierInputs,
@@ -180,13 +188,19 @@ def write_outputs(
 ) -> dict:
     """Save the λ* heads and the stage's metrics files; returns the summary metrics."""
     paths.out_dir.mkdir(parents=True, exist_ok=True)
-    save_head(paths.out_dir / "head.pt", best_head, inputs.dims, inputs.data.label_set, {"lambda": best["lambda"]})
-    save_head(paths.out_dir / "head_binary.pt", binary_head, inputs.dims, "binary", {"lambda": best["lambda"]})
+    binary_data = to_binary(inputs.data, inputs.head_data) if inputs.data.label_set != "binary" else inputs.head_data
+    temperature = validation_temperature(best_head, inputs.head_data, inputs.idx["val"], inputs.device)
+    binary_temperature = validation_temperature(binary_head, binary_data, inputs.idx["val"], inputs.device)
+    extras = {"lambda": best["lambda"], "temperature": temperature}
+    save_head(paths.out_dir / "head.pt", best_head, inputs.dims, inputs.data.label_set, extras)
+    binary_extras = {"lambda": best["lambda"], "temperature": binary_temperature}
+    save_head(paths.out_dir / "head_binary.pt", binary_head, inputs.dims, "binary", binary_extras)
     metrics = {
         "dataset": inputs.data.name,
         "label_set": inputs.data.label_set,
         "mode": inputs.mode,
         "best_lambda": best["lambda"],
+        "temperature": temperature,  # fitted on validation (calibration.py); argmax and accuracy unchanged
         "val_accuracy": best["val_accuracy"],
         "test_accuracy": best["test_accuracy"],
         "test_polarity_accuracy": best.get("test_polarity_accuracy"),

@@ -1,11 +1,14 @@
 """The served model: an MLflow pyfunc that takes encoded images and returns label, polarity, probabilities, regions.
 
 Input: a DataFrame with a column ``image`` - each cell base64 text of an image file (JPEG, PNG...; a ``data:`` URI
-too) or raw bytes, decoded safely (``tracking/served_input.py``; a bad cell is an HTTP 400 naming its row). The
-CLI's in-process predictor also takes file paths. Output: one row per image with ``label``, ``polarity``
+too) or raw bytes, decoded safely (``tracking/served_input.py``; a bad cell is an HTTP 400 naming its row) and
+checked against the limits the model was logged with (``serving`` in params.yaml; over one: HTTP 400 naming it).
+The CLI's in-process predictor also takes file paths. Output: one row per image with ``label``, ``polarity``
 (positive / negative of that label; empty for a label without one), one probability column per class of the
-model's label set, and ``regions`` - JSON ``[[x1, y1, x2, y2, S_emo], ...]`` of the top emotional regions in the
-image's pixels. Images go through the model ``batch_size`` at a time. Works on CPU, uses CUDA when there is one.
+model's label set (calibrated: the logits divided by the temperature fitted on validation, ``calibration.py``),
+and ``regions`` - JSON ``[[x1, y1, x2, y2, S_emo], ...]`` of the top emotional regions in the file's pixels.
+Images are decoded and go through the model ``batch_size`` at a time, each reduced while decoded to what the
+detector reads (its ``min_size`` / ``max_size``); regions are mapped back. Works on CPU, uses CUDA when there is one.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ class EmotionPredictor:
         self.device = pick_device(device)
         head, state = load_head(Path(head_path))
         self.label_set = get_label_set(state["label_set"])
+        self.temperature = float(state.get("temperature", 1.0))  # fitted on validation (calibration.py)
         self.labels = self.label_set.labels
         self.model = MultiLevelClassifier(load_detector(detector_path, self.device), head.to(self.device)).eval()
         self.batch_size, self.allow_paths = batch_size, allow_paths
@@ -79,7 +83,7 @@ class EmotionPredictor:
             batch = [to_tensor(img).to(self.device) for img in images[start : start + self.batch_size]]
             with torch.inference_mode():
                 logits, feats = self.model(batch)
-            probs = logits.softmax(-1).cpu()
+            probs = (logits / self.temperature).softmax(-1).cpu()  # calibrated on validation
             sizes = [img.info.get("original_size", img.size) for img in images[start : start + self.batch_size]]
             scales = [
                 torch.tensor([w / img.width, h / img.height] * 2)

@@ -151,14 +151,6 @@ def decoded_batches(
         yield batch
 
 
-def decode_image_column(frame: pd.DataFrame, allow_paths: bool = False) -> list[Image.Image]:
-    """Every cell of ``frame['image']`` decoded at full size, under the default limits (the models' logged
-    input examples and tests; serving goes through ``request_images`` and ``decoded_batches``)."""
-    limits = ServingConfig()
-    images = request_images(frame, limits, allow_paths)
-    return [img for batch in decoded_batches(images, len(images.files) or 1, None, limits) for img in batch]
-
-
 class Deadline:
     """The server's request timeout as a deadline checked between batches (none outside ``mlflow models
     serve``, or where ``seconds`` is not given)."""

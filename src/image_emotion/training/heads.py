@@ -175,19 +175,30 @@ def fit(head: MultiLevelHead, data: HeadData, hp: HeadTraining, loss_fn, device:
     return head.cpu().eval()
 
 
-def predict(
+def head_logits(
     head: MultiLevelHead, data: HeadData, batch_size: int = PREDICT_BATCH, device: torch.device = CPU
 ) -> Tensor:
-    """Class probabilities ``(N, C)`` (on the CPU) of ``data``'s images, computed on ``device`` with
-    ``batch_size`` images' features read at a time."""
+    """Logits ``(N, C)`` (on the CPU) of ``data``'s images, computed on ``device`` with ``batch_size`` images'
+    features read at a time."""
     head.to(device).eval()
     parts = []
     with torch.inference_mode():
         for start in range(0, len(data), batch_size):
             batch = data.select(torch.arange(start, min(start + batch_size, len(data)))).on(device)
-            parts.append(head(batch.features).softmax(-1).cpu())
+            parts.append(head(batch.features).cpu())
     head.cpu()
     return torch.cat(parts) if parts else torch.zeros(0, head.fc2.out_features)
+
+
+def predict(
+    head: MultiLevelHead,
+    data: HeadData,
+    batch_size: int = PREDICT_BATCH,
+    device: torch.device = CPU,
+    temperature: float = 1.0,
+) -> Tensor:
+    """Class probabilities ``softmax(logits / temperature)`` ``(N, C)`` (on the CPU) of ``data``'s images."""
+    return (head_logits(head, data, batch_size, device) / temperature).softmax(-1)
 
 
 def load_head_data(prepared: Path, features: Path, emotions: EmotionsConfig) -> tuple[PreparedDataset, HeadData, tuple]:
