@@ -147,8 +147,13 @@ def test_claims_follow_the_run_and_the_banner_names_every_role_that_is_not_the_p
     claims = {r[0]: r for r in md_tables(md)["The paper's claims on this run"][1:]}
     regions = claims["global + emotional regions beat global only (Table 1, 8 classes)"]
     gain = 100 * (ablation["global+emotional"] - ablation["global"])
-    assert regions[1] == f"{gain:+.1f} points" and regions[3] == "+14.64 points"
-    assert regions[2] == ("holds" if gain > 0 else "does not hold") and result["regions_over_global"] == (gain > 0)
+    tested = json.loads((work / "metrics/classifier.json").read_text())["claims"]["regions_over_global"]
+    assert tested["difference"] == pytest.approx(gain, abs=1e-6)  # the bootstrap's vectors agree with Table 1's
+    assert tested["low"] <= tested["difference"] <= tested["high"]
+    assert regions[1] == f"{gain:+.1f} points [{tested['low']:+.1f}, {tested['high']:+.1f}]"
+    assert regions[3] == "+14.64 points"
+    assert regions[2] == tested["verdict"]
+    assert result["regions_over_global"] == {"holds": True, "does not hold": False}.get(tested["verdict"])
     assert "**Not the paper's data.**" in md and result["comparable_with_paper"] is False
     banner = next(line for line in md.splitlines() if "Not the paper's data" in line)
     for role in ("detector (emotional regions) = synthetic (32 images)", "classifier (main) = synthetic (48 images)"):
@@ -174,7 +179,8 @@ def test_the_report_is_logged_to_the_pipeline_parent_run(written, mlflow_uri):
     )
     parent = run.data.tags["mlflow.parentRunId"]
     assert {a.path for a in client.list_artifacts(parent, "report")} == {"report/paper.md", "report/paper.html"}
-    assert run.data.metrics["claim.regions_over_global"] == float(written[1]["regions_over_global"])
+    code = {True: 1.0, False: -1.0, None: 0.0}[written[1]["regions_over_global"]]  # inconclusive: 0
+    assert run.data.metrics["claim.regions_over_global"] == code
 
 
 def test_later_seeds_sections_wait_for_their_results(written):
@@ -695,7 +701,7 @@ def test_seed_001_section_in_the_stages_report_with_its_figure(tiny_run, mlflow_
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
-    assert runs[0].data.metrics["claim.one_model_vs_probes"] == 0.0
+    assert runs[0].data.metrics["claim.one_model_vs_probes"] == -1.0  # does not hold (inconclusive: 0)
     assert runs[0].data.metrics["claim.low_resource_vs_probe_fewest_shots"] == 1.0
 
     tables = md_tables(md)

@@ -151,6 +151,9 @@ class Claim:
     paper: float | None
     holds: bool | None
     seed: str = "000"  # the paper it comes from ("002": a difference in mAP8, not in points; "001": points)
+    interval: tuple[float, float] | None = None  # the paired bootstrap interval of ``ours`` (points), when run
+    verdict: str | None = None  # holds / does not hold / inconclusive, from the interval (verdicts.py)
+    detail: str = ""  # what the interval is over, in words
 
 
 @dataclass
@@ -430,10 +433,12 @@ def calibration_table(run: RunFigures) -> Table:
 
 
 def claims(run: RunFigures) -> list[Claim]:
-    """The paper's shapes, checked on this run."""
+    """The paper's shapes, checked on this run: with the stage's paired bootstrap intervals and verdicts where
+    it wrote them (``classifier.json``'s ``claims``), else by the sign of the difference alone."""
     t1 = {r["mode"]: r["test_accuracy"] for r in run.ablation}
     losses = run.classifier.get("loss_variants_test_accuracy", {})
     lam = run.classifier.get("best_lambda")
+    tested = run.classifier.get("claims") or {}
 
     def diff(a: float | None, b: float | None) -> float | None:
         return None if a is None or b is None else round(100 * (a - b), 2)
@@ -453,7 +458,22 @@ def claims(run: RunFigures) -> list[Claim]:
             holds = 0.0 < value < 1.0
         else:
             holds = value > 0
-        out.append(Claim(c["key"], c["text"], value, c["paper"], holds))
+        claim = Claim(c["key"], c["text"], value, c["paper"], holds)
+        figures = tested.get(c["key"])
+        if figures and c["key"] == "lambda_inside":
+            ends = figures.get("versus_ends", {})
+            claim.verdict = figures["verdict"]
+            claim.detail = "; ".join(
+                f"vs λ = {float(end):g}: {v['difference']:+.1f} [{v['low']:+.1f}, {v['high']:+.1f}]"
+                for end, v in sorted(ends.items())
+                if v.get("low") is not None
+            ) + (" (validation)" if ends else "")
+        elif figures and figures.get("low") is not None:
+            claim.interval, claim.verdict = (figures["low"], figures["high"]), figures["verdict"]
+            claim.detail = f"{figures['images']} test images, {round(100 * figures['level'])} % interval"
+        if claim.verdict is not None:  # the interval decides; inconclusive is neither
+            claim.holds = {"holds": True, "does not hold": False}.get(claim.verdict)
+        out.append(claim)
     return out
 
 

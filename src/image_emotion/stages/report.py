@@ -34,7 +34,8 @@ def write_report(config: Config, paths: ReportPaths, inline_figures: bool = Fals
     link = (lambda name: inline_png(paths.plots / name)) if inline_figures else (lambda name: f"{plots_link}/{name}")
     write_text_atomic(md_path, markdown(report, link))
     write_text_atomic(html_path, html_page(report, paths.plots))
-    claims = {f"claim.{c.key}": float(c.holds) for c in report.claims if c.holds is not None}
+    codes = {True: 1.0, False: -1.0, None: 0.0}  # holds / does not hold / inconclusive (not measured: absent)
+    claims = {f"claim.{c.key}": codes[c.holds] for c in report.claims if c.holds is not None or c.verdict}
     with tracking.stage_run(config, "report") as mlflow:
         tracking.log_metrics(claims)
         for path in (md_path, html_path):

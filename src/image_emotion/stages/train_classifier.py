@@ -42,6 +42,7 @@ from image_emotion.training.heads import (
     train_head,
     train_lambda_heads,
 )  # fmt: skip
+from image_emotion.verdicts import interior_maximum, paired_bootstrap, verdict
 
 PAPER_LAMBDA = 0.4  # seed 000 §5.4.4: "we choose λ = 0.4 in all our experiments"
 
@@ -140,33 +141,76 @@ def select_lambda(sweep: list[dict[str, Any]]) -> dict[str, Any]:
     return max(sweep, key=lambda r: (r["val_accuracy"], -r["val_nll"]))
 
 
-def variants(inputs: ClassifierInputs, sweep: list[dict[str, Any]], best: dict[str, Any]):
-    """At λ*: the loss variants, the Table 1 ablation rows and the 2-class head."""
+def variants(inputs: ClassifierInputs, sweep: list[dict[str, Any]], best: dict[str, Any], sweep_heads: list):
+    """At λ*: the loss variants, the Table 1 ablation rows and the 2-class head; and every head the claims
+    compare (``"loss=<name>"``, ``"mode=<mode>"``)."""
     lam_star, mode, label_set = best["lambda"], inputs.mode, inputs.data.label_set
     train = functools.partial(fit_and_score, inputs.head_data, inputs.idx, inputs.dims, device=inputs.device)
+    best_head = sweep_heads[sweep.index(best)]
+    heads = {"loss=multi": best_head, f"mode={mode}": best_head}
     # L_cls is L_multi at λ = 0 (in the sweep when 0 is swept); L_multi at λ* is the sweep's best
     losses = {"multi": best}
-    swept_zero = [r for r in sweep if r["lambda"] == 0.0]
-    losses["cls"] = (
-        swept_zero[0]
-        if swept_zero
-        else train(inputs.num_classes, mode, "cls", 0.0, inputs.hp, "loss=cls", label_set)[1]
-    )
-    losses["p"] = train(inputs.num_classes, mode, "p", 0.0, inputs.hp, "loss=p", label_set)[1]
+    swept_zero = [i for i, r in enumerate(sweep) if r["lambda"] == 0.0]
+    if swept_zero:
+        losses["cls"], heads["loss=cls"] = sweep[swept_zero[0]], sweep_heads[swept_zero[0]]
+    else:
+        heads["loss=cls"], losses["cls"] = train(inputs.num_classes, mode, "cls", 0.0, inputs.hp, "loss=cls", label_set)
+    heads["loss=p"], losses["p"] = train(inputs.num_classes, mode, "p", 0.0, inputs.hp, "loss=p", label_set)
     ablation = []
     for ablation_mode in MODES:
         if ablation_mode == mode:  # the full method at λ*: the sweep trained it already
             scores = {k: v for k, v in best.items() if k != "lambda"}
         else:
-            scores = train(
-                inputs.num_classes, ablation_mode, "multi", lam_star, inputs.hp, f"mode={ablation_mode}", label_set
-            )[1]
+            name = f"mode={ablation_mode}"
+            heads[name], scores = train(
+                inputs.num_classes, ablation_mode, "multi", lam_star, inputs.hp, name, label_set
+            )
         ablation.append({"mode": ablation_mode, "lambda": lam_star, **scores})
     binary_data = to_binary(inputs.data, inputs.head_data) if label_set != "binary" else inputs.head_data
     binary_head, binary = fit_and_score(
         binary_data, inputs.idx, inputs.dims, 2, mode, "multi", lam_star, inputs.hp, "binary", device=inputs.device
     )
-    return losses, ablation, binary_head, binary
+    return losses, ablation, binary_head, binary, heads
+
+
+def correct(head: MultiLevelHead, inputs: ClassifierInputs, split: str) -> np.ndarray:
+    """Whether ``head`` is right on each image of ``split`` ``(N,)``, in the split's order."""
+    rows = inputs.head_data.select(inputs.idx[split])
+    return (predict(head, rows, device=inputs.device).argmax(1) == rows.labels).numpy()
+
+
+CLAIM_PAIRS = {  # seed 000's claims on test: (the row that should win, the row it should beat)
+    "regions_over_global": ("mode=global+emotional", "mode=global"),
+    "emotional_over_object": ("mode=global+emotional", "mode=global+object"),
+    "multi_over_cls": ("loss=multi", "loss=cls"),
+}
+
+
+def claim_intervals(
+    inputs: ClassifierInputs, heads: dict[str, MultiLevelHead], sweep: list[dict[str, Any]], sweep_heads: list,
+    best: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    """Each claim's paired bootstrap interval over the test images and its verdict; the λ claim's intervals are
+    over the validation images (where λ* is chosen), λ* against λ = 0 and λ = 1."""
+    out: dict[str, Any] = {}
+    for key, (winner, loser) in CLAIM_PAIRS.items():
+        if winner in heads and loser in heads:
+            interval = paired_bootstrap(correct(heads[winner], inputs, "test"), correct(heads[loser], inputs, "test"))
+            out[key] = {**interval, "compares": [winner, loser], "split": "test", "verdict": verdict(interval)}
+    lambdas = [r["lambda"] for r in sweep]
+    best_val = correct(sweep_heads[sweep.index(best)], inputs, "val")
+    versus = {
+        end: paired_bootstrap(best_val, correct(sweep_heads[lambdas.index(end)], inputs, "val"))
+        for end in (0.0, 1.0)
+        if end in lambdas
+    }
+    out["lambda_inside"] = {
+        "lambda": best["lambda"],
+        "split": "val",
+        "versus_ends": {str(end): interval for end, interval in versus.items()},
+        "verdict": interior_maximum(lambdas, best["lambda"], versus),
+    }
+    return out
 
 
 def validation_temperature(head: MultiLevelHead, data: HeadData, val: np.ndarray, device: torch.device) -> float:
@@ -185,6 +229,7 @@ def write_outputs(
     ablation,
     binary_head,
     binary,
+    claims: dict[str, Any],
 ) -> dict:
     """Save the λ* heads and the stage's metrics files; returns the summary metrics."""
     paths.out_dir.mkdir(parents=True, exist_ok=True)
@@ -210,6 +255,7 @@ def write_outputs(
         # the paper fixes λ = 0.4 (its Fig. 8, on FI's validation set); λ* above is chosen on this run's
         "paper_lambda": next(({**r, "lambda": PAPER_LAMBDA} for r in sweep if r["lambda"] == PAPER_LAMBDA), None),
         "chance_accuracy": 1.0 / inputs.num_classes,
+        "claims": claims,  # paired bootstrap intervals and verdicts (verdicts.py)
     }
     write_json_atomic(paths.sweep, sweep)
     write_json_atomic(paths.ablation, ablation)
@@ -223,6 +269,7 @@ def run(config: Config, paths: ClassifierPaths) -> dict[str, Any]:
     with tracking.stage_run(config, "train_classifier", paths.reads):
         heads, sweep = lambda_sweep(inputs, list(config.classifier.lambdas))
         best = select_lambda(sweep)
-        losses, ablation, binary_head, binary = variants(inputs, sweep, best)
+        losses, ablation, binary_head, binary, compared = variants(inputs, sweep, best, heads)
+        claims = claim_intervals(inputs, compared, sweep, heads, best)
     best_head = heads[sweep.index(best)]
-    return write_outputs(paths, inputs, best_head, sweep, best, losses, ablation, binary_head, binary)
+    return write_outputs(paths, inputs, best_head, sweep, best, losses, ablation, binary_head, binary, claims)
