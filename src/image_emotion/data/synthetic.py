@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from image_emotion.config import SyntheticConfig
+from image_emotion.data.csv_rows import dict_rows
 from image_emotion.data.emotions import EKMAN6, MIKELS8, MIKELS_TO_EKMAN, WHEEL_ORDER, mikels_distance_matrix
 from image_emotion.errors import ConfigError, DatasetError
 from image_emotion.files import atomic_dir
@@ -84,14 +85,12 @@ def read_objects(root: str | Path) -> list[tuple[str, list[list[float]]]]:
     ann = Path(root) / ANNOTATIONS
     if not ann.is_file():
         raise DatasetError(f"{ann}: not found; the object pre-training reads a synthetic set (make-synthetic)")
-    with ann.open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        out = []
-        for row in reader:
-            try:
-                out.append((row["path"], json.loads(row["objects"])))
-            except (KeyError, TypeError, json.JSONDecodeError) as exc:
-                raise DatasetError(f"{ann} line {reader.line_num}: expected an objects column ({exc})") from None
+    out = []
+    for n, row in dict_rows(ann):
+        try:
+            out.append((row["path"], json.loads(row["objects"])))
+        except (KeyError, TypeError, json.JSONDecodeError) as exc:
+            raise DatasetError(f"{ann} line {n}: expected an objects column ({exc})") from None
     return out
 
 

@@ -8,9 +8,9 @@ The vote distribution is kept (Mikels-8 order). Split scheme: 5 stratified folds
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
+from image_emotion.data import csv_rows
 from image_emotion.data.datasets.base import (
     Collector,
     LoaderOptions,
@@ -30,8 +30,7 @@ CSV_NAME = "ABSTRACT_groundTruth.csv"
 def read_votes(csv_path: Path) -> list[tuple[str, dict[str, float]]]:
     """``(image name, {mikels label: votes})`` for each row of the ground-truth CSV; a name must be a relative path
     without ``..`` (``safe_paths``), else a one-line ``DatasetError`` names the line."""
-    with csv_path.open(newline="", encoding="utf-8-sig") as fh:
-        rows = list(csv.reader(fh, quotechar="'", skipinitialspace=True))
+    rows = csv_rows.rows(csv_path, quotechar="'", skipinitialspace=True)
     if not rows:
         raise DatasetError(f"{csv_path}: empty file; expected a header and one row per image")
     header = [normalise_label(h) for h in rows[0]]

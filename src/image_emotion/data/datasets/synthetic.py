@@ -7,10 +7,10 @@ when the column is absent; votes: JSON list of counts in that set's order; boxes
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
+from image_emotion.data.csv_rows import dict_rows
 from image_emotion.data.datasets.base import Collector, LoaderOptions, LoadResult, require_dir, require_file
 from image_emotion.data.emotions import distribution_from_votes
 from image_emotion.data.safe_paths import inside
@@ -22,21 +22,18 @@ def load(root: Path, options: LoaderOptions) -> LoadResult:
     """Manifest of every synthetic image listed in ``annotations.csv``."""
     ann = require_file(require_dir(root, "the synthetic dataset") / ANNOTATIONS, "the synthetic annotations.csv")
     collector = Collector(root, options)
-    with ann.open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        for row in reader:
-            n = reader.line_num  # the file's line (blank lines counted), not the record's number
-            try:
-                votes, boxes = json.loads(row["votes"]), json.loads(row["boxes"])
-                collector.add(
-                    inside(root, row["path"], f"{ann} line {n}"),
-                    row["label"],
-                    row.get("label_set") or "mikels8",
-                    distribution=distribution_from_votes(votes).tolist(),
-                    boxes=boxes,
-                )
-            except (KeyError, TypeError, json.JSONDecodeError) as exc:
-                raise DatasetError(f"{ann} line {n}: expected path, label, votes, boxes columns ({exc})") from None
-            except ConfigError as exc:  # votes that are not counts
-                raise DatasetError(f"{ann} line {n}: {exc}") from None
+    for n, row in dict_rows(ann):  # n: the file's line (blank lines counted), not the record's number
+        try:
+            votes, boxes = json.loads(row["votes"]), json.loads(row["boxes"])
+            collector.add(
+                inside(root, row["path"], f"{ann} line {n}"),
+                row["label"],
+                row.get("label_set") or "mikels8",
+                distribution=distribution_from_votes(votes).tolist(),
+                boxes=boxes,
+            )
+        except (KeyError, TypeError, json.JSONDecodeError) as exc:
+            raise DatasetError(f"{ann} line {n}: expected path, label, votes, boxes columns ({exc})") from None
+        except ConfigError as exc:  # votes that are not counts
+            raise DatasetError(f"{ann} line {n}: {exc}") from None
     return collector.result("random", "synthetic")
