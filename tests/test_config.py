@@ -85,3 +85,16 @@ def test_the_kfp_pipeline_takes_its_settings_once_in_params_yaml():
     inputs = build_pipeline(images()).component_spec.inputs
     assert "params_yaml" in inputs and inputs["params_yaml"].default is None  # required
     assert not set(inputs) & {"lambdas", "transfer_sets", "generative_sets", "min_accuracy", "mlflow_experiment"}
+
+
+def test_set_from_copies_a_value_inside_the_params_whatever_it_holds():
+    from image_emotion.config import copied_values, value_at
+
+    hostile = "/data/it's; rm -rf ~ #$(x)"
+    raw = {"transfer": {"sets": [{"name": "small", "root": hostile}, {"name": "art", "root": "b"}]}, "x": {"y": 1}}
+    assert value_at(raw, "transfer.sets.small.root") == hostile and value_at(raw, "x.y") == 1
+    assert copied_values(raw, ["data.root=transfer.sets.art.root"]) == {"data.root": "b"}
+    with pytest.raises(ConfigError, match=r"no setting 'transfer.sets.nope.root' in the params \(at 'nope'\)"):
+        value_at(raw, "transfer.sets.nope.root")
+    with pytest.raises(ConfigError, match="must look like key.sub=other.key"):
+        copied_values(raw, ["data.root"])

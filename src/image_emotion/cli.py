@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from image_emotion.config import DEFAULT_PARAMS, Config, load_config
+from image_emotion.config import DEFAULT_PARAMS, Config, copied_values, load_config
 from image_emotion.errors import ConfigError, ImageEmotionError
 from image_emotion.kubeflow.builder import WORK_DIR
 from image_emotion.kubeflow.cluster import DEFAULTS as CLUSTER
@@ -52,6 +52,8 @@ def _run_stage(args: argparse.Namespace) -> dict:
         value = getattr(args, f.name)
         values[f.name] = (tuple(value) if value else f.default) if isinstance(f.default, tuple) else value
     config = load_config(args.params, args.overrides)
+    if args.set_from:
+        config = config.with_values(copied_values(config.to_dict(), args.set_from))
     options = {name: getattr(args, name) for name in args.stage_options}
     return module.run(config, paths_cls(**values), **options)
 
@@ -99,6 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
             default=[],
             metavar="KEY=VALUE",
             help="override a param, e.g. --set data.dataset=fi --set data.root=/data/FI (repeatable)",
+        )
+        p.add_argument(
+            "--set-from",
+            dest="set_from",
+            action="append",
+            default=[],
+            metavar="KEY=OTHER",
+            help="set a param to another param's value, e.g. --set-from data.root=transfer.sets.small.root "
+            "(a list item by its name; repeatable; applied after --set)",
         )
         _add_path_options(p, declaration)
         p.set_defaults(func=_run_stage, stage_options=())

@@ -554,6 +554,32 @@ def set_values(raw: dict[str, Any], values: Mapping[str, Any] | Sequence[tuple[s
     return out
 
 
+def value_at(raw: Mapping[str, Any], key: str) -> Any:
+    """The value at the dotted ``key`` of ``raw``; in a list of named items a part is an item's ``name``
+    (``transfer.sets.small.root``). One line naming the key when there is none."""
+    node: Any = raw
+    for part in key.split("."):
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and any(isinstance(i, Mapping) and i.get("name") == part for i in node):
+            node = next(i for i in node if isinstance(i, Mapping) and i.get("name") == part)
+        else:
+            raise ConfigError(f"no setting {key!r} in the params (at {part!r})")
+    return node
+
+
+def copied_values(raw: Mapping[str, Any], pairs: Sequence[str]) -> dict[str, Any]:
+    """``KEY=FROM`` pairs as ``{KEY: the value at FROM}`` (``value_at``): a value copied inside the params, never
+    written in a command line (where a path holding a quote or ``;`` would break the shell)."""
+    out = {}
+    for item in pairs:
+        key, sep, source = item.partition("=")
+        if not sep or not key or not source:
+            raise ConfigError(f"--set-from {item!r} must look like key.sub=other.key")
+        out[key] = value_at(raw, source)
+    return out
+
+
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """A copy of ``raw`` with each ``a.b.c=value`` set, the value read as YAML (intermediate mappings created)."""
     pairs = []

@@ -79,6 +79,7 @@ def source_deps(module: str, package_dir: Path = PACKAGE_DIR) -> tuple[str, ...]
 
 def _cmd(cls: type[Stage], run: Run) -> str:
     words = [f"image-emotion {cls.command}", *(f"--set {o}" for o in run.overrides)]
+    words += [f"--set-from {c}" for c in run.copies]  # params keys only: no value a user typed reaches the shell
     words += [
         f"--{f.name.replace('_', '-')} {run.paths[f.name]}" for f in dataclasses.fields(cls) if f.name in run.paths
     ]

@@ -51,14 +51,17 @@ class Run:
     """One entry of the stage in ``dvc.yaml``.
 
     name: the DVC stage's name; foreach: a params list to run once per item (``${item.<key>}`` in the values);
-    paths: path options other than the defaults; overrides: ``--set key=value`` options; data: dataset roots read
-    (params expressions); reads: the sections when they differ from the stage's; comment: shown above the entry.
+    paths: path options other than the defaults; overrides: ``--set key=value`` options; copies: ``--set-from
+    key=other.key`` options (a value the user typed, such as a dataset root, is copied inside the params, never
+    interpolated into the shell command); data: dataset roots read (params expressions); reads: the sections when
+    they differ from the stage's; comment: shown above the entry.
     """
 
     name: str
     foreach: str = ""
     paths: Mapping[str, str] = field(default_factory=dict)
     overrides: tuple[str, ...] = ()
+    copies: tuple[str, ...] = ()
     data: tuple[str, ...] = ()
     reads: tuple[str, ...] | None = None
     comment: str = ""
@@ -141,7 +144,7 @@ class PreparePaths(Stage):
         Run(
             "prepare_detector",
             paths={"out_dir": "data/prepared/detector", "metrics": "metrics/prepare/detector.json"},
-            overrides=("data.dataset=${detector_data.dataset}", "data.root=${detector_data.root}"),
+            copies=("data.dataset=detector_data.dataset", "data.root=detector_data.root"),
             data=("${detector_data.root}",),
             reads=("detector_data", *_PREPARE),
         ),
@@ -150,8 +153,9 @@ class PreparePaths(Stage):
             "prepare_transfer",
             foreach="${transfer.sets}",
             paths={"out_dir": "data/prepared/${item.name}", "metrics": "metrics/prepare/${item.name}.json"},
-            overrides=("data.dataset=${item.dataset}", "data.root=${item.root}"),
+            copies=("data.dataset=transfer.sets.${item.name}.dataset", "data.root=transfer.sets.${item.name}.root"),
             data=("${item.root}",),
+            reads=("transfer.sets", *_PREPARE),
         ),
         Run(
             "prepare_generative",
@@ -160,8 +164,12 @@ class PreparePaths(Stage):
                 "out_dir": "data/prepared/generative/${item.name}",
                 "metrics": "metrics/prepare_generative/${item.name}.json",
             },
-            overrides=("data.dataset=${item.dataset}", "data.root=${item.root}"),
+            copies=(
+                "data.dataset=generative.sets.${item.name}.dataset",
+                "data.root=generative.sets.${item.name}.root",
+            ),
             data=("${item.root}",),
+            reads=("generative.sets", *_PREPARE),
             comment="seed 001: each set of another emotion model mixed into the generative model",
         ),
     )
