@@ -96,5 +96,5 @@ def test_set_from_copies_a_value_inside_the_params_whatever_it_holds():
     assert copied_values(raw, ["data.root=transfer.sets.art.root"]) == {"data.root": "b"}
     with pytest.raises(ConfigError, match=r"no setting 'transfer.sets.nope.root' in the params \(at 'nope'\)"):
         value_at(raw, "transfer.sets.nope.root")
-    with pytest.raises(ConfigError, match="must look like key.sub=other.key"):
+    with pytest.raises(ConfigError, match=r"must look like key\.sub=other\.key"):
         copied_values(raw, ["data.root"])

@@ -119,6 +119,8 @@ def test_compiled_pipeline_caches_by_content_retries_and_limits_its_fan_out(repo
         if "componentRef" in task and name.startswith(("register-op", "register-metric-op", "register-generative-op")):
             assert task["cachingOptions"] == {}, f"{name} must never be cached"
             assert task["retryPolicy"]["maxRetryCount"] == cluster.RETRIES  # a retry registers nothing new
+        elif name.startswith("data-version-op"):
+            assert task["cachingOptions"] == {}, f"{name} must never be cached"  # an unversioned role's new value
         elif name.endswith("-op") or "-op-" in name:
             assert task["cachingOptions"] == {"enableCache": True}, name
     for name, policy in (("finetune-detector-op", cluster.GPU_RETRY), ("evaluate-op", cluster.CPU_RETRY)):
@@ -466,10 +468,147 @@ def test_another_registry_changes_only_the_images(tmp_path):
     assert default == other
 
 
-def test_pipeline_arguments_are_the_params_once():
-    args = pipeline_arguments(tiny_config())
-    assert list(args) == ["params_yaml"]
+def test_pipeline_arguments_are_the_params_once_and_the_data_versions(tmp_path):
+    args = pipeline_arguments(tiny_config(), tmp_path)
+    assert list(args) == ["params_yaml", "data_versions"]
     assert yaml.safe_load(args["params_yaml"])["detector"]["min_size"] == 96
+    # every role of the tiny config is drawn from the params (already in every cache key)
+    assert args["data_versions"] == {
+        "data": "synthetic", "detector_data": "synthetic", "transfer:small": "synthetic",
+        "generative:ekman": "synthetic",
+    }  # fmt: skip
+
+
+def _retry_seconds(duration: str) -> int:
+    assert duration.endswith("s"), duration
+    return int(float(duration.removesuffix("s")))
+
+
+def test_long_steps_are_retried_within_a_max_duration_that_covers_every_attempt(repo_root):
+    """Argo counts backoff.maxDuration from the first attempt's start and gives a retried pod only what is left of
+    it: with kfp's default (3600 s) a GPU step that failed after an hour was never retried (no checkpoint resume)."""
+    spec, platform = _compiled(repo_root / "pipelines/image_emotion.yaml")
+    tasks = _all_tasks(spec["root"]["dag"], spec)
+    long_running = GPU_EXECUTORS | {JOB_EXECUTOR}
+    checked = set()
+    for name, task in tasks.items():
+        executor = spec["components"][task["componentRef"]["name"]].get("executorLabel")
+        if executor is None:
+            continue  # a loop or a condition
+        policy = task["retryPolicy"]
+        attempts = policy["maxRetryCount"] + 1
+        waits = sum(
+            _retry_seconds(policy["backoffDuration"]) * policy["backoffFactor"] ** i for i in range(attempts - 1)
+        )
+        # every attempt at its own timeout and the waits between them fit in the max duration
+        assert _retry_seconds(policy["backoffMaxDuration"]) >= attempts * cluster.ATTEMPT_TIMEOUT_S + waits, name
+        assert int(platform[executor]["activeDeadlineSeconds"]) == cluster.ATTEMPT_TIMEOUT_S >= 12 * 3600, name
+        if executor in long_running:
+            checked.add(executor)
+            expected = cluster.CPU_RETRY if executor == JOB_EXECUTOR else cluster.GPU_RETRY  # the launcher: a CPU pod
+            assert policy["backoffMaxDuration"] == expected["backoff_max_duration"], name
+    assert checked == long_running
+    assert cluster.GPU_RETRY["backoff_max_duration"] == "270180s"  # 3 × (24 h + 1 h) + 60 s + 120 s
+
+
+def _prepare_tasks(spec: dict) -> dict[str, dict]:
+    tasks = _all_tasks(spec["root"]["dag"], spec)
+    return {n: t for n, t in tasks.items() if t["componentRef"]["name"].startswith("comp-prepare-op")}
+
+
+def test_each_prepare_step_takes_its_roles_data_version_so_new_data_miss_the_cache(repo_root):
+    """kfp's cache key is params, inputs and image: the data volume is not in it, so new data loaded there hit
+    the cache and trained on the old manifest. Each prepare step now takes its role's data version as an input
+    (its value is part of the key), from a task that is never cached."""
+    spec, _ = _compiled(repo_root / "pipelines/image_emotion.yaml")
+    tasks = _all_tasks(spec["root"]["dag"], spec)
+    inputs = spec["root"]["inputDefinitions"]["parameters"]
+    assert inputs["data_versions"] == {"defaultValue": {}, "isOptional": True, "parameterType": "STRUCT"}
+    prepares = _prepare_tasks(spec)
+    assert len(prepares) == 4  # detector, main, each transfer set, each generative set
+    roles = set()
+    for name, task in prepares.items():
+        assert task["cachingOptions"] == {"enableCache": True}, name  # the version makes the cache safe
+        parameters = task["inputs"]["parameters"]
+        source = parameters["data_version"]["taskOutputParameter"]
+        version = tasks[source["producerTask"]]
+        assert version["componentRef"]["name"].startswith("comp-data-version-op")
+        assert version["cachingOptions"] == {}, "the version task must run every time (an unversioned role)"
+        assert _parameter(version["inputs"]["parameters"]["data_versions"]) == "data_versions"
+        assert version["inputs"]["parameters"]["role"] == parameters["role"], name  # the prepare step's own role
+        roles.add(json.dumps(parameters["role"], sort_keys=True))
+    assert len(roles) == 4
+
+    # what the version task gives: the role's entry (same data: same key; new data: another key), else a new
+    # value every run
+    from image_emotion.kubeflow.pipeline import data_version_op
+
+    versions = {"data": "a1.dir", "transfer:small": "b2.dir"}
+    assert data_version_op(versions, "main") == data_version_op(dict(versions), "main") == "a1.dir"
+    assert data_version_op({**versions, "data": "c3.dir"}, "main") == "c3.dir"
+    assert data_version_op(versions, "small") == "b2.dir"
+    unversioned = {data_version_op(versions, "detector") for _ in range(3)} | {data_version_op({}, "main")}
+    assert len(unversioned) == 4 and all(v.startswith("unversioned-") for v in unversioned)
+
+
+@pytest.mark.slow
+def test_the_prepare_cache_hits_for_the_same_data_version_only(tmp_path, mlflow_uri, monkeypatch):
+    """The pipeline's wiring (a never-cached version task feeding the prepare step) under kfp.local's cache, which
+    keys a task as kfp's backend does, by its inputs' values: the same version reuses the manifest, a new version
+    and an unversioned role prepare again."""
+    from kfp import dsl, local
+
+    from image_emotion.kubeflow.components import build_components
+    from image_emotion.kubeflow.pipeline import data_version_op, environment
+
+    monkeypatch.chdir(tmp_path)
+    prepare_op = build_components(images())["prepare_op"]
+    version_op = dsl.component(data_version_op, base_image=images().cpu, install_kfp_package=False)
+
+    @dsl.pipeline
+    def prepare_main(params_yaml: str, data_versions: dict) -> dsl.Dataset:
+        version = version_op(data_versions=data_versions, role="main").set_caching_options(False)
+        task = prepare_op(
+            params_yaml=params_yaml, role="main", mlflow_tracking_uri=mlflow_uri, data_dir=str(tmp_path),
+            data_version=version.output,
+        )  # fmt: skip
+        return task.outputs["dataset"]
+
+    runner = local.SubprocessRunner(use_venv=False)
+    local.init(runner, pipeline_root=str(tmp_path / "root"), enable_caching=True)
+    params = yaml.safe_dump(tiny_config().to_dict())
+    try:
+        with environment(**{cluster.RUN_ID_ENV: "cache-test"}):
+            first, same, new, none, none_again = [
+                prepare_main(params_yaml=params, data_versions=versions).output.uri
+                for versions in ({"data": "v1"}, {"data": "v1"}, {"data": "v2"}, {}, {})
+            ]
+    finally:
+        local.init(runner, pipeline_root=str(tmp_path / "root"))  # caching off again for later tests
+    assert same == first  # a cache hit: the first run's manifest
+    assert len({first, new, none, none_again}) == 4  # a new version, and no version, prepare again
+
+
+def _dvc_project(root: Path, md5: str) -> Path:
+    """A checkout with a real transfer set under DVC: ``data/raw/ArtPhoto`` and its ``.dvc`` file (hash ``md5``)."""
+    data = root / "data/raw/ArtPhoto"
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "a.jpg").write_bytes(b"jpg")
+    out = {"md5": md5, "size": 3, "nfiles": 1, "hash": "md5", "path": "ArtPhoto"}
+    (root / "data/raw/ArtPhoto.dvc").write_text(yaml.safe_dump({"outs": [out]}))
+    return root
+
+
+def test_the_submit_path_fills_each_real_roles_dvc_hash(tmp_path):
+    config = tiny_config(**{"transfer.sets": "[{name: art, dataset: artphoto, root: data/raw/ArtPhoto}]"})
+    first = pipeline_arguments(config, _dvc_project(tmp_path, "0a" * 16 + ".dir"))["data_versions"]
+    assert first["transfer:art"] == "0a" * 16 + ".dir" and first["data"] == "synthetic"
+    again = pipeline_arguments(config, tmp_path)["data_versions"]
+    new = pipeline_arguments(config, _dvc_project(tmp_path, "0b" * 16 + ".dir"))["data_versions"]
+    assert again == first and new["transfer:art"] != first["transfer:art"]  # `dvc add` of new data: a new key
+    (tmp_path / "data/raw/ArtPhoto/b.jpg").write_bytes(b"more")  # changed since DVC recorded it: no version
+    assert "transfer:art" not in pipeline_arguments(config, tmp_path)["data_versions"]
+    assert "transfer:art" not in pipeline_arguments(config, tmp_path / "elsewhere")["data_versions"]  # not here
 
 
 def _tree(root: Path) -> dict[str, bytes]:

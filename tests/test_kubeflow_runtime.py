@@ -145,3 +145,40 @@ def test_a_role_keeps_a_root_with_yaml_syntax_in_it_and_the_sets_come_from_param
     assert runtime.set_roles(config, "generative") == ["generative:ekman"]
     with pytest.raises(ConfigError, match="transfer or generative"):
         runtime.set_roles(config, "objects")
+
+
+def test_a_work_volume_the_pods_user_cannot_write_stops_the_step_naming_the_job(pod_env, tmp_path, monkeypatch):
+    """Pods run as uid 10001 and a fresh volume is root's (kfp-kubernetes sets no fsGroup): the first step that
+    would checkpoint fails at once, in one line naming the Job that makes the volume writable."""
+    work = tmp_path / "work"
+    work.mkdir()
+    runtime.check_work_volume(work)  # writable: nothing left behind
+    assert list(work.iterdir()) == []
+    runtime.check_work_volume(tmp_path / "not-mounted")  # no such folder: nothing to check
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")  # as uid 10001 meets a root-owned 0755 volume
+
+    monkeypatch.setattr(runtime.tempfile, "mkstemp", refused)
+    with pytest.raises(ConfigError) as caught:
+        runtime.check_work_volume(work)
+    message = str(caught.value)
+    assert "\n" not in message and str(work) in message and "Permission denied" in message
+    assert cluster.PERMISSIONS_JOB in message and cluster.PERMISSIONS_MANIFEST in message
+    # every component's setup runs the check in a pod, before its stage
+    monkeypatch.setattr(cluster, "WORK_MOUNT", str(work))
+    with pytest.raises(ConfigError, match=cluster.PERMISSIONS_JOB):
+        runtime.setup(PARAMS, "http://mlflow:5000", str(tmp_path))
+    pod_env.delenv("KUBERNETES_SERVICE_HOST")  # kfp.local on a laptop: no volume to check
+    runtime.setup(PARAMS, "http://mlflow:5000", str(tmp_path))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to any folder")
+def test_a_read_only_work_volume_is_refused_for_real(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir(mode=0o555)
+    try:
+        with pytest.raises(ConfigError, match=cluster.PERMISSIONS_JOB):
+            runtime.check_work_volume(work)
+    finally:
+        work.chmod(0o755)

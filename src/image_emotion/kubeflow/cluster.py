@@ -25,12 +25,43 @@ NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"  # th
 GPU_RESOURCES = {"cpu": "8", "memory": "32G", "accelerators": 1}
 CPU_RESOURCES = {"cpu": "2", "memory": "8G", "accelerators": 0}
 
-# every step is retried on transient failures (a lost node, a preempted pod): kfp's retry policy, as
-# ``task.set_retry(**GPU_RETRY)``; the wait doubles each time (kfp's default factor): 60 s, 120 s on a GPU, 30 s,
-# 60 s on a CPU
+# every step is retried on transient failures (a failed container: an exception, an OOM kill, an eviction):
+# kfp's retry policy, as ``task.set_retry(**GPU_RETRY)``; the wait doubles each time (kfp's default factor): 60 s,
+# 120 s on a GPU, 30 s, 60 s on a CPU. A pod that is deleted (a lost or drained node) ends in Argo's Error phase,
+# which Argo's default retryPolicy (OnFailure) does not retry and kfp cannot change: README, "Retries".
 RETRIES = 2
-GPU_RETRY = {"num_retries": RETRIES, "backoff_duration": "60s", "backoff_factor": 2.0}
-CPU_RETRY = {"num_retries": RETRIES, "backoff_duration": "30s"}
+# One attempt of a step may run this long (the pod's activeDeadlineSeconds): a hung data loader or collective
+# ends instead of holding a GPU for good. FI-sized GPU steps take a few hours (docs/scaling.md: a million images
+# ≈ 1-4 GPU-hours a step), so a day is far above any planned attempt.
+ATTEMPT_TIMEOUT_S = 24 * 3600
+# Argo counts backoff.maxDuration from the start of the FIRST attempt and gives a retried pod only what is left
+# of it as its deadline (workflow/controller/operator.go, processNodeRetries); kfp's default, 3600 s, thus meant
+# that a step failing after an hour was never retried and a retry after 50 min was killed 10 min later. The max
+# duration is therefore every attempt at its own timeout, plus time to schedule each pod (a GPU node scaled up,
+# the image pulled: pending time counts for Argo, not for the pod's deadline), plus the waits between them.
+PENDING_ALLOWANCE_S = 3600
+
+
+def retry_policy(backoff_s: int, factor: float = 2.0) -> dict[str, Any]:
+    """``task.set_retry`` keyword arguments: ``RETRIES`` retries, the first after ``backoff_s`` seconds, each next
+    wait ``factor`` times longer, and a backoff max duration that never cuts an attempt short (see above)."""
+    waits = sum(backoff_s * factor**i for i in range(RETRIES))
+    longest = (RETRIES + 1) * (ATTEMPT_TIMEOUT_S + PENDING_ALLOWANCE_S) + waits
+    return {
+        "num_retries": RETRIES,
+        "backoff_duration": f"{backoff_s}s",
+        "backoff_factor": factor,
+        "backoff_max_duration": f"{int(longest)}s",
+    }
+
+
+GPU_RETRY = retry_policy(60)  # backoff max duration 270180 s (75 h): 3 attempts of 24 h + 1 h, waits 60 + 120 s
+CPU_RETRY = retry_policy(30)
+
+# The one-off Job that makes the volumes writable for UID (kfp-kubernetes cannot set a pod's fsGroup, and a
+# fresh volume is root's): a step that finds the work volume read-only names it (runtime.check_work_volume)
+PERMISSIONS_MANIFEST = "deploy/kubernetes/volume-permissions.yaml"
+PERMISSIONS_JOB = "image-emotion-volume-permissions"
 
 # secret key -> environment variable; every key optional (an MLflow server without auth needs none)
 MLFLOW_SECRET_KEYS = {k: k for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")}

@@ -34,10 +34,14 @@ def prepare_op(
     data_dir: str,
     dataset: Output[Dataset],
     metrics: Output[Metrics],
+    data_version: str = "",
 ):
     """``prepare`` of one role's dataset: ``detector`` (detector_data), ``main`` (data), a transfer set's name or
     ``generative:<name>`` (a set of generative.sets). A synthetic set is drawn inside the artifact, so it travels
-    with its manifest; a real set's root is on the data volume."""
+    with its manifest; a real set's root is on the data volume.
+
+    ``data_version`` is the version of the role's data (the pipeline passes its ``data_versions`` entry): unused
+    here, it is part of kfp's cache key, which knows nothing of the data volume, so new data miss the cache."""
     from pathlib import Path
 
     from image_emotion.kubeflow import runtime

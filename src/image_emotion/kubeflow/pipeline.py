@@ -16,7 +16,9 @@ run id from its ``pipeline/runid`` label, and runs as the images' non-root user;
 ``gpu_type`` accelerator (a compile option), tolerate ``gpu_tolerations``, select ``gpu_node_selector`` nodes,
 and the training ones keep checkpoints on the work volume (``work_pvc``) so a retried pod resumes. No input
 carries the run id, so kfp's cache hits when params, data artifacts and image are the same; the register steps
-are never cached.
+are never cached. The data on the volume are in no cache key by themselves: each prepare step also takes its
+role's data version (the parameter ``data_versions``, filled by ``pipeline_arguments``), so new data miss the
+cache; a role without a version gets a new one on every run (``data_version_op``).
 """
 
 import contextlib
@@ -30,7 +32,7 @@ import yaml
 from kfp import compiler, dsl, kubernetes
 
 from image_emotion.config import Config
-from image_emotion.kubeflow import cluster
+from image_emotion.kubeflow import cluster, runtime
 from image_emotion.kubeflow.components import build_components
 from image_emotion.kubeflow.images import Images, images
 
@@ -49,6 +51,8 @@ class _Platform:
         self.gpu_type, self.gpu_tolerations, self.gpu_node_selector = gpu_type, gpu_tolerations, gpu_node_selector
 
     def _common(self, task: dsl.PipelineTask) -> dsl.PipelineTask:
+        # one attempt's deadline; the retry policy's max duration (cluster.retry_policy) is sized from it
+        kubernetes.set_timeout(task, cluster.ATTEMPT_TIMEOUT_S)
         kubernetes.mount_pvc(task, pvc_name=self.data_pvc, mount_path=cluster.DATA_MOUNT)
         kubernetes.use_secret_as_env(task, self.mlflow_secret, cluster.MLFLOW_SECRET_KEYS, optional=True)
         kubernetes.use_secret_as_env(task, self.s3_secret, cluster.S3_SECRET_KEYS, optional=True)
@@ -100,6 +104,15 @@ class _Platform:
         )
 
 
+def data_version_op(data_versions: dict, role: str) -> str:
+    """The data version the prepare step of ``role`` is cached under: the role's entry of ``data_versions``
+    (lineage role -> version), else, for data without a version, a new one on every run. This task is never
+    cached itself, so an unversioned role's prepare step always runs."""
+    from image_emotion.kubeflow import runtime
+
+    return runtime.cache_version(data_versions, role)
+
+
 def build_pipeline(built: Images, parallelism: int = CLUSTER.parallelism, gpu_type: str = CLUSTER.gpu_type) -> Callable:
     """The pipeline whose components run in ``built``'s images, each ParallelFor ``parallelism`` pods at once,
     the GPU steps asking for one ``gpu_type`` accelerator.
@@ -108,6 +121,8 @@ def build_pipeline(built: Images, parallelism: int = CLUSTER.parallelism, gpu_ty
     parameter given to ``set_accelerator_type`` into a ParallelFor (the extraction steps inside the loops then fail
     to resolve it)."""
     c = build_components(built)
+    # a pipeline-internal step (not in components/: it only turns a parameter into a cache key)
+    version_op = dsl.component(data_version_op, base_image=built.cpu, install_kfp_package=False)
     checkpoint_root = f"{cluster.WORK_MOUNT}/checkpoints"
 
     @dsl.pipeline(name=PIPELINE_NAME, description="Image emotion: seeds 000, 002 and 001 end to end, with a report")
@@ -125,13 +140,25 @@ def build_pipeline(built: Images, parallelism: int = CLUSTER.parallelism, gpu_ty
         gpu_node_selector: dict = CLUSTER.gpu_node_selector,
         data_dir: str = cluster.DATA_MOUNT,
         checkpoint_root: str = checkpoint_root,
+        data_versions: dict = {},  # noqa: B006 - kfp reads the default from the signature; never mutated
     ):
         p = _Platform(data_pvc, work_pvc, mlflow_secret, s3_secret, gpu_type, gpu_tolerations, gpu_node_selector)
         common = {"params_yaml": params_yaml, "mlflow_tracking_uri": mlflow_tracking_uri, "data_dir": data_dir}
         training = {**common, "checkpoint_root": checkpoint_root}
+
+        def prepare(role: Any, what: str) -> dsl.PipelineTask:
+            """The prepare step of ``role``, its data version an input: kfp's cache key covers params, inputs and
+            image, never the data volume, so without it new data loaded there would hit the cache and train on
+            the old manifest. The version comes from a task that is never cached: the role's entry, or a new
+            value each run for a role without one (then the prepare step never hits the cache)."""
+            version = p.cpu(version_op(data_versions=data_versions, role=role)).set_caching_options(False)
+            version.set_display_name(f"data version of {what}")
+            task = p.cpu(c["prepare_op"](role=role, data_version=version.output, **common))
+            return task.set_display_name(f"prepare {what}")
+
         objects = p.gpu(c["pretrain_objects_op"](**training), checkpoints=True)
-        regions = p.cpu(c["prepare_op"](role="detector", **common)).set_display_name("prepare detector data")
-        main = p.cpu(c["prepare_op"](role="main", **common)).set_display_name("prepare main data")
+        regions = prepare("detector", "detector data")
+        main = prepare("main", "main data")
         detector_inputs = {"dataset": regions.outputs["dataset"], "objects": objects.outputs["objects"], **training}
         with dsl.If(workers > 1, name="detector-on-several-pods"):  # a PyTorchJob of `workers` GPU pods
             job = p.job(
@@ -171,7 +198,7 @@ def build_pipeline(built: Images, parallelism: int = CLUSTER.parallelism, gpu_ty
         metric = p.gpu(c["train_metric_op"](main=main.outputs["dataset"], **common))
         sets = p.cpu(c["set_roles_op"](params_yaml=params_yaml, sets="transfer")).output  # params_yaml's, once
         with dsl.ParallelFor(items=sets, name="transfer-sets", parallelism=parallelism) as set_name:
-            small = p.cpu(c["prepare_op"](role=set_name, **common)).set_display_name("prepare transfer set")
+            small = prepare(set_name, "transfer set")
             small_features = p.gpu(
                 c["extract_regions_op"](detector=detector, dataset=small.outputs["dataset"], **common),
             )
@@ -191,7 +218,7 @@ def build_pipeline(built: Images, parallelism: int = CLUSTER.parallelism, gpu_ty
             )
         generative_sets = p.cpu(c["set_roles_op"](params_yaml=params_yaml, sets="generative")).output
         with dsl.ParallelFor(items=generative_sets, name="generative-sets", parallelism=parallelism) as role:
-            other = p.cpu(c["prepare_op"](role=role, **common)).set_display_name("prepare generative set")
+            other = prepare(role, "generative set")
         generative = p.gpu(
             c["train_generative_op"](
                 main=main.outputs["dataset"], sets=dsl.Collected(other.outputs["dataset"]), **training
@@ -267,9 +294,39 @@ def build_pipeline(built: Images, parallelism: int = CLUSTER.parallelism, gpu_ty
     return image_emotion_pipeline
 
 
-def pipeline_arguments(config: Config) -> dict[str, Any]:
-    """Pipeline arguments from a config: its params, once (the graph reads the sets and the threshold from them)."""
-    return {"params_yaml": yaml.safe_dump(config.to_dict(), sort_keys=True)}
+SYNTHETIC_VERSION = "synthetic"  # a drawn set: params_yaml (already in the cache key) determines it
+
+
+def data_versions_of(config: Config, project: str | Path | None = None) -> dict[str, str]:
+    """The version of the data of every role a prepare step reads (lineage role -> version), as
+    ``tracking.lineage`` finds it under ``project`` (default: the working directory): DVC's hash from the root's
+    ``.dvc`` file or ``dvc.lock``. A synthetic role is ``SYNTHETIC_VERSION`` (drawn in the pod from the params).
+    Left out, so its prepare step runs uncached: a role whose root is not here, is not under DVC (the listing
+    digest of a local copy says nothing of the volume's), or differs from what DVC recorded (``dvc add`` it)."""
+    from image_emotion.tracking import lineage
+
+    project = Path(project or Path.cwd())
+    roles = ["detector", "main", *runtime.set_roles(config, "transfer"), *runtime.set_roles(config, "generative")]
+    roots = lineage.dataset_roots(config)
+    found: dict[str, str] = {}
+    for role in roles:
+        name = runtime.lineage_role(role)
+        if runtime.role_config(config, role).data.dataset == "synthetic":
+            found[name] = SYNTHETIC_VERSION
+        elif (project / roots[name]).exists():
+            version = lineage.data_version(roots[name], project, f"{name} ({lineage.role_setting(name)})")
+            if version.source != lineage.UNVERSIONED and not version.changed:
+                found[name] = version.digest
+    return found
+
+
+def pipeline_arguments(config: Config, project: str | Path | None = None) -> dict[str, Any]:
+    """Pipeline arguments from a config: its params, once (the graph reads the sets and the threshold from them),
+    and the data version of each role (``data_versions``, read under ``project``: the working directory)."""
+    return {
+        "params_yaml": yaml.safe_dump(config.to_dict(), sort_keys=True),
+        "data_versions": data_versions_of(config, project),
+    }
 
 
 def compile_pipeline(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
+import uuid
 from collections import namedtuple
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ import yaml
 from image_emotion.config import Config, validate
 from image_emotion.data.synthetic import generate
 from image_emotion.errors import ConfigError
+from image_emotion.kubeflow import cluster
 from image_emotion.kubeflow.cluster import RUN_ID_ENV
 
 LOCAL_STORES = ("", "sqlite", "file")  # tracking URI schemes whose store would live and die inside one pod
@@ -31,6 +34,7 @@ def setup(params_yaml: str, mlflow_tracking_uri: str, data_dir: str) -> Config:
         os.environ["IMAGE_EMOTION_PIPELINE_RUN"] = os.environ[RUN_ID_ENV]
     if in_cluster():  # the URI tracking.runs will use: the environment's, else params.yaml's
         check_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or config.mlflow.tracking_uri or "")
+        check_work_volume()  # before hours of GPU work whose checkpoints could not be written
     if data_dir:
         if not Path(data_dir).is_dir():
             raise ConfigError(
@@ -60,6 +64,47 @@ def check_tracking_uri(uri: str) -> None:
             "pass the pipeline parameter mlflow_tracking_uri=http://<mlflow server> (credentials in the secret "
             "named by mlflow_secret)"
         )
+
+
+def check_work_volume(root: str | Path | None = None) -> None:
+    """The work volume (``root``, default ``cluster.WORK_MOUNT``; nothing to check where no such folder is) must be
+    writable by this process: the pods run as uid 10001 and a fresh volume belongs to root, which kfp-kubernetes
+    cannot change (it sets no fsGroup). Else a one-line ``ConfigError`` naming the Job that fixes the volume."""
+    folder = Path(root or cluster.WORK_MOUNT)
+    if not folder.is_dir():
+        return
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
+    except OSError as exc:
+        raise ConfigError(
+            f"the work volume {folder} is not writable for uid {os.getuid()} ({exc.strerror or exc}): run the Job "
+            f"{cluster.PERMISSIONS_JOB} once in this namespace ({cluster.PERMISSIONS_MANIFEST}, applied as its "
+            f"header says), which makes the volumes writable for uid/gid {cluster.UID}, then retry the run"
+        ) from None
+    os.close(handle)
+    os.unlink(probe)
+
+
+def lineage_role(role: str) -> str:
+    """The dataset role that ``tracking.lineage`` (and ``data_versions``) names the data of ``prepare_op``'s
+    ``role``: ``detector`` -> ``detector_data``, ``main`` -> ``data``, ``generative:<name>`` as it is, a transfer
+    set's name -> ``transfer:<name>``."""
+    if role == "main":
+        return "data"
+    if role == "detector":
+        return "detector_data"
+    if role.startswith(GENERATIVE_ROLE):
+        return role
+    return f"transfer:{role}"
+
+
+def cache_version(data_versions: dict[str, Any], role: str) -> str:
+    """The data version the prepare step of ``role`` is cached under: its entry in ``data_versions`` (the pipeline
+    parameter: lineage role -> content version), so the same data hit kfp's cache and new data miss it; when the
+    role has none (unversioned data), a version of its own for every call, so that step is never served a
+    manifest of data it cannot tell apart from the data now on the volume."""
+    version = str((data_versions or {}).get(lineage_role(role)) or "")
+    return version or f"unversioned-{uuid.uuid4().hex}"
 
 
 def checkpoint_path(checkpoint_root: str, step: str) -> Path:
