@@ -154,12 +154,16 @@ def make_bucket(endpoint: str, bucket: str) -> None:
         s3.create_bucket(Bucket=bucket)
 
 
-def server_env(s3_endpoint: str) -> dict[str, str]:
-    """The environment of ``mlflow server``: where S3 is, and its credentials (only the server needs them)."""
-    return {**os.environ, **S3_CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint, "MLFLOW_DISABLE_TELEMETRY": "true"}
+def server_env(s3_endpoint: str, own_s3: bool = True) -> dict[str, str]:
+    """The environment of ``mlflow server``: where S3 is, and (only the server needs them) its credentials: the
+    bundled endpoint's own, or for a user's endpoint (``own_s3=False``) the user's, never replaced."""
+    own = S3_CREDENTIALS if own_s3 else {}
+    return {**os.environ, **own, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint, "MLFLOW_DISABLE_TELEMETRY": "true"}
 
 
-def start_server(directory: Path, backend: str, destination: str, s3_endpoint: str, port: int, host: str) -> int:
+def start_server(
+    directory: Path, backend: str, destination: str, s3_endpoint: str, port: int, host: str, own_s3: bool = True
+) -> int:
     """``mlflow server`` over ``backend`` with proxied artifacts in ``destination``; its pid once it answers."""
     command = [
         sys.executable, "-m", "mlflow", "server",
@@ -169,7 +173,7 @@ def start_server(directory: Path, backend: str, destination: str, s3_endpoint: s
         "--host", host, "--port", str(port), "--workers", "1",
     ]  # fmt: skip
     log = directory / "mlflow-server.log"
-    process = _spawn(command, log, server_env(s3_endpoint))
+    process = _spawn(command, log, server_env(s3_endpoint, own_s3))
     try:
         _wait_for(f"http://{host}:{port}/health", 180, "mlflow server", log, process)
     except StackError:
@@ -209,7 +213,9 @@ class TrackingStack:
             make_bucket(s3_endpoint, BUCKET)
             port = self.port or free_port(self.host)
             destination = f"s3://{BUCKET}/artifacts"
-            pid = start_server(self.directory, backend, destination, s3_endpoint, port, self.host)
+            pid = start_server(
+                self.directory, backend, destination, s3_endpoint, port, self.host, own_s3=not self.given_s3
+            )
         except BaseException:
             _terminate(s3_pid)
             stop_postgres(self.directory / "pgdata")
@@ -232,7 +238,7 @@ class TrackingStack:
         assert self.state is not None, "start() first"
         state = self.state
         pid = start_server(self.directory, state.backend_store_uri, state.artifacts_destination, state.s3_endpoint,
-                           state.port, self.host)  # fmt: skip
+                           state.port, self.host, own_s3=state.s3_pid is not None)  # fmt: skip
         self.state = StackState(**{**asdict(state), "server_pid": pid})
         self.state_file.write_text(json.dumps(asdict(self.state), indent=2))
 
@@ -263,9 +269,23 @@ def load_state(directory: Path) -> StackState:
 
 
 def is_running(state: StackState) -> bool:
-    """Whether the stack's server answers its health check."""
+    """Whether the stack's own server answers its health check: the process ``start`` recorded still runs ``mlflow
+    server`` on the stack's port (another process answering ``/health`` on that port is not this stack)."""
+    if not is_our_server(state):
+        return False
     try:
         with urllib.request.urlopen(f"{state.tracking_uri}/health", timeout=2) as response:
             return response.status == 200
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return False
+
+
+def is_our_server(state: StackState) -> bool:
+    """Whether the pid the stack recorded is an ``mlflow server`` started on the stack's port."""
+    import psutil
+
+    try:
+        command = psutil.Process(state.server_pid).cmdline()
+    except (psutil.Error, ValueError):
+        return False
+    return "mlflow" in command and "server" in command and str(state.port) in command
