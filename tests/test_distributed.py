@@ -233,8 +233,8 @@ def test_detector_finetuning_on_two_ranks_follows_one_process(project, mlflow_st
     ddp_run = f"ddp-{uuid.uuid4().hex[:8]}"
     done = _torchrun([*_in_rank_dirs(tmp_path), *_finetune(project, Path("out"))], tmp_path, mlflow_store, ddp_run)
     assert not any((tmp_path / "rank1").iterdir())  # rank 1 wrote nothing: no checkpoint, model or metrics
-    two = tmp_path / "rank0/out"
-    assert sorted(p.name for p in two.iterdir()) == ["detector.pt", "last.pt", "m.json"]
+    two = tmp_path / "rank0/out"  # last.pt.prev: the epoch before
+    assert sorted(p.name for p in two.iterdir()) == ["detector.pt", "last.pt", "last.pt.prev", "m.json"]
     metrics = json.loads((two / "m.json").read_text())
     assert done.stdout.count('"loss_per_epoch"') == 1  # one result printed: rank 0's
     assert metrics["train_images"] == single["train_images"] == 16 and metrics["resumed_from_epoch"] is None

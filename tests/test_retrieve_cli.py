@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from image_emotion.cli import main
-from image_emotion.config import SyntheticConfig
+from image_emotion.config import ServingConfig, SyntheticConfig
 from image_emotion.data.datasets import load_dataset
 from image_emotion.data.emotions import MIKELS8
 from image_emotion.data.images import load_image
@@ -184,14 +184,18 @@ def test_the_logged_pyfunc_answers_as_the_predictor(setup, tmp_path, monkeypatch
     example = pd.DataFrame({"image": [encode_image_file(p) for p in paths[:2]]})
     with mlflow.start_run():
         info = log_retrieval_model(
-            mlflow, model_path, index_dir, example, [Path(image_emotion.__file__).parent], ["torch", "mlflow"]
-        )
+            mlflow, model_path, index_dir, example, [Path(image_emotion.__file__).parent], ["torch", "mlflow"],
+            ServingConfig(max_k=4),
+        )  # fmt: skip
     loaded = mlflow.pyfunc.load_model(info.model_uri)
     frame = pd.DataFrame({"image": [encode_image_file(paths[9]), encode_image_file(paths[4])]})
     served = loaded.predict(frame, params={"k": 3})
     local = RetrievalPredictor(model_path, index_dir, device="cpu").predict(frame, k=3)
     assert list(served.columns) == ["label", "polarity", "neighbours"] and len(served) == 2
     assert served[["label", "polarity"]].equals(local[["label", "polarity"]])
+    with pytest.raises(Exception, match=r"k = 5 neighbours: over serving\.max_k = 4"):  # the logged limits hold
+        loaded.predict(frame, params={"k": 5})
+    assert len(json.loads(loaded.predict(frame)["neighbours"][0])) == 4  # no k: 5, capped at max_k
     for s, x in zip(served["neighbours"], local["neighbours"], strict=True):
         s, x = json.loads(s), json.loads(x)
         assert len(s) == 3
@@ -202,7 +206,7 @@ def test_the_logged_pyfunc_answers_as_the_predictor(setup, tmp_path, monkeypatch
     serving_input = Model.load(info.model_uri).get_serving_input(mlflow.artifacts.download_artifacts(info.model_uri))
     assert serving_input is not None
     answer = validate_serving_input(info.model_uri, serving_input)
-    assert len(answer) == 2 and [len(json.loads(n)) for n in answer["neighbours"]] == [5, 5]  # default k
+    assert len(answer) == 2 and [len(json.loads(n)) for n in answer["neighbours"]] == [4, 4]  # default k (5) capped at max_k
 
     capsys.readouterr()
     assert main(["retrieve", str(paths[9]), "--k", "2", "--model-uri", info.model_uri, "--json"]) == 0

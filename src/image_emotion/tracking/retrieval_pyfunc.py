@@ -40,6 +40,13 @@ except ImportError:  # pragma: no cover - mlflow is a dependency; this keeps the
     PythonModel = object
 
 DEFAULT_K = 5
+
+
+def default_k(limits: ServingConfig) -> int:
+    """The neighbours a request gets without ``k``: 5, or ``serving.max_k`` when that is lower."""
+    return min(DEFAULT_K, limits.max_k)
+
+
 OUTPUT_COLUMNS = ["label", "polarity", "neighbours"]
 
 
@@ -190,8 +197,8 @@ class RetrievalModel(PythonModel):
         self.predictor = RetrievalPredictor(context.artifacts["model"], context.artifacts["index"], limits=limits)
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        k = (params or {}).get("k", DEFAULT_K)
-        return self.predictor.predict(model_input, k=DEFAULT_K if k is None else k)
+        k = (params or {}).get("k")
+        return self.predictor.predict(model_input, k=default_k(self.predictor.limits) if k is None else k)
 
 
 def log_retrieval_model(
@@ -208,12 +215,13 @@ def log_retrieval_model(
     ``model_config``; returns the ``ModelInfo``."""
     from mlflow.models import infer_signature
 
-    output_example = RetrievalPredictor(model_path, index_dir, device="cpu").predict(input_example, k=DEFAULT_K)
+    k = default_k(limits)
+    output_example = RetrievalPredictor(model_path, index_dir, device="cpu", limits=limits).predict(input_example, k=k)
     return mlflow.pyfunc.log_model(
         name="model",
         python_model=RetrievalModel(),
         artifacts={"model": str(model_path), "index": str(index_dir)},
-        signature=infer_signature(input_example, output_example, params={"k": DEFAULT_K}),
+        signature=infer_signature(input_example, output_example, params={"k": k}),
         input_example=input_example,
         code_paths=[str(p) for p in code_paths],
         pip_requirements=list(pip_requirements),
