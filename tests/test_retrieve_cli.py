@@ -205,8 +205,8 @@ def test_the_logged_pyfunc_answers_as_the_predictor(setup, tmp_path, monkeypatch
 
     serving_input = Model.load(info.model_uri).get_serving_input(mlflow.artifacts.download_artifacts(info.model_uri))
     assert serving_input is not None
-    answer = validate_serving_input(info.model_uri, serving_input)
-    assert len(answer) == 2 and [len(json.loads(n)) for n in answer["neighbours"]] == [4, 4]  # default k (5) capped at max_k
+    answer = validate_serving_input(info.model_uri, serving_input)  # its default k (5) capped at max_k
+    assert len(answer) == 2 and [len(json.loads(n)) for n in answer["neighbours"]] == [4, 4]
 
     capsys.readouterr()
     assert main(["retrieve", str(paths[9]), "--k", "2", "--model-uri", info.model_uri, "--json"]) == 0

@@ -195,3 +195,16 @@ def test_places_hnsw_leaves_unfilled_are_not_read_as_the_last_item():
     pairs = found(distances[0], positions[0])
     assert len(pairs) == (~unfilled).sum() and all(p >= 0 for _, p in pairs)
     assert sorted(p for _, p in pairs) == sorted(set(positions[0][~unfilled].tolist()))
+
+
+def test_a_request_past_the_servers_timeout_decodes_no_further_batch(monkeypatch):
+    from image_emotion.tracking.served_input import request_batches
+
+    cells = [_encoded(Image.new("RGB", (8, 8)))] * 3
+    monkeypatch.setenv("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", "0")
+    batches = request_batches(_frame(cells), ServingConfig(), 2, None)
+    assert next(batches)[0] == 0  # the first batch is always answered
+    with pytest.raises(Exception, match=r"stopped after 2 of 3 images"):
+        next(batches)
+    (only,) = request_batches(_frame(cells[:2]), ServingConfig(), 2, None)  # all in one batch: nothing to stop
+    assert only[0] == 0 and len(only[1]) == 2

@@ -70,9 +70,12 @@ def reliability(probabilities: Tensor, labels: Tensor, bins: int = ECE_BINS) -> 
 
 def expected_calibration_error(probabilities: Tensor, labels: Tensor, bins: int = ECE_BINS) -> float:
     """``Σ_b (n_b / N) · |accuracy_b − confidence_b|`` over ``reliability``'s bins (0.0 for no images)."""
-    total = len(labels)
+    return calibration_error(reliability(probabilities, labels, bins))
+
+
+def calibration_error(rows: list[dict[str, float]]) -> float:
+    """The expected calibration error of ``reliability``'s bins (0.0 when they hold no image)."""
+    total = sum(r["count"] for r in rows)
     if total == 0:
         return 0.0
-    return sum(
-        r["count"] / total * abs(r["accuracy"] - r["confidence"]) for r in reliability(probabilities, labels, bins)
-    )
+    return sum(r["count"] / total * abs(r["accuracy"] - r["confidence"]) for r in rows)

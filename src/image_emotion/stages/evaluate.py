@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+from torch import Tensor
 
-from image_emotion.calibration import ECE_BINS, expected_calibration_error, reliability
+from image_emotion.calibration import ECE_BINS, calibration_error, expected_calibration_error, reliability
 from image_emotion.config import Config
 from image_emotion.data.emotions import get_label_set
 from image_emotion.data.torch_data import PreparedDataset
@@ -30,7 +31,7 @@ from image_emotion.metrics import classification_report
 from image_emotion.models.multilevel import load_head
 from image_emotion.stages.paths import EvaluatePaths
 from image_emotion.tracking import runs as tracking
-from image_emotion.training.heads import load_head_data, predict, split_index, to_binary
+from image_emotion.training.heads import head_logits, load_head_data, predict, split_index, to_binary
 
 
 def _csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
@@ -104,22 +105,25 @@ TRANSFER_COLUMNS = (  # Table 3: own classes and 2-class, mean ± std over the f
 )
 
 
-def calibration_figures(head, head_state: dict[str, Any], test, val, device) -> dict[str, Any]:
-    """ECE on test (and validation) without and with the head's fitted temperature, and the reliability bins."""
-    temperature = float(head_state.get("temperature", 1.0))
-    before, after = predict(head, test, device=device), predict(head, test, device=device, temperature=temperature)
+def calibration_figures(
+    temperature: float, test_logits: Tensor, test_labels: Tensor, val_logits: Tensor, val_labels: Tensor
+) -> dict[str, Any]:
+    """ECE on test (and validation) without and with the head's fitted ``temperature``, and the test reliability
+    bins, from each split's logits."""
+    bins = {
+        name: reliability((test_logits / t).softmax(-1), test_labels)
+        for name, t in (("before", 1.0), ("after", temperature))
+    }
     figures: dict[str, Any] = {
         "temperature": temperature,
         "bins": ECE_BINS,
-        "test_ece_before": expected_calibration_error(before, test.labels),
-        "test_ece_after": expected_calibration_error(after, test.labels),
-        "reliability": {"before": reliability(before, test.labels), "after": reliability(after, test.labels)},
+        "test_ece_before": calibration_error(bins["before"]),
+        "test_ece_after": calibration_error(bins["after"]),
+        "reliability": bins,
     }
-    if len(val.labels):
-        val_before = predict(head, val, device=device)
-        val_after = predict(head, val, device=device, temperature=temperature)
-        figures["val_ece_before"] = expected_calibration_error(val_before, val.labels)
-        figures["val_ece_after"] = expected_calibration_error(val_after, val.labels)
+    if len(val_labels):
+        figures["val_ece_before"] = expected_calibration_error(val_logits.softmax(-1), val_labels)
+        figures["val_ece_after"] = expected_calibration_error((val_logits / temperature).softmax(-1), val_labels)
     return figures
 
 
@@ -150,13 +154,14 @@ def run(config: Config, paths: EvaluatePaths) -> dict[str, Any]:
     head, head_state = load_head(paths.head)
     sub = head_data.select(test)
     device = pick_device(config.device)
-    pred = predict(head, sub, device=device).argmax(1)
+    test_logits = head_logits(head, sub, device=device)  # once: the accuracy and the calibration read them
+    pred = test_logits.argmax(1)
     report = classification_report(sub.labels.tolist(), pred.tolist(), data.label_set)
     val = head_data.select(split_index(data, "val"))  # what promotion compares (test is only reported)
-    val_accuracy = (
-        float((predict(head, val, device=device).argmax(1) == val.labels).float().mean()) if len(val.labels) else None
-    )
-    calibration = calibration_figures(head, head_state, sub, val, device)
+    val_logits = head_logits(head, val, device=device)
+    val_accuracy = float((val_logits.argmax(1) == val.labels).float().mean()) if len(val.labels) else None
+    temperature = float(head_state.get("temperature", 1.0))
+    calibration = calibration_figures(temperature, test_logits, sub.labels, val_logits, val.labels)
 
     binary_head, _ = load_head(paths.head_binary)
     binary = to_binary(data, head_data).select(test) if data.label_set != "binary" else sub

@@ -29,10 +29,8 @@ from image_emotion.data.emotions import get_label_set
 from image_emotion.data.images import Fit
 from image_emotion.tracking.served_input import (
     BadServedParameter,
-    Deadline,
-    decoded_batches,
     limits_of,
-    request_images,
+    request_batches,
     unique_names,
 )
 
@@ -122,12 +120,9 @@ class GenerativePredictor:
         """``frame["image"]`` (base64 image files) -> the output rows; a bad cell raises ``ValueError``, a request
         over a limit names it."""
         names = self._chosen(emotion_models)
-        images, deadline = request_images(frame, self.limits, self.allow_paths), Deadline()
-        fit, answers, done = Fit(self.model.image_size), [], 0
-        for batch in decoded_batches(images, self.batch_size, fit, self.limits):
-            deadline.check(done, len(images.files))
-            answers.append(self.predict_images(batch, names, first=done))
-            done += len(batch)
+        fit = Fit(self.model.image_size)
+        batches = request_batches(frame, self.limits, self.batch_size, fit, self.allow_paths)
+        answers = [self.predict_images(batch, names, first=first) for first, batch in batches]
         return pd.concat(answers, ignore_index=True) if answers else self.predict_images([], names)
 
 

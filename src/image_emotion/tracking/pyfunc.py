@@ -25,7 +25,7 @@ from torchvision.transforms.functional import to_tensor
 from image_emotion.config import ServingConfig
 from image_emotion.data.emotions import get_label_set
 from image_emotion.data.images import Fit
-from image_emotion.tracking.served_input import Deadline, decoded_batches, limits_of, request_images
+from image_emotion.tracking.served_input import limits_of, request_batches
 
 try:
     from mlflow.pyfunc import PythonModel
@@ -107,14 +107,9 @@ class EmotionPredictor:
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         """A request (see the module docstring) checked, then decoded and answered one batch at a time."""
-        images, deadline = request_images(frame, self.limits, self.allow_paths), Deadline()
-        answers = []
-        for batch in decoded_batches(images, self.batch_size, self.fit, self.limits):
-            deadline.check(sum(len(a) for a in answers), len(images.files))
-            answers.append(self.predict_images(batch))
-        if not answers:
-            return self.predict_images([])
-        return pd.concat(answers, ignore_index=True)
+        batches = request_batches(frame, self.limits, self.batch_size, self.fit, self.allow_paths)
+        answers = [self.predict_images(batch) for _, batch in batches]
+        return pd.concat(answers, ignore_index=True) if answers else self.predict_images([])
 
 
 class EmotionModel(PythonModel):

@@ -32,7 +32,7 @@ from image_emotion.data.emotions import get_label_set
 from image_emotion.data.images import Fit
 from image_emotion.errors import ConfigError
 from image_emotion.retrieval import EmbeddingIndex
-from image_emotion.tracking.served_input import Deadline, checked_k, decoded_batches, limits_of, request_images
+from image_emotion.tracking.served_input import checked_k, limits_of, request_batches
 
 try:
     from mlflow.pyfunc import PythonModel
@@ -180,10 +180,8 @@ class RetrievalPredictor:
         """One row per cell of ``frame["image"]`` (base64 image files): ``label``, ``polarity``, ``neighbours``
         (JSON text). A bad cell raises ``ValueError`` naming its row; a request over a limit names it."""
         k = checked_k(k, self.limits)
-        images, deadline = request_images(frame, self.limits), Deadline()
         rows: list[dict[str, Any]] = []
-        for batch in decoded_batches(images, self.batch_size, Fit(self.image_size), self.limits):
-            deadline.check(len(rows), len(images.files))
+        for _, batch in request_batches(frame, self.limits, self.batch_size, Fit(self.image_size)):
             rows += [{**r, "neighbours": json.dumps(r["neighbours"])} for r in self.query(batch, k)]
         return pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
 

@@ -151,6 +151,21 @@ def decoded_batches(
         yield batch
 
 
+def request_batches(
+    frame: Any, limits: ServingConfig, batch_size: int, fit: Fit | None, allow_paths: bool = False
+) -> Iterator[tuple[int, list[Image.Image]]]:
+    """What every served model answers from: ``frame`` checked (``request_images``), then decoded a batch at a
+    time (``decoded_batches``), each batch with the row of its first image; past the server's own timeout
+    (``Deadline``) no further batch is decoded."""
+    images, deadline = request_images(frame, limits, allow_paths), Deadline()
+    done, total = 0, len(images.files)
+    for batch in decoded_batches(images, batch_size, fit, limits):
+        yield done, batch
+        done += len(batch)
+        if done < total:
+            deadline.check(done, total)
+
+
 class Deadline:
     """The server's request timeout as a deadline checked between batches (none outside ``mlflow models
     serve``, or where ``seconds`` is not given)."""
