@@ -130,6 +130,7 @@ def tiny_run(tmp_path_factory, tiny_store):
             config,
             extract_regions.ExtractPaths(
                 work / "models/detector.pt",
+                work / "models/objects.pt",
                 (work / "prepared" / role,),
                 (work / "features" / role,),
                 work / f"metrics/extract_{role}.json",

@@ -2,11 +2,14 @@
 of each FPN level and each region feature the RoIAlign crop of its own box (checked against torch and torchvision
 computed by hand), in one backbone pass, and a head learns on them."""
 
+import copy
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import roi_align
 
 from image_emotion.config import DetectorConfig
@@ -33,6 +36,15 @@ def detector():
     return RegionDetector(CFG).eval()
 
 
+@pytest.fixture(scope="module")
+def objects():
+    """An object-pretrained detector's stand-in: its own weights, its object classifier marked trained."""
+    torch.manual_seed(1)
+    model = RegionDetector(CFG)
+    model.freeze_object_branch()
+    return model.eval()
+
+
 def test_parse_mode():
     assert parse_mode("global") == (True, None)
     assert parse_mode("emotional") == (False, "emotional")
@@ -50,7 +62,7 @@ def test_feature_dims_by_hand(detector):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_every_ablation_row_has_the_right_input_width_and_output(detector, synthetic_small, mode):
+def test_every_ablation_row_has_the_right_input_width_and_output(detector, objects, synthetic_small, mode):
     images, _, _ = synthetic_small
     head = MultiLevelHead(DG, DL, CFG.top_k, 8, mode=mode, hidden=16)
     expected = {
@@ -62,7 +74,7 @@ def test_every_ablation_row_has_the_right_input_width_and_output(detector, synth
     }[mode]
     assert head.fc1.in_features == expected
     with torch.no_grad():
-        logits, feats = MultiLevelClassifier(detector, head).eval()(images[:2])
+        logits, feats = MultiLevelClassifier(detector, head, objects).eval()(images[:2])
     assert logits.shape == (2, 8)
     _, regions = parse_mode(mode)
     assert feats.global_.shape == (2, DG)
@@ -112,7 +124,7 @@ def _fpn_maps_by_hand(detector, images):
 def test_global_feature_is_mean_and_max_of_each_fpn_level(detector, synthetic_small):
     images, _, _ = synthetic_small
     with torch.no_grad():
-        feats = extract_features(detector, images[:2])
+        feats = extract_features(detector, images[:2], kinds=())
         maps = _fpn_maps_by_hand(detector, images[:2])
     parts = []
     for level in ("p2", "p3", "p4", "p5"):
@@ -132,10 +144,10 @@ def _roi_feature_by_hand(maps, image, box):
     return torch.cat([crop.mean(dim=(2, 3)), crop.amax(dim=(2, 3))], dim=1)[0]
 
 
-def test_region_features_follow_their_boxes(detector, synthetic_small):
+def test_region_features_follow_their_boxes(detector, objects, synthetic_small):
     images, _, _ = synthetic_small
     with torch.no_grad():
-        feats = extract_features(detector, images[:2])
+        feats = extract_features(detector, images[:2], objects=objects)
         maps = _fpn_maps_by_hand(detector, images[:2])
     for kind in ("emotional", "object"):
         boxes, pooled = getattr(feats, f"{kind}_boxes"), getattr(feats, kind)  # 128 px in and out: one scale
@@ -167,7 +179,7 @@ def test_two_boxes_on_one_image_give_their_own_features(detector, synthetic_smal
 def test_head_learns_on_extracted_features(detector, synthetic_small):
     images, _, labels = synthetic_small
     with torch.no_grad():
-        feats = extract_features(detector, images[:32]).as_dict()
+        feats = extract_features(detector, images[:32], kinds=("emotional",)).as_dict()
     torch.manual_seed(0)
     head = MultiLevelHead(DG, DL, 3, 8, hidden=64, dropout=0.0)
     opt = torch.optim.SGD(head.parameters(), lr=0.05, momentum=0.9)
@@ -181,7 +193,7 @@ def test_head_learns_on_extracted_features(detector, synthetic_small):
     assert losses[-1] < 0.5 * losses[0]
 
 
-def test_an_images_features_do_not_depend_on_the_batch_it_is_in(detector):
+def test_an_images_features_do_not_depend_on_the_batch_it_is_in(detector, objects):
     """One image alone and in a batch with images of other sizes (which the detector would pad it to): the same
     global and region features, boxes and scores, in the batch's order."""
     generator = torch.Generator().manual_seed(3)
@@ -189,10 +201,59 @@ def test_an_images_features_do_not_depend_on_the_batch_it_is_in(detector):
     tall = torch.rand(3, 160, 120, generator=generator)
     other_wide = torch.rand(3, 96, 128, generator=generator)
     with torch.inference_mode():
-        alone = extract_features(detector, [wide]).as_dict()
-        tall_alone = extract_features(detector, [tall]).as_dict()
-        mixed = extract_features(detector, [tall, wide, other_wide]).as_dict()
+        alone = extract_features(detector, [wide], objects=objects).as_dict()
+        tall_alone = extract_features(detector, [tall], objects=objects).as_dict()
+        mixed = extract_features(detector, [tall, wide, other_wide], objects=objects).as_dict()
     for name, value in alone.items():
-        torch.testing.assert_close(mixed[name][1:2], value, atol=1e-5, rtol=1e-5, msg=name)
-        torch.testing.assert_close(mixed[name][0:1], tall_alone[name], atol=1e-5, rtol=1e-5, msg=name)
+        # batched convolutions differ in the last bits: 1e-4 (padding changed scores by 0.1 and more)
+        torch.testing.assert_close(mixed[name][1:2], value, atol=2e-4, rtol=1e-4, msg=name)
+        torch.testing.assert_close(mixed[name][0:1], tall_alone[name], atol=2e-4, rtol=1e-4, msg=name)
     assert not torch.allclose(mixed["global"][1], mixed["global"][2])  # the third image is its own
+
+
+def test_object_regions_are_the_object_detectors_own_and_do_not_move_with_the_fine_tuning(
+    detector, objects, synthetic_small
+):
+    """Table 1's object regions: the object-pretrained detector's detections, whatever the emotional fine-tuning
+    did to the other detector's RPN (the fault this guards against: object regions taken from the fine-tuned
+    RPN's proposals compare emotional regions with themselves)."""
+    images, _, _ = synthetic_small
+    tuned = copy.deepcopy(detector)
+    with torch.no_grad():
+        for weight in tuned.rpn.head.parameters():
+            weight.add_(torch.randn_like(weight))  # the emotional fine-tuning moves the RPN
+        boxes, scores = objects.detect_objects(images[:2])
+        before = extract_features(detector, images[:2], objects=objects)
+        after = extract_features(tuned, images[:2], objects=objects)
+    torch.testing.assert_close(before.object_boxes, boxes)
+    torch.testing.assert_close(before.object_scores, scores)
+    torch.testing.assert_close(after.object_boxes, boxes)
+    assert not torch.allclose(after.emotional_boxes, before.emotional_boxes)  # the emotional ones did move
+    assert not torch.allclose(before.object_boxes, before.emotional_boxes)
+
+
+def test_the_best_object_region_is_the_best_detection_of_torchvisions_faster_rcnn_inference(objects, synthetic_small):
+    """Oracle: torchvision's own Faster R-CNN post-processing (softmax, per-category box regression, clipping,
+    NMS) over the object branch; its highest-scoring detection is ``detect_objects``' first region."""
+    images, _, _ = synthetic_small
+    predictor = FastRCNNPredictor(CFG.representation_size, CFG.num_object_classes)
+    predictor.cls_score, predictor.bbox_pred = objects.object_classifier, objects.object_box_regressor
+    heads = RoIHeads(objects.roi_pool, objects.object_box_head, predictor, 0.5, 0.5, 512, 0.25, None, 0.0, 0.5, 100)
+    with torch.no_grad():
+        boxes, scores = objects.detect_objects(images[:2])
+        image_list, _ = objects.transform(images[:2])  # 128-px images, 128-px input: no rescaling
+        features = objects.backbone(image_list.tensors)
+        proposals, _ = objects.rpn(image_list, features)
+        detections, _ = heads.eval()(features, proposals, image_list.image_sizes)
+    for i, found in enumerate(detections):
+        best = found["scores"].argmax()
+        torch.testing.assert_close(scores[i, 0], found["scores"][best])
+        torch.testing.assert_close(boxes[i, 0], found["boxes"][best])
+    assert (scores[:, :-1] >= scores[:, 1:]).all()  # the K best, best first
+
+
+def test_object_regions_without_the_object_detector_are_a_one_line_error(detector, synthetic_small):
+    images, _, _ = synthetic_small
+    with pytest.raises(ConfigError, match="object-pretrained detector") as err:
+        extract_features(detector, images[:1])
+    assert "\n" not in str(err.value)

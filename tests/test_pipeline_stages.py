@@ -76,7 +76,11 @@ def test_feature_cache_is_reused_and_corruption_is_recomputed_never_used(tiny_ru
     cache = tmp_path / "main"  # the result is keyed by the cache directory's name
     shutil.copytree(work / "features/main", cache)
     paths = extract_regions.ExtractPaths(
-        work / "models/detector.pt", (work / "prepared/main",), (cache,), tmp_path / "x.json"
+        work / "models/detector.pt",
+        work / "models/objects.pt",
+        (work / "prepared/main",),
+        (cache,),
+        tmp_path / "x.json",
     )
     again = extract_regions.run(params, paths)["datasets"]["main"]
     assert again["shards_computed"] == 0 and again["shards_reused"] == 3

@@ -68,7 +68,8 @@ def test_eval_outputs_shapes_range_and_determinism(synthetic_small):
     with torch.no_grad():
         a = det.detect(images[:3])
         b = det.detect(images[:3])
-    assert a.emotional_boxes.shape == (3, 4, 4) and a.object_boxes.shape == (3, 4, 4)
+        object_boxes, object_scores = det.detect_objects(images[:3])
+    assert a.emotional_boxes.shape == (3, 4, 4) and object_boxes.shape == (3, 4, 4) and object_scores.shape == (3, 4)
     assert a.emotional_scores.shape == (3, 4)
     assert set(a.features) == {"p2", "p3", "p4", "p5"} and a.features["p2"].shape == (3, 64, 32, 32)
     # sorted best first (eq. 3 itself: test_emotion_score_is_eq3_of_the_two_probabilities)
@@ -105,8 +106,11 @@ def test_emotion_score_is_eq3_of_the_two_probabilities(synthetic_small, coco):
         det.has_object_classifier.fill_(True)
     with torch.no_grad():
         r = det.detect(images[:2])
+        _, object_scores = det.detect_objects(images[:2])
     torch.testing.assert_close(r.emotional_scores, torch.ones(2, 4), rtol=0, atol=1e-5)
-    torch.testing.assert_close(r.object_scores, torch.full((2, 4), 0.8), rtol=0, atol=1e-5)
+    # an object region's score is its best category's probability (0.8 over 90 categories), or the objectness
+    expected = 0.8 / (det.object_classifier.out_features - 1) if coco else 0.8
+    torch.testing.assert_close(object_scores, torch.full((2, 4), expected), rtol=0, atol=1e-5)
 
 
 def test_few_proposals_are_padded_with_the_whole_image(synthetic_small):
@@ -153,8 +157,8 @@ def test_coco_checkpoint_initialises_backbone_heads_and_frozen_object_classifier
     assert not any(p.requires_grad for m in det.object_branch_modules() for p in m.parameters())
     det.eval()
     with torch.no_grad():
-        r = det.detect([torch.rand(3, 64, 64)])
-    assert r.object_scores.shape == (1, 10)
+        _, object_scores = det.detect_objects([torch.rand(3, 64, 64)])
+    assert object_scores.shape == (1, 10)
 
 
 def test_a_v2_checkpoint_loads_into_the_v2_layout_and_is_refused_by_v1(tmp_path, capsys):
@@ -177,7 +181,7 @@ def test_a_v2_checkpoint_loads_into_the_v2_layout_and_is_refused_by_v1(tmp_path,
     assert torch.equal(det.backbone.fpn.inner_blocks[0][1].weight, ref["backbone.fpn.inner_blocks.0.1.weight"])
     det.eval()
     with torch.no_grad():
-        assert det.detect([torch.rand(3, 64, 64)]).object_scores.shape == (1, 10)
+        assert det.detect_objects([torch.rand(3, 64, 64)])[1].shape == (1, 10)
 
 
 @pytest.mark.slow

@@ -85,6 +85,8 @@ def _cli(project, features, *extra):
             *(arg for override in _overrides(project) for arg in ("--set", override)),
             "--detector",
             str(project / "detector.pt"),
+            "--objects",
+            str(project / "detector.pt"),  # an untrained detector: extraction is what is compared
             "--prepared",
             str(project / "prepared"),
             "--features",
@@ -131,7 +133,9 @@ def test_merged_shards_are_the_unsharded_cache_byte_for_byte(project, tmp_path, 
     reused = tmp_path / "reused"
     shutil.copytree(whole, reused)
     config = load_config(project / "params.yaml", _overrides(project))
-    paths = ExtractPaths(project / "detector.pt", (project / "prepared",), (reused,), tmp_path / "reused.json")
+    paths = ExtractPaths(
+        project / "detector.pt", project / "detector.pt", (project / "prepared",), (reused,), tmp_path / "reused.json"
+    )
     metrics = extract_regions.run(config, paths, shard=(1, 3))
     assert metrics["datasets"]["reused"] == {"images": 12, "shards_computed": 0, "shards_reused": 2}
     assert _files(reused) == _files(parts[1])

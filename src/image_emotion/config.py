@@ -272,6 +272,16 @@ class ClassifierConfig(HeadTraining):
     )
     hidden: int = Field(256, ge=1)
 
+    @field_validator("mode")
+    @classmethod
+    def _method_reads_one_detector(cls, value: str) -> str:
+        if "object" in value:  # object regions need the object-pretrained detector too: an ablation, never served
+            raise ValueError(
+                f"{value!r} is one of Table 1's ablations (train-classifier trains them all); the method's mode is "
+                "global, emotional or global+emotional"
+            )
+        return value
+
     @field_validator("lambdas")
     @classmethod
     def _lambdas_in_unit_interval(cls, value: tuple[float, ...]) -> tuple[float, ...]:

@@ -225,6 +225,7 @@ def extract_regions_op(
     mlflow_tracking_uri: str,
     data_dir: str,
     detector: Input[Model],
+    objects: Input[Model],
     dataset: Input[Dataset],
     features: Output[Dataset],
     metrics: Output[Metrics],
@@ -241,7 +242,11 @@ def extract_regions_op(
     config = runtime.setup(params_yaml, mlflow_tracking_uri, data_dir)
     out = Path(features.path)
     paths = extract_regions.ExtractPaths(
-        Path(detector.path) / "detector.pt", (Path(dataset.path) / "prepared",), (out / "cache",), out / "extract.json"
+        Path(detector.path) / "detector.pt",
+        Path(objects.path) / "detector.pt",  # the object-pretrained detector finds Table 1's object regions
+        (Path(dataset.path) / "prepared",),
+        (out / "cache",),
+        out / "extract.json",
     )
     part = (int(shard), int(shards))  # a parameter may arrive as a JSON number (0.0)
     runtime.log_to_kfp(metrics, extract_regions.run(config, paths, shard=part))

@@ -185,6 +185,7 @@ def build_pipeline(built: Images, parallelism: int = CLUSTER.parallelism, gpu_ty
             part = p.gpu(
                 c["extract_regions_op"](
                     detector=detector,
+                    objects=objects.outputs["objects"],
                     dataset=main.outputs["dataset"],
                     shard=shard,
                     shards=extraction_shards,
@@ -200,7 +201,9 @@ def build_pipeline(built: Images, parallelism: int = CLUSTER.parallelism, gpu_ty
         with dsl.ParallelFor(items=sets, name="transfer-sets", parallelism=parallelism) as set_name:
             small = prepare(set_name, "transfer set")
             small_features = p.gpu(
-                c["extract_regions_op"](detector=detector, dataset=small.outputs["dataset"], **common),
+                c["extract_regions_op"](
+                    detector=detector, objects=objects.outputs["objects"], dataset=small.outputs["dataset"], **common
+                ),
             )
             transfer = p.cpu(
                 c["transfer_cv_op"](

@@ -6,7 +6,10 @@ crop of a region at the FPN level its size maps to (small regions read fine leve
 the "multi-level" of the paper).
 
 Ablations (Table 1 rows), by ``mode``: ``global`` | ``object`` | ``emotional`` | ``global+object`` |
-``global+emotional``. Features are extracted once (``RegionFeatures``) and every mode reads them.
+``global+emotional``. Features are extracted once (``RegionFeatures``) and every mode reads them. Object regions
+are found by the object-pretrained detector (``RegionDetector.detect_objects``, the paper's COCO detector) and,
+like the emotional ones, read from the fine-tuned detector's FPN maps, so the two kinds differ only in where
+the regions are: the comparison Table 1 makes.
 
 Names: the *head* (``MultiLevelHead``) is the classifier's trainable part, reading features; the stage
 ``train_classifier`` trains heads (``save_head``/``load_head`` store them); ``MultiLevelClassifier`` is
@@ -83,19 +86,28 @@ def local_features(detector: RegionDetector, regions: Regions, boxes: Tensor) ->
 
 
 def extract_features(
-    detector: RegionDetector, images: list[Tensor], kinds: tuple[str, ...] = ("emotional", "object")
+    detector: RegionDetector,
+    images: list[Tensor],
+    kinds: tuple[str, ...] = ("emotional", "object"),
+    objects: RegionDetector | None = None,
 ) -> RegionFeatures:
     """One backbone pass per image size: global features and, for each of ``kinds``, the top-K regions' features.
 
     ``images``: list of ``(3, H, W)`` in [0, 1]. Images of one size go through the detector together; images of
     another size never share its padding (the detector pads a batch to its largest image, and the padding would
     enter the global pooling and the RPN), so an image's features do not depend on the batch it is in. Region
-    kinds not asked for get empty ``(B, 0, Dl)`` features (inference reads only the kind its head uses).
+    kinds not asked for get empty ``(B, 0, Dl)`` features (inference reads only the kind its head uses). The
+    ``"object"`` kind needs ``objects``, the object-pretrained detector (a second backbone pass, its own).
     """
+    if "object" in kinds and objects is None:
+        raise ConfigError(
+            "object regions come from the object-pretrained detector; give it (models/objects/detector.pt, "
+            "made by `image-emotion pretrain-objects`)"
+        )
     groups = size_groups(images)
     if len(groups) == 1:
-        return _extract_same_size(detector, images, kinds)
-    parts = [_extract_same_size(detector, [images[i] for i in group], kinds) for group in groups]
+        return _extract_same_size(detector, images, kinds, objects)
+    parts = [_extract_same_size(detector, [images[i] for i in group], kinds, objects) for group in groups]
     order = torch.tensor([i for group in groups for i in group])
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(len(order))
@@ -114,23 +126,26 @@ def size_groups(images: list[Tensor]) -> list[list[int]]:
     return list(groups.values())
 
 
-def _extract_same_size(detector: RegionDetector, images: list[Tensor], kinds: tuple[str, ...]) -> RegionFeatures:
+def _extract_same_size(
+    detector: RegionDetector, images: list[Tensor], kinds: tuple[str, ...], objects: RegionDetector | None
+) -> RegionFeatures:
     regions = detector.detect(images)
     b = len(images)
-
-    def pooled(kind: str) -> Tensor:
-        if kind in kinds:
-            return local_features(detector, regions, getattr(regions, f"{kind}_boxes"))
-        return regions.features["p2"].new_zeros(b, 0, feature_dims(detector)[1])
-
+    empty = regions.features["p2"].new_zeros(b, 0, feature_dims(detector)[1])
+    emotional = local_features(detector, regions, regions.emotional_boxes) if "emotional" in kinds else empty
+    object_boxes, object_scores = empty.new_zeros(b, 0, 4), empty.new_zeros(b, 0)
+    object_features = empty
+    if "object" in kinds and objects is not None:
+        object_boxes, object_scores = objects.detect_objects(images)
+        object_features = local_features(detector, regions, regions.to_resized(object_boxes))
     return RegionFeatures(
         global_=global_features(regions.features),
-        emotional=pooled("emotional"),
-        object=pooled("object"),
+        emotional=emotional,
+        object=object_features,
         emotional_boxes=regions.to_original(regions.emotional_boxes),
         emotional_scores=regions.emotional_scores,
-        object_boxes=regions.to_original(regions.object_boxes),
-        object_scores=regions.object_scores,
+        object_boxes=object_boxes,
+        object_scores=object_scores,
     )
 
 
@@ -182,14 +197,17 @@ class MultiLevelHead(nn.Module):
 class MultiLevelClassifier(nn.Module):
     """Detector + head for end-to-end inference: images -> logits, with the regions that explain them."""
 
-    def __init__(self, detector: RegionDetector, head: MultiLevelHead) -> None:
+    def __init__(self, detector: RegionDetector, head: MultiLevelHead, objects: RegionDetector | None = None) -> None:
+        """``objects``: the object-pretrained detector, needed by heads of the object ablations only."""
         super().__init__()
         self.detector = detector
         self.head = head
+        self.objects = objects
 
     def forward(self, images: list[Tensor]) -> tuple[Tensor, RegionFeatures]:
         """``images``: list of ``(3, H, W)`` in [0, 1] -> logits ``(B, classes)`` and the region features."""
-        feats = extract_features(self.detector, images, kinds=(self.head.regions,) if self.head.regions else ())
+        kinds = (self.head.regions,) if self.head.regions else ()
+        feats = extract_features(self.detector, images, kinds=kinds, objects=self.objects)
         return self.head(feats.as_dict()), feats
 
 

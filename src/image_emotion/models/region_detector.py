@@ -9,7 +9,8 @@
   it is the RPN's objectness of the proposal (the object-vs-background score S_obj that eq. 3 follows).
 
 ``detect`` returns the FPN features together with the regions, so the multi-level classifier reuses
-them: one backbone pass per image.
+them: one backbone pass per image. ``detect_objects`` is the object detector's own inference (run on the
+object-pretrained detector, before any emotional fine-tuning): Table 1's *object regions*.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ from image_emotion.models.backbones import LEVELS, build_fpn_backbone, load_stat
 class Regions:
     """The detector's output for a batch, in the coordinates of the resized input (``image_sizes``).
 
-    ``features``: FPN maps ``{"p2": (B, C, H/4, W/4), ...}``; ``emotional_boxes``/``object_boxes``: ``(B, K, 4)``
-    (padded with the whole-image box where fewer than K regions exist, score 0); ``*_scores``: ``(B, K)``.
+    ``features``: FPN maps ``{"p2": (B, C, H/4, W/4), ...}``; ``emotional_boxes``: ``(B, K, 4)`` (padded with the
+    whole-image box where fewer than K regions exist, score 0); ``emotional_scores``: ``(B, K)``.
     """
 
     features: dict[str, Tensor]
@@ -49,16 +50,23 @@ class Regions:
     original_sizes: list[tuple[int, int]]
     emotional_boxes: Tensor
     emotional_scores: Tensor
-    object_boxes: Tensor
-    object_scores: Tensor
 
     def to_original(self, boxes: Tensor) -> Tensor:
         """Map ``(B, K, 4)`` boxes from resized-input to original image coordinates."""
-        out = boxes.clone()
-        for i, ((h, w), (oh, ow)) in enumerate(zip(self.image_sizes, self.original_sizes, strict=True)):
-            out[i, :, 0::2] *= ow / w
-            out[i, :, 1::2] *= oh / h
-        return out
+        return _rescale(boxes, self.image_sizes, self.original_sizes)
+
+    def to_resized(self, boxes: Tensor) -> Tensor:
+        """Map ``(B, K, 4)`` boxes from original image to resized-input coordinates (``to_original``'s inverse)."""
+        return _rescale(boxes, self.original_sizes, self.image_sizes)
+
+
+def _rescale(boxes: Tensor, sizes: list[tuple[int, int]], targets: list[tuple[int, int]]) -> Tensor:
+    """``(B, K, 4)`` boxes of images of ``sizes`` (h, w) mapped onto the same images at ``targets``."""
+    out = boxes.clone()
+    for i, ((h, w), (th, tw)) in enumerate(zip(sizes, targets, strict=True)):
+        out[i, :, 0::2] *= tw / w
+        out[i, :, 1::2] *= th / h
+    return out
 
 
 class ScoredRPN(RegionProposalNetwork):
@@ -240,8 +248,8 @@ class RegionDetector(nn.Module):
         return [{"boxes": b, "scores": s} for b, s in zip(boxes, regions.emotional_scores, strict=True)]
 
     def detect(self, images: list[Tensor]) -> Regions:
-        """Top-K emotional and object regions with the FPN features they were found on. ``images``: list of
-        ``(3, H, W)`` in [0, 1]."""
+        """Top-K emotional regions with the FPN features they were found on. ``images``: list of ``(3, H, W)`` in
+        [0, 1]."""
         original_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
         image_list, _ = self.transform(images)
         features = self.backbone(image_list.tensors)
@@ -254,34 +262,49 @@ class RegionDetector(nn.Module):
         else:
             p_obj = torch.cat(rpn_scores)
         regressed = self.roi_heads.box_coder.decode(deltas, proposals)[:, 1]
-        counts = [len(p) for p in proposals]
-        k = self.config.top_k
-        e_boxes, e_scores, o_boxes, o_scores = [], [], [], []
-        for props, boxes, pe, po, size in zip(
-            proposals,
-            regressed.split(counts),
-            p_emo.split(counts),
-            p_obj.split(counts),
-            image_list.image_sizes,
-            strict=True,
-        ):
-            boxes = box_ops.clip_boxes_to_image(boxes, size)
-            s_emo = torch.sqrt(pe**2 + po**2)
-            b, s = self._top_k(boxes, s_emo, size, k)
-            e_boxes.append(b)
-            e_scores.append(s)
-            b, s = self._top_k(box_ops.clip_boxes_to_image(props, size), po, size, k)
-            o_boxes.append(b)
-            o_scores.append(s)
+        s_emo = torch.sqrt(p_emo**2 + p_obj**2)
+        boxes, scores = self._top_k_each(regressed, s_emo, proposals, image_list.image_sizes)
         return Regions(
             features=features,
             image_sizes=[(int(h), int(w)) for h, w in image_list.image_sizes],
             original_sizes=original_sizes,
-            emotional_boxes=torch.stack(e_boxes),
-            emotional_scores=torch.stack(e_scores),
-            object_boxes=torch.stack(o_boxes),
-            object_scores=torch.stack(o_scores),
+            emotional_boxes=boxes,
+            emotional_scores=scores,
         )
+
+    def detect_objects(self, images: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """The object detector's top-K object regions (Table 1's *object regions*), as Faster R-CNN infers objects:
+        the RPN's proposals, each scored by the object classifier's best category and moved by that category's
+        box regression, then NMS and the K best. Meant for the object-pretrained detector (``pretrain_objects``'s
+        output), whose RPN and backbone never saw an emotional box. Without an object classifier (none trained or
+        loaded) the RPN's proposals and objectness. ``images``: list of ``(3, H, W)`` in [0, 1] -> boxes
+        ``(B, K, 4)`` in original image pixels, scores ``(B, K)``."""
+        original_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+        image_list, _ = self.transform(images)
+        sizes = [(int(h), int(w)) for h, w in image_list.image_sizes]
+        features = self.backbone(image_list.tensors)
+        proposals, rpn_scores, _ = self.rpn.propose(image_list, features)
+        if bool(self.has_object_classifier):
+            hidden = self.object_box_head(self.roi_pool(features, proposals, image_list.image_sizes))
+            scores, category = self.object_classifier(hidden).softmax(-1)[:, 1:].max(dim=-1)
+            per_category = self.roi_heads.box_coder.decode(self.object_box_regressor(hidden), proposals)
+            boxes = per_category[torch.arange(len(category), device=category.device), category + 1]
+        else:
+            boxes, scores = torch.cat(proposals), torch.cat(rpn_scores)
+        boxes, scores = self._top_k_each(boxes, scores, proposals, image_list.image_sizes)
+        return _rescale(boxes, sizes, original_sizes), scores
+
+    def _top_k_each(
+        self, boxes: Tensor, scores: Tensor, proposals: list[Tensor], sizes: list[tuple[int, int]]
+    ) -> tuple[Tensor, Tensor]:
+        """Per image (``boxes (N, 4)``/``scores (N,)`` of every image's proposals, in order): clipped to the image,
+        ``_top_k`` -> ``(B, K, 4)``, ``(B, K)``."""
+        counts = [len(p) for p in proposals]
+        chosen = [
+            self._top_k(box_ops.clip_boxes_to_image(b, size), s, size, self.config.top_k)
+            for b, s, size in zip(boxes.split(counts), scores.split(counts), sizes, strict=True)
+        ]
+        return torch.stack([b for b, _ in chosen]), torch.stack([s for _, s in chosen])
 
     def _top_k(self, boxes: Tensor, scores: Tensor, size: tuple[int, int], k: int) -> tuple[Tensor, Tensor]:
         """NMS (``region_nms``), then the ``k`` best, padded with the whole-image box at score 0: ``(k, 4), (k,)``."""

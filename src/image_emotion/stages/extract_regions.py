@@ -1,5 +1,10 @@
 """Stage ``extract_regions``: one detector pass over every image -> cached global + top-K region features.
 
+The emotional regions, the global feature and every region's feature come from the fine-tuned detector's one
+backbone pass; Table 1's object regions are found by the object-pretrained detector (``models/objects``, the
+paper's COCO detector: its own backbone, RPN, object classifier and box regression, never fine-tuned on
+emotional boxes), a second pass that only this stage pays (served models read emotional regions alone).
+
 For each prepared dataset (the main one and the transfer target), features of all its images (every split)
 go to a shard cache (``training/feature_cache.py``): streaming, memory flat in dataset size, a progress bar,
 and a re-run skips every shard already cached for the same detector and manifest. Corrupt shards are
@@ -33,6 +38,7 @@ from image_emotion.training.feature_cache import check_shard, missing_shards, re
 
 def extract_dataset(
     detector,
+    objects,
     data: PreparedDataset,
     cache_dir: Path,
     identity: str,
@@ -42,8 +48,9 @@ def extract_dataset(
     shard: int = 0,
     shards: int = 1,
 ) -> dict[str, int]:
-    """Fill ``cache_dir`` for ``data`` (only shard ``shard`` of ``shards``'s ranges when ``shards > 1``); returns
-    how many of its images it holds and how many shards were computed and reused."""
+    """Fill ``cache_dir`` for ``data`` (only shard ``shard`` of ``shards``'s ranges when ``shards > 1``) with
+    ``detector``'s features and ``objects``' object regions; returns how many of its images it holds and how many
+    shards were computed and reused."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     paths = list(data.manifest["path"])
     index, todo = missing_shards(cache_dir, identity, len(paths), shard_size, shard, shards)
@@ -58,7 +65,8 @@ def extract_dataset(
             chunks = []
             for i in range(start, stop, batch_size):
                 batch = [data.tensor_image(p).to(device) for p in paths[i : min(i + batch_size, stop)]]
-                chunks.append({k: v.cpu() for k, v in extract_features(detector, batch).as_dict().items()})
+                found = extract_features(detector, batch, objects=objects).as_dict()
+                chunks.append({k: v.cpu() for k, v in found.items()})
                 bar.update(len(batch))
             features = {k: torch.cat([c[k] for c in chunks]) for k in chunks[0]}
             features["paths"] = paths[start:stop]
@@ -75,16 +83,16 @@ def run(config: Config, paths: ExtractPaths, shard: tuple[int, int] = (0, 1)) ->
     check_shard(part, parts)
     device = pick_device(config.device)
     shard_size, batch_size = config.extract.shard_size, config.extract.batch_size
-    detector = load_detector(paths.detector, device)
-    detector_sha = file_sha256(paths.detector)
+    detector, objects = load_detector(paths.detector, device), load_detector(paths.objects, device)
+    detectors_sha = fingerprint(file_sha256(paths.detector), file_sha256(paths.objects))
     results: dict[str, Any] = {}
     start = time.perf_counter()
     with tracking.stage_run(config, "extract_regions", paths.reads) as mlflow:
         for prepared, cache_dir in zip(paths.prepared, paths.features, strict=True):
             data = PreparedDataset.load(prepared)
-            identity = fingerprint(detector_sha, file_sha256(Path(prepared) / "manifest.csv"), shard_size)
+            identity = fingerprint(detectors_sha, file_sha256(Path(prepared) / "manifest.csv"), shard_size)
             results[Path(cache_dir).name] = extract_dataset(
-                detector, data, Path(cache_dir), identity, shard_size, batch_size, device, part, parts
+                detector, objects, data, Path(cache_dir), identity, shard_size, batch_size, device, part, parts
             )
         results_flat = {f"{name}.{k}": v for name, r in results.items() for k, v in r.items()}
         mlflow.log_metrics({k: float(v) for k, v in results_flat.items()})

@@ -232,6 +232,7 @@ class ExtractPaths(Stage):
     )
 
     detector: Path = dep("models/detector/detector.pt", tracked="models/detector")
+    objects: Path = dep("models/objects/detector.pt", tracked="models/objects")  # finds Table 1's object regions
     prepared: tuple[Path, ...] = dep(("data/prepared/main",))  # one cache directory per prepared dataset
     features: tuple[Path, ...] = out(("data/features/main",), persist=True)  # shards cached are reused
     metrics: Path = metric("metrics/extract/main.json")
