@@ -181,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--write", action="store_true", help="write the schema's defaults (with comments) to --params")
     p.set_defaults(func=_params)
 
+    p = sub.add_parser("readme-results", help="write README.md's results block from metrics/ (--check: is it fresh)")
+    p.add_argument("--readme", type=Path, default=Path("README.md"), help="(default: %(default)s)")
+    p.add_argument("--metrics", type=Path, default=Path("metrics"), help="(default: %(default)s)")
+    p.add_argument("--check", action="store_true", help="only check the block; exit 1 when it is stale")
+    p.set_defaults(func=_readme_results)
+
     p = sub.add_parser(
         "compile-pipeline",
         help="compile the kfp v2 pipeline (pipelines/image_emotion.yaml) and its components (components/<name>/)",
@@ -445,6 +451,17 @@ def _params(args: argparse.Namespace) -> dict:
         write_text_atomic(args.params, render_params())
         return {"written": str(args.params)}
     return load_config(args.params, args.overrides).to_dict()
+
+
+def _readme_results(args: argparse.Namespace) -> int:
+    from image_emotion.report.readme_results import update
+
+    fresh = update(args.readme, args.metrics, check=args.check)
+    if args.check and not fresh:
+        print(f"{args.readme}'s results are stale; run `image-emotion readme-results`", file=sys.stderr)
+        return 1
+    print(f"{args.readme}: results {'fresh' if fresh else 'written'} from {args.metrics}")
+    return 0
 
 
 def _compile_pipeline(args: argparse.Namespace) -> dict:
