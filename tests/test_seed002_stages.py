@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from image_emotion.data.torch_data import PreparedDataset
 from image_emotion.errors import ConfigError
@@ -98,22 +99,61 @@ def test_retrieve_measures_agree_with_the_saved_index_and_a_direct_computation(s
     assert len(result["ablation"]) == 8
 
 
-def test_retrieve_transfer_is_leave_one_out_on_the_small_set(seed002_run):
+def test_retrieve_transfer_fine_tunes_on_each_80_percent_and_keeps_leave_one_out_as_an_extra(seed002_run):
     work, out, _, _, paths = seed002_run
     small = json.loads((out / "retrieval_transfer/small.json").read_text())
-    assert (small["set"], small["protocol"]) == ("small", "leave-one-out")
-    assert small["images"] == small["num_queries"] == 40
-    # recomputed from the model: every image a query against the 39 others
+    assert (small["set"], small["protocol"]) == ("small", retrieve_transfer.PROTOCOL)
+    folds = small["folds"]
+    data = PreparedDataset.load(work / "prepared/small")
+    fold_of = data.manifest["fold"].to_numpy()
+    assert [f["fold"] for f in folds] == [0, 1, 2, 3, 4]
+    for f in folds:  # each fold's queries are its own images, its gallery the other 80 %
+        assert f["test_images"] == f["num_queries"] == int((fold_of == f["fold"]).sum())
+        assert f["train_images"] == 40 - f["test_images"]
+    accuracies = [f["accuracy"] for f in folds]
+    assert small["accuracy"] == pytest.approx(sum(accuracies) / 5)
+    assert small["map8_std"] == pytest.approx(float(np.std([f["map8"] for f in folds], ddof=1)))
+    # the extra: leave-one-out with the FI model, recomputed from it, every image a query against the 39 others
     from image_emotion.training.metric import embed, image_tensor
 
     model, state = load_metric_model(paths.model)
-    data = PreparedDataset.load(work / "prepared/small")
     x = embed(model, image_tensor(data, state["image_size"], state["image_mean"], state["image_std"]))["sentiment"]
     y = data.labels().numpy()
     direct = retrieval_report(x, y, x, y, "mikels8", exclude_self=True)
-    assert small["map8"] == pytest.approx(direct["map8"], abs=1e-6) and small["nn"] == pytest.approx(direct["nn"])
+    loo = small["leave_one_out"]
+    assert loo["num_queries"] == 40
+    assert loo["map8"] == pytest.approx(direct["map8"], abs=1e-6) and loo["nn"] == pytest.approx(direct["nn"])
     with_self = retrieval_report(x, y, x, y, "mikels8")  # the query itself at rank 1 would inflate NN to 1
-    assert with_self["nn"] == 1.0 and small["nn"] < 1.0
+    assert with_self["nn"] == 1.0 and loo["nn"] < 1.0
+
+
+def test_each_folds_measures_are_its_queries_against_the_other_folds(seed002_run, mlflow_uri, tmp_path):
+    """With a learning rate too small to move anything, a fold's figures are the FI model's own, computed here
+    independently: fold k's images as queries, the other folds as the gallery."""
+    work, _, config, _, paths = seed002_run
+    model, state = load_metric_model(paths.model)
+    data = PreparedDataset.load(work / "prepared/small")
+    still = config.metric.model_copy(update={"lr_conv": 1e-12, "lr_last": 1e-12, "epochs": 1})
+    rows = retrieve_transfer.fine_tuned_folds(model, state, data, still, tmp_path)
+    from image_emotion.training.metric import embed, image_tensor
+
+    out = embed(model, image_tensor(data, state["image_size"], state["image_mean"], state["image_std"]))
+    y, fold_of = data.labels().numpy(), data.manifest["fold"].to_numpy()
+    for row in rows:
+        q, g = fold_of == row["fold"], fold_of != row["fold"]
+        want = retrieval_report(out["sentiment"][q], y[q], out["sentiment"][g], y[g], "mikels8")
+        assert row["map8"] == pytest.approx(want["map8"], abs=1e-4) and row["nn"] == pytest.approx(want["nn"])
+        assert row["accuracy"] == pytest.approx(float((out["logits"][q].argmax(1) == y[q]).mean()))
+
+
+def test_a_set_with_other_classes_gets_a_new_classifier_and_keeps_the_rest(seed002_run):
+    _, _, _, _, paths = seed002_run
+    model, _ = load_metric_model(paths.model)
+    tuned = retrieve_transfer.for_classes(model, 6, seed=0)
+    assert tuned.classifier.out_features == 6 and model.classifier.out_features == 8
+    assert all(torch.equal(a, b) for a, b in zip(tuned.reducers.parameters(), model.reducers.parameters(), strict=True))
+    same = retrieve_transfer.for_classes(model, 8, seed=0)
+    assert torch.equal(same.classifier.weight, model.classifier.weight) and same is not model
 
 
 def test_retrieve_draws_the_tsne_and_the_query_grid(seed002_run):

@@ -179,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: params.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--write", action="store_true", help="write the schema's defaults (with comments) to --params")
+    p.add_argument(
+        "--profile",
+        default=None,
+        help="with --write: a named configuration instead of the defaults (paper: the papers' full setup, for a GPU "
+        "and the real datasets; params.paper.yaml is it, written)",
+    )
     p.set_defaults(func=_params)
 
     p = sub.add_parser("readme-results", help="write README.md's results block from metrics/ (--check: is it fresh)")
@@ -444,12 +450,24 @@ def _draw_grid(result: dict, out: Path) -> None:
 
 
 def _params(args: argparse.Namespace) -> dict:
-    from image_emotion.config import render_params
+    from image_emotion.config import profile_config, render_params
     from image_emotion.files import write_text_atomic
 
+    if args.profile and not args.write:
+        raise ConfigError("--profile writes a params file: add --write (and --params <file>)")
     if args.write:
-        write_text_atomic(args.params, render_params())
-        return {"written": str(args.params)}
+        config = profile_config(args.profile) if args.profile else None
+        if config is not None and args.overrides:
+            config = config.with_overrides(args.overrides)
+        text = render_params(config)
+        if args.profile:
+            text = (
+                f"# The `{args.profile}` profile, written by `image-emotion params --profile {args.profile} --write`: "
+                f"its keys\n# (src/image_emotion/profiles/{args.profile}.yaml, each with its source) over the "
+                "defaults.\n" + text
+            )
+        write_text_atomic(args.params, text)
+        return {"written": str(args.params), **({"profile": args.profile} if args.profile else {})}
     return load_config(args.params, args.overrides).to_dict()
 
 

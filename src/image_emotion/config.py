@@ -322,7 +322,9 @@ class MetricConfig(Section):
         "imagenet", description="imagenet (Lite0, ships offline) | a local .pth path | null (random)"
     )
     image_size: int = Field(128, ge=32, le=1024, description="square input (the paper: 224)")
-    embedding_dim: int | None = Field(128, ge=1, description="FC embedding before the classifier (null: none)")
+    embedding_dim: int | None = Field(
+        512, ge=1, description="FC embedding before the classifier, the triplet loss's features (the paper: 512)"
+    )
     filters: int = Field(16, ge=1, description="1×1 filters a layer: 136-d Gram triangles, 680-d SV")
     freeze_backbone: bool = Field(
         True, description="train only the 1×1 convs and FC layers on backbone maps computed once (the paper: false)"
@@ -548,6 +550,24 @@ def load_config(path: str | Path = DEFAULT_PARAMS, overrides: Sequence[str] = ()
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a YAML mapping at the top level")
     return validate(apply_overrides(raw, overrides), str(path))
+
+
+PROFILES_DIR = Path(__file__).parent / "profiles"
+
+
+def profiles() -> list[str]:
+    """The names of the shipped profiles (``profiles/<name>.yaml``)."""
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+
+
+def profile_config(name: str) -> Config:
+    """The schema's defaults with profile ``name``'s dotted keys set, validated like any params file (an unknown
+    key or a bad value is an error naming the profile's file)."""
+    path = PROFILES_DIR / f"{name}.yaml"
+    if name not in profiles():
+        raise ConfigError(f"unknown profile {name!r}; expected one of {', '.join(profiles())}")
+    values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return validate(set_values(Config().to_dict(), values), str(path))
 
 
 def set_values(raw: dict[str, Any], values: Mapping[str, Any] | Sequence[tuple[str, Any]]) -> dict[str, Any]:

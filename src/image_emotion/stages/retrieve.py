@@ -6,7 +6,7 @@
   registered model search it.
 - Measures (``metrics/retrieval.json``): the paper's FI protocol on the main set (test queries against the
   train split): accuracy, NN, FT, ST, mAP8, mAP2, DCG, ANMRR; and Table 1's rows from ``train_metric``, so the
-  report reads one file (the small sets' leave-one-out protocol is ``retrieve_transfer``).
+  report reads one file (the small sets' protocol is ``retrieve_transfer``).
 - Figures (``plots_retrieval/``): ``tsne.png`` / ``tsne.csv`` of the test embeddings (Fig. 4) and ``queries.png``,
   a few test queries with their top-k train images (Fig. 5).
 """
