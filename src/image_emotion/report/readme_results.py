@@ -204,9 +204,12 @@ def _detector(m: _Metrics) -> str:
         f"detector: emotional branch, {int(m.number(d, 'train_images'))} training images, "
         f"{int(m.number(d, 'epochs'))} epochs"
     )
-    row = [f"ground-truth regions among the top K ({_split(m.get(d, 'holdout_split'))})"]
+    holdout = _split(m.get(d, "holdout_split"))
+    row = [f"ground-truth regions among its top K emotional regions ({holdout})"]
     row += [_pct(m.number(d, f"recall_at_{k}")) for k in ks]
-    return _table([header] + [f"recall@{k}" for k in ks], [row])
+    objects = [f"the same among the object detector's top K object regions (Table 1's object regions, {holdout})"]
+    objects += [_pct(m.number(d, f"object_recall_at_{k}")) for k in ks]
+    return _table([header] + [f"recall@{k}" for k in ks], [row, objects])
 
 
 def _retrieval(m: _Metrics) -> str:
@@ -222,9 +225,19 @@ def _retrieval(m: _Metrics) -> str:
     ]
     for path in sorted((m.root / "retrieval_transfer").glob("*.json")):
         t = f"retrieval_transfer/{path.name}"
+        name, images = m.get(t, "set"), str(int(m.number(t, "images")))
         rows.append(
-            [f"`{m.get(t, 'set')}`, {m.get(t, 'protocol')}", str(int(m.number(t, "num_queries"))), DASH]
+            [f"`{name}`, fine-tuned on each 80 %, tested on its 20 % (mean of 5 folds)", images]
+            + [_pct(m.number(t, "accuracy"))]
             + [f"{m.number(t, k):.3f}" for k in RETRIEVAL]
+        )
+        rows.append(
+            [
+                f"`{name}`, leave-one-out with the main model unchanged",
+                str(int(m.number(t, "leave_one_out", "num_queries"))),
+            ]
+            + [DASH]
+            + [f"{m.number(t, 'leave_one_out', k):.3f}" for k in RETRIEVAL]
         )
     header = [f"seed 002: retrieval with {FEATURES.get(feature, feature)}", "queries", "accuracy", *RETRIEVAL_NAMES]
     return _table(header, rows)

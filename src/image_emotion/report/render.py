@@ -103,8 +103,7 @@ def markdown(report: Report, figure_src: Callable[[str], str]) -> str:
     if report.banner:
         out += ["> **Not the paper's data.** " + " ".join(report.banner), ""]
     out.append(md_table(report.datasets))
-    if report.differences:
-        out += ["Differences from the paper's setup:", ""] + [f"- {d}" for d in report.differences] + [""]
+    out.append(md_table(report.deviations))
     out.append(md_table(claims_table(report)))
     out += [md_table(t) for t in report.tables]
     out.append(md_table(report.lambda_table))
@@ -133,6 +132,7 @@ td.paper, th.paper { background: #f3f6fb; color: #345; }
 dl.header { display: grid; grid-template-columns: max-content auto; gap: .2em 1em; }
 dl.header dt { font-weight: 600; } dl.header dd { margin: 0; font-family: ui-monospace, monospace; }
 img { max-width: 100%; border: 1px solid #eee; } ul.notes { color: #555; margin-top: 0; }
+table.prose td, table.prose th { text-align: left; vertical-align: top; }
 """
 
 
@@ -154,8 +154,9 @@ def html_table(table: Table, level: int = 2) -> str:
     )
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in table.notes)
     return (
-        f'<h{level}>{html.escape(table.title)}</h{level}><p class="caption">{html.escape(table.caption)}</p><table>'
-        f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        f'<h{level}>{html.escape(table.title)}</h{level}><p class="caption">{html.escape(table.caption)}</p>'
+        + ('<table class="prose">' if table.prose else "<table>")
+        + f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
         + (f'<ul class="notes">{notes}</ul>' if notes else "")
     )
 
@@ -200,9 +201,7 @@ def html_page(report: Report, plots: Path) -> str:
             '<p class="banner"><strong>Not the paper\'s data.</strong> ' + html.escape(" ".join(report.banner)) + "</p>"
         )
     parts.append(html_table(report.datasets))
-    if report.differences:
-        items = "".join(f"<li>{html.escape(d)}</li>" for d in report.differences)
-        parts.append(f"<p>Differences from the paper's setup:</p><ul>{items}</ul>")
+    parts.append(html_table(report.deviations))
     parts.append(html_table(claims_table(report)))
     parts += [html_table(t) for t in report.tables]
     parts.append(html_table(report.lambda_table))
