@@ -84,3 +84,82 @@ def test_the_one_off_jobs_get_no_istio_sidecar(name):
 def test_the_readme_names_the_kfp_backend_the_pipeline_needs(repo_root):
     section = _kubeflow_section(repo_root)
     assert "Kubeflow Pipelines **2.17.0 or later**" in section and "#13437" in section
+
+
+def _containers(name: str) -> list[dict]:
+    return [
+        c
+        for d in _documents(name)
+        if d["kind"] in ("Job", "Deployment")
+        for c in d["spec"]["template"]["spec"]["containers"]
+    ]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in DEPLOY.glob("*.yaml")))
+def test_no_image_comes_from_docker_hub_by_tag(name):
+    for container in _containers(name):
+        image = container["image"]
+        if image == "IMAGE_EMOTION_CPU_IMAGE":  # the project's CPU image by digest, put in by the header's sed
+            continue
+        host = image.split("/")[0] if "/" in image else ""
+        docker_hub = not ("." in host or ":" in host or host == "localhost")
+        assert not docker_hub or "@sha256:" in image, f"{name}: {image} is a Docker Hub tag, which can move"
+
+
+def _load_data() -> tuple[dict, str, list[str]]:
+    (container,) = _containers("load-data.yaml")
+    assert container["command"] == ["python3", "-c"]
+    script, *args = container["args"]
+    return container, script, args
+
+
+def test_the_load_data_job_runs_the_projects_cpu_image_with_the_s3_secret():
+    container, _, args = _load_data()
+    assert container["image"] == "IMAGE_EMOTION_CPU_IMAGE"  # as volume-permissions.yaml's, pinned by digest
+    assert args == ["<bucket>", "image-emotion/data", f"{cluster.DATA_MOUNT}/data"]  # the repository's data/ tree
+    assert container["envFrom"] == [{"secretRef": {"name": cluster.DEFAULTS.s3_secret}}]  # AWS_ENDPOINT_URL too
+    assert {"name": "HOME", "value": "/tmp"} in container["env"]
+    header = (DEPLOY / "load-data.yaml").read_text().split("apiVersion:")[0]
+    assert 'sed "s|IMAGE_EMOTION_CPU_IMAGE|$CPU_IMAGE|" deploy/kubernetes/load-data.yaml' in header
+
+
+def test_the_load_data_script_copies_new_and_changed_objects_and_keeps_the_rest(tmp_path, monkeypatch, capsys):
+    import sys
+
+    import boto3
+    from moto import mock_aws
+
+    _, script, _ = _load_data()
+    credentials = {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_DEFAULT_REGION": "us-east-1"}
+    for key, value in credentials.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    target = tmp_path / "volume" / "data"
+
+    def run(prefix: str = "image-emotion/data") -> str:
+        monkeypatch.setattr(sys, "argv", ["-c", "bucket", prefix, str(target)])
+        exec(compile(script, "load-data.yaml", "exec"), {"__name__": "__main__"})
+        return capsys.readouterr().out
+
+    with mock_aws():
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="bucket")
+        objects = {"raw/FI/amusement/a.jpg": b"aaaa", "raw/FI/anger/b.jpg": b"bb", "raw/": b""}  # a folder marker
+        for key, body in objects.items():
+            s3.put_object(Bucket="bucket", Key=f"image-emotion/data/{key}", Body=body)
+        s3.put_object(Bucket="bucket", Key="elsewhere/c.jpg", Body=b"c")  # outside the prefix
+        assert "2 copied, 0 already there" in run()
+        assert (target / "raw/FI/amusement/a.jpg").read_bytes() == b"aaaa"
+        assert sorted(p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file()) == [
+            "raw/FI/amusement/a.jpg", "raw/FI/anger/b.jpg"
+        ]  # fmt: skip
+        assert "0 copied, 2 already there" in run()  # a rerun copies nothing
+        s3.put_object(Bucket="bucket", Key="image-emotion/data/raw/FI/anger/b.jpg", Body=b"bbb")  # changed
+        assert "1 copied, 1 already there" in run()
+        assert (target / "raw/FI/anger/b.jpg").read_bytes() == b"bbb"
+        with pytest.raises(SystemExit, match="nothing under s3://bucket/nothing/"):
+            run("nothing")
+        s3.put_object(Bucket="bucket", Key="image-emotion/data/../../escape.sh", Body=b"x")
+        with pytest.raises(SystemExit, match="would land outside"):
+            run()
+    assert not (tmp_path / "escape.sh").exists()

@@ -56,7 +56,8 @@ def test_metric_job_on_three_pods_of_two_gpus_field_by_field():
     }
     spec = job["spec"]
     assert spec["nprocPerNode"] == "2"  # a string in the CRD ("auto", "gpu" or a number)
-    assert spec["runPolicy"] == {"backoffLimit": 2, "cleanPodPolicy": "None"}
+    # the job ends when its launching step and all its retries could no longer wait for it (cluster.CPU_RETRY)
+    assert spec["runPolicy"] == {"backoffLimit": 2, "cleanPodPolicy": "None", "activeDeadlineSeconds": 270090}
     assert sorted(spec["pytorchReplicaSpecs"]) == ["Master", "Worker"]
     master, worker = spec["pytorchReplicaSpecs"]["Master"], spec["pytorchReplicaSpecs"]["Worker"]
     assert (master["replicas"], worker["replicas"]) == (1, 2)  # 3 pods: the master and two workers
@@ -76,15 +77,16 @@ def test_metric_job_on_three_pods_of_two_gpus_field_by_field():
     ]  # fmt: skip
     assert container["workingDir"] == DATA
     assert container["ports"] == [{"name": "pytorchjob-port", "containerPort": 23456, "protocol": "TCP"}]
-    # 8 CPUs and 32G a GPU (cluster.GPU_RESOURCES), two GPUs
+    # 8 CPUs (up to 16) and 32G a GPU (cluster.GPU_STEP), two GPUs; the ephemeral storage kfp cannot ask for
     assert container["resources"] == {
-        "requests": {"cpu": "16", "memory": "64G"},
-        "limits": {"memory": "64G", "nvidia.com/gpu": "2"},
+        "requests": {"cpu": "16", "memory": "64G", "ephemeral-storage": "2Gi"},
+        "limits": {"cpu": "32", "memory": "64G", "nvidia.com/gpu": "2"},
     }
     env = {e["name"]: e for e in container["env"]}
     assert env["IMAGE_EMOTION_PIPELINE_RUN"] == {"name": "IMAGE_EMOTION_PIPELINE_RUN", "value": "run-7"}
     assert env["IMAGE_EMOTION_KFP_RUN"]["value"] == "run-7"
     assert env["MLFLOW_TRACKING_URI"]["value"] == "http://mlflow.mlops:5000"
+    assert env["HOME"] == {"name": "HOME", "value": "/tmp"}  # writable under any uid
     secrets = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
     assert secrets == {
         **{
@@ -93,11 +95,17 @@ def test_metric_job_on_three_pods_of_two_gpus_field_by_field():
         },
         **{
             k: {"name": "image-emotion-s3", "key": k, "optional": True}
-            for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "MLFLOW_S3_ENDPOINT_URL")
+            for k in (
+                "AWS_ACCESS_KEY_ID",
+                "AWS_SECRET_ACCESS_KEY",
+                "AWS_DEFAULT_REGION",
+                "AWS_ENDPOINT_URL",
+                "MLFLOW_S3_ENDPOINT_URL",
+            )
         },
     }
     assert container["volumeMounts"] == [
-        {"name": "data", "mountPath": DATA},
+        {"name": "data", "mountPath": DATA, "readOnly": True},  # the job only reads there
         {"name": "work", "mountPath": WORK},
         {"name": "dshm", "mountPath": "/dev/shm"},
     ]
@@ -106,8 +114,11 @@ def test_metric_job_on_three_pods_of_two_gpus_field_by_field():
         {"name": "work", "persistentVolumeClaim": {"claimName": "image-emotion-work"}},
         {"name": "dshm", "emptyDir": {"medium": "Memory"}},
     ]
-    assert pod["securityContext"] == {"runAsUser": 10001, "runAsGroup": 10001, "runAsNonRoot": True, "fsGroup": 10001}
-    assert container["securityContext"] == {"allowPrivilegeEscalation": False}
+    assert pod["securityContext"] == {
+        "runAsUser": 10001, "runAsGroup": 10001, "runAsNonRoot": True, "fsGroup": 10001,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }  # fmt: skip
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
     assert "restartPolicy" not in pod  # the operator sets the pods' from the replica spec
@@ -136,7 +147,7 @@ def test_detector_job_on_one_pod_resumes_from_the_run_checkpoint():
         "--model": f"{out}/detector.pt",
         "--metrics": f"{out}/detector.json",
     }
-    assert pod["containers"][0]["resources"]["limits"] == {"memory": "32G", "nvidia.com/gpu": "1"}
+    assert pod["containers"][0]["resources"]["limits"] == {"cpu": "16", "memory": "32G", "nvidia.com/gpu": "1"}
     assert "nodeSelector" not in pod  # none by default
     assert _errors(job) == []
 

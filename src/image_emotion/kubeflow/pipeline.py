@@ -12,13 +12,15 @@ register_generative. The same graph as dvc.yaml.
 
 On a cluster (``_Platform``): every pod mounts the data volume (``data_pvc``) where relative dataset roots and
 weight paths resolve, gets the MLflow and S3 credentials from secrets (``mlflow_secret``, ``s3_secret``) and the
-run id from its ``pipeline/runid`` label, and runs as the images' non-root user; the GPU steps request a
-``gpu_type`` accelerator (a compile option), tolerate ``gpu_tolerations``, select ``gpu_node_selector`` nodes,
-and the training ones keep checkpoints on the work volume (``work_pvc``) so a retried pod resumes. No input
-carries the run id, so kfp's cache hits when params, data artifacts and image are the same; the register steps
-are never cached. The data on the volume are in no cache key by themselves: each prepare step also takes its
-role's data version (the parameter ``data_versions``, filled by ``pipeline_arguments``), so new data miss the
-cache; a role without a version gets a new one on every run (``data_version_op``).
+run id from its ``pipeline/runid`` label, and runs as the images' non-root user with ``HOME`` writable under any
+uid and the CPU and memory requests and limits, timeout and retries of its size class (``cluster.StepSize``:
+GPU, CPU, or small for bookkeeping); the GPU steps request a ``gpu_type`` accelerator (a compile option),
+tolerate ``gpu_tolerations``, select ``gpu_node_selector`` nodes, and the training ones keep checkpoints on the
+work volume (``work_pvc``) so a retried pod resumes. No input carries the run id, so kfp's cache hits when
+params, data artifacts and image are the same; the register steps are never cached. The data on the volume are
+in no cache key by themselves: each prepare step also takes its role's data version (the parameter
+``data_versions``, filled by ``pipeline_arguments``), so new data miss the cache; a role without a version gets a
+new one on every run (``data_version_op``).
 """
 
 import contextlib
@@ -42,23 +44,42 @@ CLUSTER = cluster.DEFAULTS
 
 
 class _Platform:
-    """What every task gets on a cluster: the data volume, the secrets, the run id, the non-root user;
-    GPU steps also the work volume for checkpoints, an accelerator, tolerations and a node selector."""
+    """What every task gets on a cluster: the data volume, the secrets, the run id, the non-root user, a writable
+    HOME, requests and limits of its size class (``cluster.StepSize``), a timeout and retries; GPU steps also the
+    work volume for checkpoints, an accelerator, tolerations and a node selector."""
 
-    def __init__(self, data_pvc, work_pvc, mlflow_secret, s3_secret, gpu_type, gpu_tolerations, gpu_node_selector):
-        self.data_pvc, self.work_pvc = data_pvc, work_pvc
+    def __init__(
+        self, data_pvc, work_pvc, mlflow_secret, s3_secret, gpu_type, gpu_tolerations, gpu_node_selector, home
+    ):
+        self.data_pvc, self.work_pvc, self.home = data_pvc, work_pvc, home
         self.mlflow_secret, self.s3_secret = mlflow_secret, s3_secret
         self.gpu_type, self.gpu_tolerations, self.gpu_node_selector = gpu_type, gpu_tolerations, gpu_node_selector
 
-    def _common(self, task: dsl.PipelineTask) -> dsl.PipelineTask:
-        # one attempt's deadline; the retry policy's max duration (cluster.retry_policy) is sized from it
-        kubernetes.set_timeout(task, cluster.ATTEMPT_TIMEOUT_S)
+    def _common(self, task: dsl.PipelineTask, size: cluster.StepSize) -> dsl.PipelineTask:
+        # one attempt's deadline (the pod's activeDeadlineSeconds); the retry policy's max duration is sized from it
+        kubernetes.set_timeout(task, size.timeout_s)
+        # read-write, though no step writes there: kfp-kubernetes 2.17's PvcMount has no readOnly field (the claim,
+        # mount_path and sub_path only); the PyTorchJob's pods, whose spec is ours, mount it read-only
         kubernetes.mount_pvc(task, pvc_name=self.data_pvc, mount_path=cluster.DATA_MOUNT)
+        # every key optional: a secret or a key that is not there leaves its variable unset (AWS_ENDPOINT_URL and
+        # MLFLOW_S3_ENDPOINT_URL reach the pod where the s3 secret has them)
         kubernetes.use_secret_as_env(task, self.mlflow_secret, cluster.MLFLOW_SECRET_KEYS, optional=True)
         kubernetes.use_secret_as_env(task, self.s3_secret, cluster.S3_SECRET_KEYS, optional=True)
         kubernetes.use_field_path_as_env(task, cluster.RUN_ID_ENV, cluster.RUN_ID_FIELD)
+        # the container's runAsUser/runAsGroup/runAsNonRoot: all kfp-kubernetes 2.17 can set; the KFP backend
+        # adds allowPrivilegeEscalation: false, capabilities drop ALL and the RuntimeDefault seccomp profile, and
+        # the namespace's Pod Security level (deploy/kubernetes/namespace.yaml) refuses a pod without them
         kubernetes.set_security_context(task, run_as_user=cluster.UID, run_as_group=cluster.UID, run_as_non_root=True)
-        return task
+        if self.home:  # writable under any uid (cluster.HOME)
+            task.set_env_variable("HOME", self.home)
+        # no ephemeral-storage here: kfp's ResourceSpec has none; the namespace's LimitRange gives a default request
+        return (
+            task.set_cpu_request(size.resources["cpu"])
+            .set_cpu_limit(size.cpu_limit)
+            .set_memory_request(size.resources["memory"])
+            .set_memory_limit(size.memory_limit)
+            .set_retry(**size.retry)
+        )
 
     def _work(self, task: dsl.PipelineTask) -> dsl.PipelineTask:
         """The work volume (checkpoints, and what a step hands a PyTorchJob) at ``cluster.WORK_MOUNT``."""
@@ -66,21 +87,15 @@ class _Platform:
         return task
 
     def gpu(self, task: dsl.PipelineTask, checkpoints: bool = False) -> dsl.PipelineTask:
-        """One GPU, CPU/memory requests and retries for a training or extraction step (``checkpoints``: the work
+        """One GPU, the GPU size class and retries for a training or extraction step (``checkpoints``: the work
         volume mounted too)."""
-        self._common(task)
+        self._common(task, cluster.GPU_STEP)
         if checkpoints:
             self._work(task)
         kubernetes.add_toleration_json(task, self.gpu_tolerations)
         kubernetes.add_node_selector_json(task, self.gpu_node_selector)
-        resources = cluster.GPU_RESOURCES
-        return (
-            task.set_accelerator_type(self.gpu_type)
-            .set_accelerator_limit(resources["accelerators"])
-            .set_cpu_request(resources["cpu"])
-            .set_memory_request(resources["memory"])
-            .set_memory_limit(resources["memory"])
-            .set_retry(**cluster.GPU_RETRY)
+        return task.set_accelerator_type(self.gpu_type).set_accelerator_limit(
+            cluster.GPU_STEP.resources["accelerators"]
         )
 
     def register(self, task: dsl.PipelineTask) -> dsl.PipelineTask:
@@ -94,14 +109,13 @@ class _Platform:
         return self.cpu(self._work(task))
 
     def cpu(self, task: dsl.PipelineTask) -> dsl.PipelineTask:
-        """CPU/memory requests and retries for any other step."""
-        self._common(task)
-        resources = cluster.CPU_RESOURCES
-        return (
-            task.set_cpu_request(resources["cpu"])
-            .set_memory_request(resources["memory"])
-            .set_retry(**cluster.CPU_RETRY)
-        )
+        """The CPU size class and retries for a step that runs a stage without a GPU."""
+        return self._common(task, cluster.CPU_STEP)
+
+    def small(self, task: dsl.PipelineTask) -> dsl.PipelineTask:
+        """The small size class, a short timeout and retries for a bookkeeping step (it returns a value read from
+        its parameters)."""
+        return self._common(task, cluster.SMALL_STEP)
 
 
 def data_version_op(data_versions: dict, role: str) -> str:
@@ -113,9 +127,15 @@ def data_version_op(data_versions: dict, role: str) -> str:
     return runtime.cache_version(data_versions, role)
 
 
-def build_pipeline(built: Images, parallelism: int = CLUSTER.parallelism, gpu_type: str = CLUSTER.gpu_type) -> Callable:
+def build_pipeline(
+    built: Images,
+    parallelism: int = CLUSTER.parallelism,
+    gpu_type: str = CLUSTER.gpu_type,
+    home: str | None = cluster.HOME,
+) -> Callable:
     """The pipeline whose components run in ``built``'s images, each ParallelFor ``parallelism`` pods at once,
-    the GPU steps asking for one ``gpu_type`` accelerator.
+    the GPU steps asking for one ``gpu_type`` accelerator, ``HOME`` set to ``home`` in every task (``None``: left
+    as the environment has it, as for a local run in this machine's processes, where /tmp is every user's).
 
     ``gpu_type`` is fixed at compile time rather than a run parameter: kfp 2.17's compiler does not pass a
     parameter given to ``set_accelerator_type`` into a ParallelFor (the extraction steps inside the loops then fail
@@ -142,7 +162,7 @@ def build_pipeline(built: Images, parallelism: int = CLUSTER.parallelism, gpu_ty
         checkpoint_root: str = checkpoint_root,
         data_versions: dict = {},  # noqa: B006 - kfp reads the default from the signature; never mutated
     ):
-        p = _Platform(data_pvc, work_pvc, mlflow_secret, s3_secret, gpu_type, gpu_tolerations, gpu_node_selector)
+        p = _Platform(data_pvc, work_pvc, mlflow_secret, s3_secret, gpu_type, gpu_tolerations, gpu_node_selector, home)
         common = {"params_yaml": params_yaml, "mlflow_tracking_uri": mlflow_tracking_uri, "data_dir": data_dir}
         training = {**common, "checkpoint_root": checkpoint_root}
 
@@ -151,7 +171,7 @@ def build_pipeline(built: Images, parallelism: int = CLUSTER.parallelism, gpu_ty
             image, never the data volume, so without it new data loaded there would hit the cache and train on
             the old manifest. The version comes from a task that is never cached: the role's entry, or a new
             value each run for a role without one (then the prepare step never hits the cache)."""
-            version = p.cpu(version_op(data_versions=data_versions, role=role)).set_caching_options(False)
+            version = p.small(version_op(data_versions=data_versions, role=role)).set_caching_options(False)
             version.set_display_name(f"data version of {what}")
             task = p.cpu(c["prepare_op"](role=role, data_version=version.output, **common))
             return task.set_display_name(f"prepare {what}")
@@ -180,7 +200,7 @@ def build_pipeline(built: Images, parallelism: int = CLUSTER.parallelism, gpu_ty
             single = p.gpu(c["finetune_detector_op"](**detector_inputs), checkpoints=True)
         detector = dsl.OneOf(job.outputs["detector"], single.outputs["detector"])  # the branch that ran
         # the main set's extraction split over GPU pods, each a part cache; the merge is the unsharded cache
-        shard_indices = p.cpu(c["shard_indices_op"](shards=extraction_shards))
+        shard_indices = p.small(c["shard_indices_op"](shards=extraction_shards))
         with dsl.ParallelFor(items=shard_indices.output, name="extraction-shards", parallelism=parallelism) as shard:
             part = p.gpu(
                 c["extract_regions_op"](
@@ -197,7 +217,7 @@ def build_pipeline(built: Images, parallelism: int = CLUSTER.parallelism, gpu_ty
             c["train_classifier_op"](main=main.outputs["dataset"], features=features.outputs["features"], **common)
         )
         metric = p.gpu(c["train_metric_op"](main=main.outputs["dataset"], **common))
-        sets = p.cpu(c["set_roles_op"](params_yaml=params_yaml, sets="transfer")).output  # params_yaml's, once
+        sets = p.small(c["set_roles_op"](params_yaml=params_yaml, sets="transfer")).output  # params_yaml's, once
         with dsl.ParallelFor(items=sets, name="transfer-sets", parallelism=parallelism) as set_name:
             small = prepare(set_name, "transfer set")
             small_features = p.gpu(
@@ -219,7 +239,7 @@ def build_pipeline(built: Images, parallelism: int = CLUSTER.parallelism, gpu_ty
                     set_name=set_name, dataset=small.outputs["dataset"], model=metric.outputs["model"], **common
                 )
             )
-        generative_sets = p.cpu(c["set_roles_op"](params_yaml=params_yaml, sets="generative")).output
+        generative_sets = p.small(c["set_roles_op"](params_yaml=params_yaml, sets="generative")).output
         with dsl.ParallelFor(items=generative_sets, name="generative-sets", parallelism=parallelism) as role:
             other = prepare(role, "generative set")
         generative = p.gpu(
@@ -265,7 +285,7 @@ def build_pipeline(built: Images, parallelism: int = CLUSTER.parallelism, gpu_ty
             )
         )
         # the validation accuracy is the component's return value ("Output"); test is only reported
-        good_enough = evaluation.outputs["Output"] >= p.cpu(c["min_accuracy_op"](params_yaml=params_yaml)).output
+        good_enough = evaluation.outputs["Output"] >= p.small(c["min_accuracy_op"](params_yaml=params_yaml)).output
         with dsl.If(good_enough, name="good-enough-to-register"):
             p.register(
                 c["register_op"](
@@ -400,16 +420,17 @@ def run_local(
     extraction_shards: int = CLUSTER.extraction_shards,
 ) -> dict[str, Any]:
     """Run the whole pipeline here with ``kfp.local.SubprocessRunner`` (no containers; volumes, secrets and GPU
-    requests ignored; relative data paths resolve in the current directory, checkpoints under the pipeline
-    root), the main set's extraction split in ``extraction_shards``, the detector fine-tuned in one process (the
-    ``workers`` default: the Else branch); a failing task raises. Returns the run's directory of task outputs."""
+    requests ignored, HOME left as it is; relative data paths resolve in the current directory, checkpoints under
+    the pipeline root), the main set's extraction split in ``extraction_shards``, the detector fine-tuned in one
+    process (the ``workers`` default: the Else branch); a failing task raises. Returns the run's directory of task
+    outputs."""
     from kfp import local
 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=True)
     before = set(Path(pipeline_root).glob("*")) if Path(pipeline_root).is_dir() else set()
     run_id = f"local-{uuid.uuid4().hex}"  # what the pod label gives on a cluster: one id for every task
     with environment(**{cluster.RUN_ID_ENV: run_id}), _local_one_of_artifacts():
-        build_pipeline(images())(
+        build_pipeline(images(), home=None)(
             **pipeline_arguments(config),
             mlflow_tracking_uri=mlflow_tracking_uri,
             extraction_shards=extraction_shards,

@@ -30,9 +30,12 @@ from typing import Any
 
 from image_emotion.errors import ConfigError, ImageEmotionError
 from image_emotion.kubeflow.cluster import (
+    CPU_RETRY,
     DATA_MOUNT,
     DEFAULTS,
-    GPU_RESOURCES,
+    EPHEMERAL_STORAGE_REQUEST,
+    GPU_STEP,
+    HOME,
     MLFLOW_SECRET_KEYS,
     RUN_ID_ENV,
     S3_SECRET_KEYS,
@@ -48,6 +51,9 @@ PORT_NAME, PORT = "pytorchjob-port", 23456  # the operator's defaults
 PIPELINE_RUN_ENV = "IMAGE_EMOTION_PIPELINE_RUN"  # tracking/runs.py: the MLflow parent run
 STAGES = {command: cls for command, cls in stage_paths.STAGES.items() if cls.distributed}  # data-parallel ones
 BACKOFF_LIMIT = 2  # pod restarts before the job fails
+# The job's deadline (runPolicy.activeDeadlineSeconds): as long as the launching step and all its retries may wait
+# for it (a retried step follows the job already submitted), so a job whose step gave up stops holding its GPUs.
+JOB_DEADLINE_S = int(CPU_RETRY["backoff_max_duration"].removesuffix("s"))
 _NAME = re.compile(r"^[a-z]([-a-z0-9]{0,46}[a-z0-9])?$")  # DNS-1035 label with room for "-worker-NNN"
 _RUN_ID = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")  # a path segment and a label value
 _QUANTITY = re.compile(r"^(\d+)([A-Za-z]*)$")
@@ -131,13 +137,16 @@ def pytorch_job(
         {"name": PIPELINE_RUN_ENV, "value": run_id},
         {"name": RUN_ID_ENV, "value": run_id},
         {"name": "MLFLOW_TRACKING_URI", "value": mlflow_tracking_uri},
+        {"name": "HOME", "value": HOME},  # writable under any uid (cluster.HOME)
     ]
     for secret, keys in ((cluster.mlflow_secret, MLFLOW_SECRET_KEYS), (cluster.s3_secret, S3_SECRET_KEYS)):
         env += [
             {"name": variable, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}}
             for key, variable in keys.items()
         ]
-    memory = _scaled(str(GPU_RESOURCES["memory"]), gpus_per_worker)
+    # the pipeline's GPU size class for each GPU of a pod (cluster.GPU_STEP): its CPU and memory requests, a CPU
+    # limit above the request, the memory limit at the request; and the ephemeral storage kfp cannot ask for
+    memory = _scaled(str(GPU_STEP.resources["memory"]), gpus_per_worker)
     container = {
         "name": CONTAINER,
         "image": image,
@@ -147,15 +156,25 @@ def pytorch_job(
         "env": env,
         "ports": [{"name": PORT_NAME, "containerPort": PORT, "protocol": "TCP"}],
         "resources": {
-            "requests": {"cpu": _scaled(str(GPU_RESOURCES["cpu"]), gpus_per_worker), "memory": memory},
-            "limits": {"memory": memory, cluster.gpu_type: str(gpus_per_worker)},
+            "requests": {
+                "cpu": _scaled(str(GPU_STEP.resources["cpu"]), gpus_per_worker),
+                "memory": memory,
+                "ephemeral-storage": EPHEMERAL_STORAGE_REQUEST,
+            },
+            "limits": {
+                "cpu": _scaled(GPU_STEP.cpu_limit, gpus_per_worker),
+                "memory": memory,
+                cluster.gpu_type: str(gpus_per_worker),
+            },
         },
         "volumeMounts": [
-            {"name": "data", "mountPath": DATA_MOUNT},
+            # read-only: the job reads datasets and weights there; what it writes goes to the work volume
+            {"name": "data", "mountPath": DATA_MOUNT, "readOnly": True},
             {"name": "work", "mountPath": WORK_MOUNT},
             {"name": "dshm", "mountPath": "/dev/shm"},
         ],
-        "securityContext": {"allowPrivilegeEscalation": False},
+        # Pod Security "restricted" (deploy/kubernetes/namespace.yaml): no privilege escalation, no capabilities
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
     }
     pod: dict[str, Any] = {
         "containers": [container],
@@ -167,7 +186,13 @@ def pytorch_job(
                 "emptyDir": {"medium": "Memory"},
             },  # NCCL's shared memory (the default 64 MiB is too small)
         ],
-        "securityContext": {"runAsUser": UID, "runAsGroup": UID, "runAsNonRoot": True, "fsGroup": UID},
+        "securityContext": {
+            "runAsUser": UID,
+            "runAsGroup": UID,
+            "runAsNonRoot": True,
+            "fsGroup": UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
         "tolerations": [dict(t) for t in cluster.gpu_tolerations],
     }
     if cluster.gpu_node_selector:
@@ -193,7 +218,11 @@ def pytorch_job(
         "metadata": {"name": name, "labels": {**labels, "image-emotion/run": run_id}},
         "spec": {
             "nprocPerNode": str(gpus_per_worker),
-            "runPolicy": {"backoffLimit": backoff_limit, "cleanPodPolicy": "None"},
+            "runPolicy": {
+                "backoffLimit": backoff_limit,
+                "cleanPodPolicy": "None",
+                "activeDeadlineSeconds": JOB_DEADLINE_S,
+            },
             "pytorchReplicaSpecs": specs,
         },
     }
