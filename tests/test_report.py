@@ -315,6 +315,19 @@ def test_seed_002_table1_sets_this_runs_rows_beside_the_papers_in_its_order():
         assert [body[key][i] for i in (3, 4, 6, 8)] == ["—"] * 4, key
 
 
+def test_the_sv_rows_accuracy_is_left_blank_with_its_reason_when_the_backbone_was_frozen():
+    ablation = [
+        _ablation_row("sentiment_sv", 0.3, accuracy=0.4, map2=0.6, backbone_frozen=True),
+        _ablation_row("softmax", 0.25, accuracy=0.37, map2=0.51, backbone_frozen=True),
+    ]
+    built = _seed_002_report(_retrieval(ablation))
+    body = {r[0]: r for r in md_tables(_md(built))[T1_002][1:]}
+    assert body["sentiment_sv"][4] == "—" and body["sentiment_sv"][6] == "0.3000"  # mAP is the SV's own
+    assert body["softmax"][4] == "37.0"  # a row whose classifier is what it trains keeps its accuracy
+    table = next(t for t in built.retrieval.tables if t.title == T1_002)
+    assert any(n.startswith("sentiment_sv: accuracy left blank") and "1-ω" in n for n in table.notes)
+
+
 def test_seed_002_retrieval_measures_of_each_set_beside_the_papers_fi_row():
     built = _seed_002_report(_retrieval([]))
     rows = md_tables(_md(built))[RETRIEVAL_002]

@@ -143,6 +143,7 @@ def ablation(inputs: MetricInputs, cfg: MetricConfig) -> list[dict[str, Any]]:
             "label": row.label,
             "feature": "SV" if row.feature == "sentiment" else "FC",
             "seeds": list(cfg.ablation_seeds),
+            "backbone_frozen": cfg.freeze_backbone,  # then an SV row's classifier reads what softmax alone trains
         }
         for key in MEASURES:
             values = [r[key] for r in runs]
