@@ -19,9 +19,7 @@ def _documents(name: str) -> list[dict]:
 
 
 def _kubeflow_section(repo_root: Path) -> str:
-    text = (repo_root / "README.md").read_text()
-    start = text.index("## Kubeflow\n")
-    return text[start : text.index("## Containers\n", start)]
+    return (repo_root / "docs/kubeflow.md").read_text()  # the Kubeflow page of the documentation
 
 
 def test_the_volume_permissions_job_makes_the_volumes_the_pods_user_s_with_the_least_privilege(repo_root):
@@ -46,7 +44,7 @@ def test_the_volume_permissions_job_makes_the_volumes_the_pods_user_s_with_the_l
     assert f"chown {cluster.UID}:{cluster.UID} {cluster.DATA_MOUNT}" in script
     # the runbook runs it after the volumes exist and before anything writes to them
     section = _kubeflow_section(repo_root)
-    runbook = section[section.index("### From a clean clone") :]
+    runbook = section[section.index("## From a clean clone") :]
     order = [runbook.index(f"deploy/kubernetes/{name}") for name in ("volumes", "volume-permissions", "load-data")]
     assert order == sorted(order)
     assert f"job/{cluster.PERMISSIONS_JOB}" in runbook

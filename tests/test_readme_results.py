@@ -166,7 +166,7 @@ def test_the_block_shows_each_figure_of_a_hand_made_metrics_folder(tmp_path):
         "| detector: emotional branch, 16 training images, 3 epochs | recall@2 |",
         "| ground-truth regions among its top K emotional regions (validation) | 75.0 % |",
         "| the same among the object detector's top K object regions (Table 1's object regions, validation) | 25.0 % |",
-        "| seed 002: retrieval with the sentiment vector (SV) | queries | accuracy | NN | FT | ST | mAP8 | mAP2 "
+        "| Yang et al.: retrieval with the sentiment vector (SV) | queries | accuracy | NN | FT | ST | mAP8 | mAP2 "
         "| DCG | ANMRR |",
         "| test queries against the train split (24 images) | 8 | 37.5 % | 0.500 | 0.250 | 0.125 | 0.300 | 0.600 "
         "| 0.700 | 0.400 |",

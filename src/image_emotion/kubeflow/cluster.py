@@ -50,7 +50,7 @@ HOME = "/tmp"
 # every step is retried on transient failures (a failed container: an exception, an OOM kill, an eviction):
 # kfp's retry policy, as ``task.set_retry(**GPU_RETRY)``; the wait doubles each time (kfp's default factor): 60 s,
 # 120 s on a GPU, 30 s, 60 s on a CPU. A pod that is deleted (a lost or drained node) ends in Argo's Error phase,
-# which Argo's default retryPolicy (OnFailure) does not retry and kfp cannot change: README, "Retries".
+# which Argo's default retryPolicy (OnFailure) does not retry and kfp cannot change: docs/kubeflow.md, "Retries".
 RETRIES = 2
 # One attempt of a step may run this long (the pod's activeDeadlineSeconds): a hung data loader or collective
 # ends instead of holding a GPU for good. FI-sized GPU steps take a few hours (docs/scaling.md: a million images

@@ -129,7 +129,7 @@ def _seed000(m: _Metrics) -> str:
                 f"{100 * m.number(t, 'accuracy_2class_mean'):.1f} ± {100 * m.number(t, 'accuracy_2class_std'):.1f} %",
             ]
         )
-    return _table(["seed 000, test accuracy", "8 classes", "2 classes (8→2)"], rows)
+    return _table(["Rao et al., test accuracy", "8 classes", "2 classes (8→2)"], rows)
 
 
 def _interval(m: _Metrics, *keys: str) -> str:
@@ -239,7 +239,7 @@ def _retrieval(m: _Metrics) -> str:
             + [DASH]
             + [f"{m.number(t, 'leave_one_out', k):.3f}" for k in RETRIEVAL]
         )
-    header = [f"seed 002: retrieval with {FEATURES.get(feature, feature)}", "queries", "accuracy", *RETRIEVAL_NAMES]
+    header = [f"Yang et al.: retrieval with {FEATURES.get(feature, feature)}", "queries", "accuracy", *RETRIEVAL_NAMES]
     return _table(header, rows)
 
 
@@ -267,11 +267,11 @@ def _generative(m: _Metrics) -> str:
         )
     table = _table(
         [
-            "seed 001: emotion model",
+            "UGRIE: emotion model",
             "test images",
             "one generative model",
             "separate probe (same features)",
-            "seed 000's classifier (same images)",
+            "Rao et al.'s classifier (same images)",
             "written text valid (constrained)",
             "written = most likely",
         ],
