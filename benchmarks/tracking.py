@@ -33,7 +33,7 @@ import mlflow
 
 from image_emotion.config import Config
 from image_emotion.tracking import registry, runs
-from image_emotion.tracking.stack import TrackingStack
+from image_emotion.tracking.stack import TrackingStack, client_env
 
 
 def _use(uri: str) -> None:
@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         stack = TrackingStack(work / "tracking")
         began = time.monotonic()
         state = stack.start()
+        os.environ.update(client_env(work / "tracking"))  # the stack runs with basic auth
         started = time.monotonic() - began
         stores = {"sqlite": f"sqlite:///{work / 'mlflow.db'}", "http": state.tracking_uri}
         try:

@@ -76,19 +76,59 @@ def mlflow_uri(empty_store, tmp_path, monkeypatch) -> str:
     return uri
 
 
-@pytest.fixture(scope="session")
-def tiny_store(tmp_path_factory, empty_store) -> str:
-    """The MLflow store the tiny pipeline run writes to, and nothing else."""
-    return _store_copy(empty_store, tmp_path_factory.mktemp("mlflow-tiny"))
+def _once_per_session(tmp_path_factory, worker_id: str, name: str, build) -> Path:
+    """A folder that ``build(folder)`` fills once for the whole test session: under xdist the first worker to ask
+    builds it under a file lock and the other workers reuse it (each worker would otherwise repeat the work)."""
+    from filelock import FileLock
+
+    if worker_id == "master":  # no xdist: this process is the session
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    folder = tmp_path_factory.getbasetemp().parent / name  # shared by the workers of this session
+    with FileLock(f"{folder}.lock"):
+        if not (folder / ".built").is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            (folder / ".built").touch()
+    return folder
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory, tiny_store):
-    """The pipeline's stages run in-process on the tiny config, up to evaluate, with the paper's data roles
-    played by synthetic sets; returns (workdir, config). Read-only for tests: a test that changes files copies
-    what it changes first."""
+def _tiny(tmp_path_factory, worker_id, empty_store):
+    """(workdir, config, MLflow store) of the tiny pipeline run, built once for the session (``_build_tiny``)."""
     from tiny import tiny_config
 
+    def config_of(work: Path):
+        syn = work / "synthetic"
+        return tiny_config(**{"data.root": syn / "main", "pretrain.root": syn / "objects"})
+
+    def build(folder: Path) -> None:
+        store = _store_copy(empty_store, folder)
+        (folder / "work").mkdir()
+        _build_tiny(folder / "work", config_of(folder / "work"), store)
+
+    folder = _once_per_session(tmp_path_factory, worker_id, "tiny", build)
+    return folder / "work", config_of(folder / "work"), f"sqlite:///{folder / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def tiny_store(_tiny) -> str:
+    """The MLflow store the tiny pipeline run writes to, and nothing else."""
+    return _tiny[2]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(_tiny):
+    """The pipeline's stages run in-process on the tiny config, up to evaluate, with the paper's data roles
+    played by synthetic sets; returns (workdir, config). Read-only for tests: a test that changes files copies
+    what it changes first. Built once for the session, shared by the xdist workers."""
+    return _tiny[0], _tiny[1]
+
+
+def _build_tiny(work: Path, config, tiny_store: str) -> None:
+    """Run the stages of the tiny pipeline into ``work``, tracked in ``tiny_store``."""
     from image_emotion.stages import (
         evaluate,
         extract_regions,
@@ -102,9 +142,7 @@ def tiny_run(tmp_path_factory, tiny_store):
 
     session_env = pytest.MonkeyPatch()
     session_env.setenv("MLFLOW_TRACKING_URI", tiny_store)  # only while the stages run
-    work = tmp_path_factory.mktemp("tiny")
     syn = work / "synthetic"
-    config = tiny_config(**{"data.root": syn / "main", "pretrain.root": syn / "objects"})
     make_synthetic.run(config, make_synthetic.MakeSyntheticPaths(syn))
     for role, root in (("detector", syn / "regions"), ("main", syn / "main"), ("small", syn / "small")):
         role_config = config.with_overrides([f"data.root={root}"])
@@ -172,7 +210,6 @@ def tiny_run(tmp_path_factory, tiny_store):
         ),
     )
     session_env.undo()
-    return work, config
 
 
 WHOLE_RUNS = {"tiny_run", "seed001_run", "seed002_run", "served"}  # fixtures that run a pipeline's stages

@@ -2,10 +2,13 @@
 by `image-emotion tracking-server` as a developer would. Over HTTP: runs, nested runs, metrics, proxied artifacts in
 the bucket, registry versions and aliases, lineage; two promotions racing (20 times) leave the better champion; a
 retried register makes no second version; the server stopped mid-training fails the stage with one line, keeps the
-checkpoint, and a re-run resumes and completes the MLflow run."""
+checkpoint, and a re-run resumes and completes the MLflow run. The stack runs with auth on, as started by default:
+no request gets in without the generated credentials, which no output, log or state file but their own 0600 file
+holds, and PostgreSQL takes no connection without its password."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import random
@@ -13,6 +16,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import boto3
@@ -26,7 +31,15 @@ from image_emotion.stages import register, train_classifier
 from image_emotion.tracking import registry
 from image_emotion.tracking.pyfunc import encode_image_file
 from image_emotion.tracking.runs import TrackingUnavailable, stage_run
-from image_emotion.tracking.stack import TrackingStack, free_port, is_running, load_state
+from image_emotion.tracking.stack import (
+    AUTH_CONFIG_FILE,
+    CREDENTIALS_FILE,
+    TrackingStack,
+    free_port,
+    is_running,
+    load_credentials,
+    load_state,
+)
 
 pytestmark = pytest.mark.e2e
 CLI = [sys.executable, "-m", "image_emotion.cli"]
@@ -48,7 +61,8 @@ def stack(tmp_path_factory):
     assert f"export MLFLOW_TRACKING_URI=http://127.0.0.1:{port}" in started.stdout
     stack = TrackingStack(directory)
     stack.state = load_state(directory)
-    assert stack.state.backend_store_uri.startswith("postgresql+psycopg2://")
+    stack.started_output = started.stdout  # read by the auth test
+    assert stack.state.backend_store_uri.startswith("postgresql+psycopg2://") and stack.state.auth
     yield stack
     began = time.monotonic()
     stopped = subprocess.run([*CLI, "tracking-server", "stop", "--dir", str(directory)], capture_output=True, text=True)
@@ -59,8 +73,11 @@ def stack(tmp_path_factory):
 
 @pytest.fixture
 def http_uri(stack, monkeypatch) -> str:
-    """``$MLFLOW_TRACKING_URI`` is the stack's server for this test; a refused connection fails at once."""
+    """``$MLFLOW_TRACKING_URI`` is the stack's server for this test, with its credentials (as the first start
+    printed them); a refused connection fails at once."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", stack.state.tracking_uri)
+    for name, value in load_credentials(stack.directory).client_env().items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     mlflow.set_tracking_uri(stack.state.tracking_uri)
@@ -68,12 +85,81 @@ def http_uri(stack, monkeypatch) -> str:
 
 
 def _bucket_keys(stack) -> list[str]:
+    keys = load_credentials(stack.directory)  # the stack's own S3 keys (the moto stand-in checks none)
     s3 = boto3.client(
-        "s3", endpoint_url=stack.state.s3_endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
-        region_name="us-east-1",
+        "s3", endpoint_url=stack.state.s3_endpoint, aws_access_key_id=keys.s3_access_key_id,
+        aws_secret_access_key=keys.s3_secret_access_key, region_name="us-east-1",
     )  # fmt: skip
     pages = s3.get_paginator("list_objects_v2").paginate(Bucket="mlflow-artifacts")
     return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+def _call(uri: str, path: str, body: dict | None = None, user: tuple[str, str] | None = None) -> tuple[int, dict]:
+    """The HTTP status and JSON answer of one REST call (POST with ``body``, else GET), with basic auth when
+    ``user``."""
+    request = urllib.request.Request(uri + path, data=json.dumps(body).encode() if body is not None else None)
+    request.add_header("Content-Type", "application/json")
+    if user is not None:
+        request.add_header("Authorization", "Basic " + base64.b64encode(":".join(user).encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            text = answer.read().decode()
+            return answer.status, json.loads(text) if text.startswith("{") else {}
+    except urllib.error.HTTPError as e:
+        return e.code, {}
+
+
+def test_the_stack_takes_no_one_without_its_credentials_and_shows_them_nowhere_else(stack):
+    import psycopg2
+
+    uri, directory = stack.state.tracking_uri, stack.directory
+    credentials = load_credentials(directory)
+    admin = (credentials.username, credentials.password)
+    create, search = "/api/2.0/mlflow/experiments/create", "/api/2.0/mlflow/experiments/search"
+    assert _call(uri, create, {"name": "anonymous"})[0] == 401  # a write without credentials
+    assert _call(uri, search, {"max_results": 5})[0] == 401  # a read without credentials
+    assert _call(uri, create, {"name": "guessed"}, (credentials.username, "not-the-password"))[0] == 401
+    answered, created = _call(uri, create, {"name": "admins"}, admin)
+    assert answered == 200
+    assert _call(uri, "/health")[0] == 200 and is_running(stack.state)  # the health check needs no credentials
+
+    # another user (made by the admin) may read nothing of the admin's until granted (NO_PERMISSIONS)
+    other = ("colleague", "a-long-enough-password")
+    assert _call(uri, "/api/2.0/mlflow/users/create", {"username": other[0], "password": other[1]}, admin)[0] == 200
+    admins = f"/api/2.0/mlflow/experiments/get?experiment_id={created['experiment_id']}"
+    assert _call(uri, admins, user=admin)[0] == 200
+    assert _call(uri, admins, user=other)[0] == 403
+    assert _call(uri, create, {"name": "colleagues"}, other)[0] == 200  # their own, theirs to manage
+
+    # the secrets: their own file only, owner-only; not in the start output (but the client's password, once),
+    # not in `status`, not in stack.json, the auth config or the logs
+    for name in (CREDENTIALS_FILE, AUTH_CONFIG_FILE):
+        assert (directory / name).stat().st_mode & 0o777 == 0o600, name
+    status = subprocess.run(
+        [*CLI, "tracking-server", "status", "--dir", str(directory)], capture_output=True, text=True
+    )
+    assert status.returncode == 0 and f"{uri}: up (" in status.stdout, status.stderr
+    printed = stack.started_output
+    assert printed.count(credentials.password) == 1
+    assert f"export MLFLOW_TRACKING_PASSWORD={credentials.password}" in printed
+    assert f"export MLFLOW_TRACKING_URI={uri}\n" in printed  # no user:password@ in the URI
+    files = [p for p in directory.iterdir() if p.is_file() and p.name != CREDENTIALS_FILE]
+    assert {"stack.json", AUTH_CONFIG_FILE, "mlflow-server.log", "s3.log"} <= {p.name for p in files}
+    texts = {"status": status.stdout + status.stderr, "start": printed.replace(credentials.password, "")}
+    texts |= {p.name: p.read_text(errors="replace") for p in files}
+    texts["postgres log"] = (directory / "pgdata/log").read_text(errors="replace")
+    for secret in credentials.secrets:
+        assert not [where for where, text in texts.items() if secret in text]
+    assert "testing" not in (credentials.s3_access_key_id, credentials.s3_secret_access_key)
+
+    # PostgreSQL: no connection without the password (the server has it as PGPASSWORD, not in its URI)
+    libpq = stack.state.backend_store_uri.replace("postgresql+psycopg2://", "postgresql://")
+    nopass = str(directory / "no-pgpass")  # no ~/.pgpass either
+    with pytest.raises(psycopg2.OperationalError, match="password"):
+        psycopg2.connect(libpq, passfile=nopass)
+    with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
+        psycopg2.connect(libpq, password="not-the-password", passfile=nopass)
+    psycopg2.connect(libpq, password=credentials.postgres_password).close()
 
 
 def test_stages_track_runs_artifacts_and_the_registry_over_http(tiny_run, stack, http_uri, tmp_path):

@@ -282,10 +282,26 @@ def build_parser() -> argparse.ArgumentParser:
         "tracking-server",
         help="start / stop the deployed tracking stack here: mlflow server on PostgreSQL with S3 artifacts",
     )
-    p.add_argument("action", choices=("start", "stop", "status"))
+    p.add_argument(
+        "action",
+        choices=("start", "stop", "status", "env"),
+        help="env: print the export lines a client needs, the password included",
+    )
     p.add_argument("--dir", type=Path, default=Path(".tracking"), help="its data, logs and state (default: .tracking)")
-    p.add_argument("--port", type=int, default=5000, help="the server's port on 127.0.0.1 (default: 5000)")
+    p.add_argument("--port", type=int, default=5000, help="the server's port on --host (default: 5000)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="the address the server listens on (default: 127.0.0.1, this machine only); 0.0.0.0 or an interface's "
+        "address opens it to the network, over plain HTTP: put TLS in front",
+    )
     p.add_argument("--s3-endpoint", default=None, help="an S3 / MinIO endpoint for artifacts (default: a moto server)")
+    p.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="UNSAFE: MLflow without authentication, as before: whoever reaches the port can read, change and "
+        "delete every run and model, and register models others will load (which runs their code); loopback only",
+    )
     p.set_defaults(func=_tracking_server)
 
     p = sub.add_parser(
@@ -307,24 +323,38 @@ def _merge_features(args: argparse.Namespace) -> dict:
 def _tracking_server(args: argparse.Namespace) -> int:
     import time
 
-    from image_emotion.tracking.stack import TrackingStack, is_running, load_state
+    from image_emotion.tracking.stack import (
+        CREDENTIALS_FILE,
+        TrackingStack,
+        describe,
+        is_running,
+        load_credentials,
+        load_state,
+    )
 
-    stack = TrackingStack(args.dir, port=args.port, s3_endpoint=args.s3_endpoint)
     began = time.monotonic()
     if args.action == "start":
+        stack = TrackingStack(
+            args.dir, port=args.port, s3_endpoint=args.s3_endpoint, host=args.host, auth=not args.no_auth
+        )
         state = stack.start()
+        credentials = load_credentials(args.dir)
         print(f"tracking stack up in {time.monotonic() - began:.1f} s (logs in {args.dir})")
-        print(f"  backend store   {state.backend_store_uri}")
-        print(f"  artifacts       {state.artifacts_destination} at {state.s3_endpoint}")
-        print(f"export MLFLOW_TRACKING_URI={state.tracking_uri}")
+        print("\n".join(describe(state, credentials, stack.created_credentials)))
         return 0
     if args.action == "stop":
-        stack.stop()
+        TrackingStack(args.dir).stop()
         print(f"tracking stack stopped in {time.monotonic() - began:.1f} s")
         return 0
     state = load_state(args.dir)
+    if args.action == "env":  # asked for: the one place after the first start that prints the password
+        exports = {"MLFLOW_TRACKING_URI": state.tracking_uri}
+        exports |= load_credentials(args.dir).client_env() if state.auth else {}
+        print("\n".join(f"export {k}={v}" for k, v in exports.items()))
+        return 0
     up = is_running(state)
-    print(f"{state.tracking_uri}: {'up' if up else 'not answering'}")
+    auth = f"basic auth, credentials in {args.dir / CREDENTIALS_FILE}" if state.auth else "NO auth"
+    print(f"{state.tracking_uri}: {'up' if up else 'not answering'} ({auth})")
     return 0 if up else 1
 
 

@@ -186,11 +186,17 @@ class ContainerRun:
 
 
 def run_in_images(
-    config: Config, built: Images, pipeline_root: Path, tracking_uri: str, docker_host: str
+    config: Config,
+    built: Images,
+    pipeline_root: Path,
+    tracking_uri: str,
+    docker_host: str,
+    credentials: dict[str, str] | None = None,
 ) -> ContainerRun:
     """Run the whole pipeline with ``kfp.local.DockerRunner`` in ``built``'s images (named by digest) through the
     Docker API at ``docker_host``; a failing component raises. The pipeline root is made writable for the images'
-    user (the containers write their outputs into it)."""
+    user (the containers write their outputs into it). ``credentials``: the tracking server's client variables
+    (``MLFLOW_TRACKING_USERNAME``/``PASSWORD``), given to every container."""
     from kfp import local
 
     from image_emotion.kubeflow.pipeline import _local_one_of_artifacts, build_pipeline, environment, pipeline_arguments
@@ -199,7 +205,7 @@ def run_in_images(
     os.chmod(pipeline_root, 0o777)
     run_id = f"containers-{uuid.uuid4().hex[:12]}"
     before = set(pipeline_root.iterdir())
-    runner = local.DockerRunner(network_mode="host", environment={cluster.RUN_ID_ENV: run_id})
+    runner = local.DockerRunner(network_mode="host", environment={cluster.RUN_ID_ENV: run_id, **(credentials or {})})
     start = time.monotonic()
     umask = os.umask(0)  # folders kfp.local makes here are writable by the containers' user too
     try:
@@ -296,9 +302,9 @@ def _check(work: Path, root: Path, engine: Engine, address: str, base: str, whee
     from image_emotion.files import write_text_atomic
     from image_emotion.kubeflow import builder
     from image_emotion.kubeflow.images import images
-    from image_emotion.kubeflow.pipeline import compile_pipeline
+    from image_emotion.kubeflow.pipeline import compile_pipeline, environment
     from image_emotion.smoke import SMOKE_OVERRIDES
-    from image_emotion.tracking.stack import TrackingStack, free_port
+    from image_emotion.tracking.stack import TrackingStack, client_env, free_port
 
     began = time.monotonic()
     built = images(f"{address}/image-emotion", root)
@@ -322,9 +328,11 @@ def _check(work: Path, root: Path, engine: Engine, address: str, base: str, whee
             insecure = ["--tls-verify=false"] if engine.name == "podman" else []
             engine.run("pull", "--quiet", *insecure, built.of(kind), capture=True, what=f"pull {built.of(kind)}")
         result["failing_component"] = failing_component_fails(built, work / "failure-root", docker_host)
-        run = run_in_images(config, built, work / "pipeline-root", stack.tracking_uri, docker_host)
+        credentials = client_env(stack_dir)  # the stack runs with basic auth: the containers log in
+        run = run_in_images(config, built, work / "pipeline-root", stack.tracking_uri, docker_host, credentials)
         result["run"] = {"seconds": run.seconds, "tasks": run.tasks, "run_dir": str(run.run_dir)}
-        result["tracking"] = verify_registrations(stack.tracking_uri, config, built)
+        with environment(**credentials):
+            result["tracking"] = verify_registrations(stack.tracking_uri, config, built)
     result["removed_older_images"] = builder.remove_older_images(engine, built)
     result["seconds"] = round(time.monotonic() - began, 1)
     write_text_atomic(work / "container-check.json", json.dumps(result, indent=2))
