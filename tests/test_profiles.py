@@ -54,3 +54,11 @@ def test_an_unknown_profile_names_the_known_ones():
 def test_profile_without_write_is_refused(capsys):
     assert main(["params", "--profile", "paper"]) == 2
     assert "--profile writes a params file" in capsys.readouterr().err
+
+
+def test_version_names_the_package_and_its_version(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"image-emotion {version('image-emotion')}"

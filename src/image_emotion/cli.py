@@ -89,7 +89,10 @@ def _add_model_options(parser: argparse.ArgumentParser, kind: str, registered: s
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command."""
+    from image_emotion import __version__
+
     parser = argparse.ArgumentParser(prog="image-emotion", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"image-emotion {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, declaration in STAGES.items():
         p = sub.add_parser(name, help=declaration.help, description=declaration.help)
