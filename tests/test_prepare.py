@@ -12,6 +12,7 @@ from layouts import LAYOUTS, MIKELS, make_fi
 from test_images import _patch_png_size
 
 from image_emotion.cli import main
+from image_emotion.config import load_config
 from image_emotion.data.manifest import read_manifest
 
 
@@ -170,6 +171,33 @@ def test_bad_input_one_line_error_and_earlier_outputs_intact(tmp_path, repo_root
     assert err.startswith(f"error: {needle(root)}") and err.count("\n") == 1, err
     assert {p: p.read_bytes() for p in (tmp_path / "prepared").iterdir()} == before
     assert not list((tmp_path / "prepared").glob(".*tmp"))
+
+
+def test_a_failure_while_writing_leaves_the_previous_three_files_together(tmp_path, repo_root, monkeypatch):
+    """The manifest, skipped.csv and dataset.json are replaced together: a crash after the new manifest was written
+    (here: dataset.json's write fails) leaves the previous three, never a new manifest beside an old dataset.json."""
+    from image_emotion.stages import prepare
+
+    root = make_fi(tmp_path / "fi", per_class=6)
+    assert _prepare(repo_root, tmp_path, "data.dataset=fi", f"data.root={root}") == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "prepared").iterdir()}
+    (root / "emotion_dataset" / "awe" / "awe_0.jpg").unlink()  # the next manifest differs from the first
+
+    written = prepare.write_json_atomic
+
+    def fails_on_dataset_json(path, value):
+        if Path(path).name == "dataset.json":
+            raise OSError(28, "No space left on device")
+        return written(path, value)
+
+    monkeypatch.setattr(prepare, "write_json_atomic", fails_on_dataset_json)
+    with pytest.raises(OSError, match="No space left"):
+        prepare.run(
+            load_config(repo_root / "params.yaml", ["data.dataset=fi", f"data.root={root}"]),
+            prepare.PreparePaths(tmp_path / "prepared", tmp_path / "metrics.json"),
+        )
+    assert {p.name: p.read_bytes() for p in (tmp_path / "prepared").iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary left
 
 
 def test_bad_input_skipped_on_request(tmp_path, repo_root):

@@ -1,10 +1,11 @@
 """Stage ``prepare``: a dataset's published layout -> validated manifest with seeded splits and folds.
 
-Outputs (all written atomically): ``manifest.csv`` (see ``data/manifest.py``), ``dataset.json`` (name,
-image root, label set, split scheme), ``skipped.csv`` (every file left out and why) and the summary
-metrics JSON. Split schemes: ``random`` (stratified ``prepare.split`` fractions, FI-style 80/5/15),
-``folds`` (small datasets: split ``cv``), ``official`` (EmotionROI's files; a seeded stratified validation
-part is carved out of the official training list, in the proportion val : train of ``prepare.split``).
+Outputs: ``manifest.csv`` (see ``data/manifest.py``), ``dataset.json`` (name, image root, label set, split
+scheme) and ``skipped.csv`` (every file left out and why), which replace the previous three together in one
+atomic step (``files.atomic_dir``), then the summary metrics JSON. Split schemes: ``random`` (stratified
+``prepare.split`` fractions, FI-style 80/5/15), ``folds`` (small datasets: split ``cv``), ``official``
+(EmotionROI's files; a seeded stratified validation part is carved out of the official training list, in the
+proportion val : train of ``prepare.split``).
 Every row also gets a stratified fold 0..k-1, so any dataset can serve 5-fold transfer.
 """
 
@@ -20,7 +21,7 @@ from image_emotion.config import Config, PrepareConfig
 from image_emotion.data.datasets import LoaderOptions, LoadResult, load_dataset
 from image_emotion.data.manifest import write_manifest
 from image_emotion.data.splits import stratified_folds, stratified_split
-from image_emotion.files import write_json_atomic, write_text_atomic
+from image_emotion.files import atomic_dir, write_json_atomic, write_text_atomic
 from image_emotion.stages.paths import PreparePaths
 
 
@@ -68,20 +69,21 @@ def run(config: Config, paths: PreparePaths) -> dict[str, Any]:
     writer.writerow(["path", "reason", "bad"])
     writer.writerows([s.path, s.reason, int(s.bad)] for s in result.skipped)
 
-    write_manifest(result.manifest, paths.out_dir / "manifest.csv")
-    write_text_atomic(paths.out_dir / "skipped.csv", skipped.getvalue())
     # a relative root is stored relative to the manifest's directory, so the pair can move together
     # (a kfp artifact, a DVC checkout elsewhere); an absolute root stays absolute
     stored_root = root if root.is_absolute() else Path(os.path.relpath(root.resolve(), paths.out_dir.resolve()))
-    write_json_atomic(
-        paths.out_dir / "dataset.json",
-        {
-            "dataset": name,
-            "root": stored_root.as_posix(),
-            "label_set": summary["label_set"],
-            "split_scheme": result.split_scheme,
-            "max_pixels": config.images.max_pixels,  # every later decode of these images keeps this limit
-        },
-    )
+    with atomic_dir(paths.out_dir) as out:  # the three files replace the previous ones together, or not at all
+        write_manifest(result.manifest, out / "manifest.csv")
+        write_text_atomic(out / "skipped.csv", skipped.getvalue())
+        write_json_atomic(
+            out / "dataset.json",
+            {
+                "dataset": name,
+                "root": stored_root.as_posix(),
+                "label_set": summary["label_set"],
+                "split_scheme": result.split_scheme,
+                "max_pixels": config.images.max_pixels,  # every later decode of these images keeps this limit
+            },
+        )
     write_json_atomic(paths.metrics, summary)
     return summary
