@@ -141,8 +141,18 @@ def _tiny_metrics(root: Path) -> Path:
     return root
 
 
-def test_committed_readme_results_are_fresh_against_committed_metrics(repo_root):
-    assert update(repo_root / "README.md", repo_root / "metrics", check=True), STALE
+def test_committed_readme_results_are_fresh_against_committed_metrics(repo_root, tmp_path):
+    """Against metrics/ as committed (``git archive HEAD``): a clean clone's ``./setup.sh`` re-runs the pipeline
+    and rewrites metrics/ before the tests, with figures that may differ in the last digit on another CPU. A
+    working tree whose metrics/ were just regenerated (not committed yet) may match those instead."""
+    import subprocess
+
+    archive = subprocess.run(["git", "-C", str(repo_root), "archive", "HEAD", "metrics"], capture_output=True)
+    if archive.returncode != 0:
+        pytest.skip("not a git checkout: no committed metrics/ to compare with")
+    subprocess.run(["tar", "-x", "-C", str(tmp_path)], input=archive.stdout, check=True)
+    committed = update(repo_root / "README.md", tmp_path / "metrics", check=True)
+    assert committed or update(repo_root / "README.md", repo_root / "metrics", check=True), STALE
 
 
 def test_the_block_shows_each_figure_of_a_hand_made_metrics_folder(tmp_path):
