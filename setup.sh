@@ -9,4 +9,4 @@ export MLFLOW_DISABLE_TELEMETRY=true DVC_NO_ANALYTICS=1
 .venv/bin/python -m pip install --quiet -e '.[dev,gen,server]'
 export PATH="$PWD/.venv/bin:$PATH"
 dvc repro
-dvc metrics show
+image-emotion summary   # every figure: dvc metrics show, or the report

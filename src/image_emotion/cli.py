@@ -190,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_params)
 
+    p = sub.add_parser("summary", help="a short summary of the run in metrics/: headline figures, report, next step")
+    p.add_argument("--metrics", type=Path, default=Path("metrics"), help="(default: %(default)s)")
+    p.set_defaults(func=_summary)
+
     p = sub.add_parser("readme-results", help="write README.md's results block from metrics/ (--check: is it fresh)")
     p.add_argument("--readme", type=Path, default=Path("README.md"), help="(default: %(default)s)")
     p.add_argument("--metrics", type=Path, default=Path("metrics"), help="(default: %(default)s)")
@@ -502,6 +506,13 @@ def _params(args: argparse.Namespace) -> dict:
         write_text_atomic(args.params, text)
         return {"written": str(args.params), **({"profile": args.profile} if args.profile else {})}
     return load_config(args.params, args.overrides).to_dict()
+
+
+def _summary(args: argparse.Namespace) -> int:
+    from image_emotion.report.summary import summary
+
+    print(summary(args.metrics))
+    return 0
 
 
 def _readme_results(args: argparse.Namespace) -> int:
