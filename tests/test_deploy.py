@@ -1,6 +1,7 @@
-"""The Kubernetes manifests under deploy/: the one-off Job that makes the volumes writable for the pods' user
-(root with three capabilities, nothing more), and the in-cluster MLflow server, which must accept the host name
-the pipeline's pods call it by."""
+"""The Kubernetes manifests under deploy/: the volumes as a kustomize base and two overlays (ReadWriteMany on a named
+class, or ReadWriteOnce on the default class with every pod on one node), the one-off Job that makes the volumes
+writable for the pods' user (root with three capabilities, nothing more), and the in-cluster MLflow server, which
+must accept the host name the pipeline's pods call it by. Their schemas are tests/test_deploy_schemas.py's."""
 
 import re
 from pathlib import Path
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow.server.security_utils import get_default_allowed_hosts, is_allowed_host_header
+from test_deploy_schemas import KUSTOMIZATION, PLACEHOLDERS, kustomize, object_files
 
 from image_emotion.kubeflow import cluster
 
@@ -20,6 +22,60 @@ def _documents(name: str) -> list[dict]:
 
 def _kubeflow_section(repo_root: Path) -> str:
     return (repo_root / "docs/kubeflow.md").read_text()  # the Kubeflow page of the documentation
+
+
+def _claims(documents: list[dict]) -> dict[str, dict]:
+    return {d["metadata"]["name"]: d["spec"] for d in documents if d["kind"] == "PersistentVolumeClaim"}
+
+
+def test_the_base_holds_the_two_claims_the_pipeline_mounts_and_leaves_the_access_mode_to_an_overlay():
+    base = yaml.safe_load((DEPLOY / "base/kustomization.yaml").read_text())
+    assert base == {**KUSTOMIZATION, "resources": ["volumes.yaml"]}
+    claims = _claims(kustomize(DEPLOY / "base"))
+    assert set(claims) == {cluster.DEFAULTS.data_pvc, cluster.DEFAULTS.work_pvc}  # the pipeline's defaults
+    for spec in claims.values():  # applied alone, the API server refuses them: an overlay must choose
+        assert "accessModes" not in spec and "storageClassName" not in spec
+    assert claims[cluster.DEFAULTS.data_pvc]["resources"]["requests"]["storage"] == "100Gi"
+    assert claims[cluster.DEFAULTS.work_pvc]["resources"]["requests"]["storage"] == "20Gi"
+
+
+@pytest.mark.parametrize(
+    ("overlay", "modes", "storage_class"),
+    [("rwx", ["ReadWriteMany"], "IMAGE_EMOTION_RWX_STORAGE_CLASS"), ("rwo-one-node", ["ReadWriteOnce"], None)],
+)
+def test_each_overlay_patches_both_claims_of_the_base_and_nothing_else(overlay, modes, storage_class):
+    folder = DEPLOY / "overlays" / overlay
+    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    assert kustomization == {
+        **KUSTOMIZATION,
+        "resources": ["../../base"],
+        "patches": [{"path": "access-mode.yaml", "target": {"kind": "PersistentVolumeClaim"}}],
+    }
+    base, rendered = _claims(kustomize(DEPLOY / "base")), _claims(kustomize(folder))
+    assert set(rendered) == set(base)
+    for name, spec in rendered.items():
+        assert spec["accessModes"] == modes, name
+        assert spec.get("storageClassName") == storage_class, name  # rwo-one-node: the cluster's default class
+        assert {k: v for k, v in spec.items() if k not in ("accessModes", "storageClassName")} == base[name]
+    if storage_class:  # a placeholder the documented sed replaces, never a class name that could exist
+        assert storage_class in PLACEHOLDERS and not re.fullmatch(r"[a-z0-9.-]+", storage_class)
+        comments = (folder / "access-mode.yaml").read_text()
+        assert all(example in comments for example in ("efs-sc", "standard-rwx", "azurefile-csi"))
+
+
+def test_the_documentation_says_how_to_choose_the_overlay_and_what_one_node_demands(repo_root):
+    section = _kubeflow_section(repo_root)
+    runbook = section[section.index("## From a clean clone") :]
+    assert "kubectl kustomize deploy/kubernetes/overlays/rwx | sed" in runbook
+    assert "IMAGE_EMOTION_RWX_STORAGE_CLASS" in runbook
+    assert "kubectl -n kubeflow-user apply -k deploy/kubernetes/overlays/rwo-one-node" in runbook
+    # the one-node mode's constraint, said plainly, and what keeps fewer pods wanting the volumes at once
+    prose = " ".join(section.split())
+    for phrase in ("ReadWriteOnce", "one node", "Pending", "Multi-Attach", "--parallelism 1", "PodNodeSelector"):
+        assert phrase in prose, phrase
+    rwo = " ".join((DEPLOY / "overlays/rwo-one-node/kustomization.yaml").read_text().split())
+    for phrase in ("one node", "Pending", "--parallelism 1"):
+        assert phrase in rwo, phrase
 
 
 def test_the_volume_permissions_job_makes_the_volumes_the_pods_user_s_with_the_least_privilege(repo_root):
@@ -45,7 +101,7 @@ def test_the_volume_permissions_job_makes_the_volumes_the_pods_user_s_with_the_l
     # the runbook runs it after the volumes exist and before anything writes to them
     section = _kubeflow_section(repo_root)
     runbook = section[section.index("## From a clean clone") :]
-    order = [runbook.index(f"deploy/kubernetes/{name}") for name in ("volumes", "volume-permissions", "load-data")]
+    order = [runbook.index(f"deploy/kubernetes/{name}") for name in ("overlays/", "volume-permissions", "load-data")]
     assert order == sorted(order)
     assert f"job/{cluster.PERMISSIONS_JOB}" in runbook
 
@@ -93,7 +149,7 @@ def _containers(name: str) -> list[dict]:
     ]
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in DEPLOY.glob("*.yaml")))
+@pytest.mark.parametrize("name", [p.relative_to(DEPLOY).as_posix() for p in object_files()])  # base/ too
 def test_no_image_comes_from_docker_hub_by_tag(name):
     for container in _containers(name):
         image = container["image"]

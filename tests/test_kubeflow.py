@@ -100,9 +100,9 @@ def test_compiled_pipeline_asks_the_cluster_for_volumes_secrets_gpus_and_a_non_r
     ]  # the taint GPU nodes usually carry (NVIDIA GPU operator, GKE, AKS)
     assert {"data_pvc", "work_pvc", "mlflow_secret", "s3_secret", "gpu_node_selector"} <= set(inputs)
     # the secret names and volumes a platform engineer creates from deploy/kubernetes/ are the defaults here
-    manifests = [
-        d for f in sorted((repo_root / "deploy/kubernetes").glob("*.yaml")) for d in yaml.safe_load_all(f.read_text())
-    ]
+    deploy = repo_root / "deploy/kubernetes"  # the sed/apply files, and the claims of the kustomize base
+    files = sorted([*deploy.glob("*.yaml"), deploy / "base/volumes.yaml"])
+    manifests = [d for f in files for d in yaml.safe_load_all(f.read_text())]
     names = {(d["kind"], d["metadata"]["name"]) for d in manifests if d}
     for kind, parameter in (("PersistentVolumeClaim", "data_pvc"), ("PersistentVolumeClaim", "work_pvc"),
                             ("Secret", "mlflow_secret"), ("Secret", "s3_secret")):  # fmt: skip

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_deploy_schemas import object_files
 from test_kubeflow_resources import quantity
 
 from image_emotion.kubeflow import cluster
@@ -112,7 +113,7 @@ def test_the_namespace_enforces_restricted_and_defaults_what_kfp_cannot_set():
     assert "max" not in container and "maxLimitRequestRatio" not in container
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in DEPLOY.glob("*.yaml")))
+@pytest.mark.parametrize("name", [p.relative_to(DEPLOY).as_posix() for p in object_files()])  # base/ too
 def test_every_container_in_deploy_has_requests_and_limits_and_every_job_a_deadline(name):
     for document in _documents(name):
         if document["kind"] == "Job":
