@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from image_emotion.kubeflow.cluster import ClusterDefaults
-from image_emotion.kubeflow.trainjob import pytorch_job
+from image_emotion.kubeflow.trainjob import node_pod_template, train_job
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy/kubernetes"
 OVERLAYS = ("rwx", "rwo-one-node")
@@ -35,10 +35,10 @@ PLACEHOLDERS = {
     "IMAGE_EMOTION_NAMESPACE": "kubeflow-user",
     "IMAGE_EMOTION_RWX_STORAGE_CLASS": "efs-sc",
 }
-# At least this many: a deleted manifest (or an overlay that renders nothing) is noticed. Today: 8 objects in the
-# five sed/apply files, the 2 claims of base/, the 2 claims of each of the 2 overlays; the PyTorchJob's Master of a
-# one-pod job, Master and Worker of a three-pod one.
-MIN_OBJECTS, MIN_TEMPLATES = 14, 3
+# At least this many: a deleted manifest (or an overlay that renders nothing) is noticed. Today: 10 objects in the
+# six sed/apply files, the 2 claims of base/, the 2 claims of each of the 2 overlays; the node pod template of a
+# one-pod TrainJob and of a three-pod one.
+MIN_OBJECTS, MIN_TEMPLATES = 16, 2
 KUSTOMIZATION = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization"}
 
 
@@ -147,27 +147,24 @@ def deployed_objects() -> list[tuple[str, dict]]:
 
 
 def built_templates() -> list[tuple[str, dict]]:
-    """(where, pod template) of the PyTorchJobs kubeflow/trainjob.py builds: one pod (a Master), and three pods of two
-    GPUs on selected nodes (a Master and the Workers), each template a core/v1 PodTemplateSpec."""
+    """(where, pod template) of the TrainJobs kubeflow/trainjob.py builds: one pod, and three pods of two GPUs on
+    selected nodes, each the core/v1 PodTemplateSpec of its nodes as the runtime renders it
+    (``trainjob.node_pod_template``)."""
     image = PLACEHOLDERS["IMAGE_EMOTION_CPU_IMAGE"].replace("image-emotion@", "image-emotion-cuda@")
     jobs = {
-        "one pod": pytorch_job("ft-7", "finetune-detector", image, "run-7", mlflow_tracking_uri="http://m:5000"),
-        "three pods": pytorch_job(
+        "one pod": train_job("ft-7", "finetune-detector", image, "run-7", mlflow_tracking_uri="http://m:5000"),
+        "three pods": train_job(
             "metric-run-7", "train-metric", image, "run-7", workers=3, gpus_per_worker=2,
             mlflow_tracking_uri="http://mlflow.mlflow.svc:5000", overrides=["metric.epochs=100"],
             cluster=ClusterDefaults(gpu_node_selector={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}),
         ),
     }  # fmt: skip
-    return [
-        (f"PyTorchJob ({name}) {replica}", spec["template"])
-        for name, job in jobs.items()
-        for replica, spec in job["spec"]["pytorchReplicaSpecs"].items()
-    ]
+    return [(f"TrainJob ({name}) node", node_pod_template(job)) for name, job in jobs.items()]
 
 
 def as_pod_template(name: str, template: dict) -> dict:
     """``template`` inside a core/v1 PodTemplate, the API object whose ``template`` is a PodTemplateSpec: its
-    schema is then the one the API server checks a Job's, a Deployment's or a PyTorchJob's template with."""
+    schema is then the one the API server checks a Job's, a Deployment's or a JobSet's template with."""
     return {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": name}, "template": template}
 
 
@@ -247,11 +244,11 @@ def _object(where: str, kind: str) -> dict:
         ("load-data.yaml", "spec.activeDeadlineSeconds", "activeDeadlineSecond"),
         ("overlays/rwx (rendered)", "spec.accessModes", "accessMode"),
         ("overlays/rwo-one-node (rendered)", "metadata.labels", "label"),
-        ("PyTorchJob (three pods) Worker", "template.spec.securityContext", "securityContexts"),
+        ("TrainJob (three pods) node", "template.spec.securityContext", "securityContexts"),
     ],
 )
 def test_a_misspelled_field_is_refused_which_the_loose_schema_lets_pass(where, path, wrong, no_network):
-    if where.startswith("PyTorchJob"):
+    if where.startswith("TrainJob"):
         (template,) = [t for w, t in built_templates() if w == where]
         document = as_pod_template("t", template)
     else:

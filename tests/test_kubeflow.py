@@ -247,7 +247,7 @@ def _detector_branches(spec: dict) -> tuple[str, dict[str, dict], dict[str, dict
     return group, found_tasks, found_branches
 
 
-def test_the_detector_fine_tunes_in_a_pytorchjob_when_workers_exceed_one(repo_root):
+def test_the_detector_fine_tunes_in_a_trainjob_when_workers_exceed_one(repo_root):
     spec, platform = _compiled(repo_root / "pipelines/image_emotion.yaml")
     root = spec["root"]["dag"]["tasks"]
     tasks = _all_tasks(spec["root"]["dag"], spec)
@@ -279,7 +279,12 @@ def test_the_detector_fine_tunes_in_a_pytorchjob_when_workers_exceed_one(repo_ro
         assert _parameter(parameters[name]) == name  # the job's pods get the run's volumes, secrets, GPU nodes
     assert parameters["gpu_type"] == {"runtimeValue": {"constant": cluster.DEFAULTS.gpu_type}}
     assert set(job["inputs"]["artifacts"]) == {"dataset", "objects"}
-    assert job["retryPolicy"]["maxRetryCount"] == cluster.RETRIES  # a retry follows the job already submitted
+    assert job["retryPolicy"]["maxRetryCount"] == cluster.RETRIES  # a retry submits a new TrainJob
+    # the launcher's pod, whose uid names and owns each attempt's TrainJob (trainjob.for_attempt)
+    fields = {f["name"]: f["fieldPath"] for f in platform[JOB_EXECUTOR]["fieldPathAsEnv"]}
+    assert {k: fields.get(k) for k in ("POD_NAME", "POD_UID", "POD_NAMESPACE")} == {
+        "POD_NAME": "metadata.name", "POD_UID": "metadata.uid", "POD_NAMESPACE": "metadata.namespace",
+    }  # fmt: skip
 
     # the Else branch: the one-GPU fine-tuning as before
     single = branch_tasks["single"]
@@ -330,11 +335,10 @@ def test_the_detector_job_reads_the_copied_inputs_and_writes_beside_them(tmp_pat
         "params": step / "in/params.yaml", "dataset": step / "in/dataset", "objects": step / "in/objects/detector.pt",
         "model": step / "out/detector.pt", "metrics": step / "out/detector.json",
     }  # fmt: skip
-    specs = manifest["spec"]["pytorchReplicaSpecs"]
-    assert (specs["Master"]["replicas"], specs["Worker"]["replicas"], manifest["spec"]["nprocPerNode"]) == (1, 2, "2")
-    (container,) = specs["Master"]["template"]["spec"]["containers"]
-    assert container["image"] == "registry.example/image-emotion:1-cuda"
-    command = container["command"]
+    trainer = manifest["spec"]["trainer"]
+    assert (trainer["numNodes"], trainer["numProcPerNode"]) == (3, 2)
+    assert trainer["image"] == "registry.example/image-emotion:1-cuda"
+    command = trainer["args"]
     assert command[:6] == ["torchrun", "--nnodes", "3", "--nproc-per-node", "2", "-m"]
     stage = command.index("finetune-detector")
     options = dict(zip(command[stage + 1 :: 2], command[stage + 2 :: 2], strict=True))
@@ -347,6 +351,7 @@ def test_the_detector_job_reads_the_copied_inputs_and_writes_beside_them(tmp_pat
         "--metrics": str(step / "out/detector.json"),
     }
     name = manifest["metadata"]["name"]
+    # the run's base name; each attempt of the step adds its own suffix (trainjob.for_attempt)
     assert name.startswith("finetune-detector-") and name == _workers_job(tmp_path)[0]["metadata"]["name"]
     assert _workers_job(tmp_path, "run-8")[0]["metadata"]["name"] != name  # one job per pipeline run
     _, default_files = job_manifest_for_default("run-7")
@@ -368,7 +373,7 @@ def test_the_job_namespace_is_the_pods_own_else_the_input(tmp_path, monkeypatch)
     own = tmp_path / "namespace"
     monkeypatch.setattr(cluster, "NAMESPACE_FILE", str(own))
     assert job_namespace("given") == "given"
-    with pytest.raises(ConfigError, match="no namespace for the PyTorchJob"):
+    with pytest.raises(ConfigError, match="no namespace for the TrainJob"):
         job_namespace()
     own.write_text("ml-team\n")
     assert job_namespace() == job_namespace("given") == "ml-team"
@@ -394,8 +399,7 @@ def test_the_detector_job_op_hands_over_files_and_returns_the_jobs_detector(tmp_
     submitted = []
 
     def fake_job(manifest, namespace):
-        (container,) = manifest["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"]
-        command = container["command"]
+        command = manifest["spec"]["trainer"]["args"]
         stage = command.index("finetune-detector")
         options = dict(zip(command[stage + 1 :: 2], command[stage + 2 :: 2], strict=True))
         assert Path(options["--prepared"], "manifest.csv").read_text() == "path\n"  # copied before the submit
@@ -419,8 +423,9 @@ def test_the_detector_job_op_hands_over_files_and_returns_the_jobs_detector(tmp_
     }  # fmt: skip
     finetune_detector_job_op(**args, detector=out, metrics=metrics, namespace="ml-team")
     ((manifest, namespace, options),) = submitted
-    assert namespace == "ml-team" and manifest["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1
-    pod = manifest["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]
+    assert namespace == "ml-team" and manifest["spec"]["trainer"]["numNodes"] == 2
+    assert manifest["metadata"]["name"].startswith("finetune-detector-")  # and this attempt's suffix
+    pod = trainjob.node_pod_template(manifest)["spec"]
     assert [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"][:2]] == ["d", "w"]  # the run's volumes
     assert pod["containers"][0]["resources"]["limits"]["amd.com/gpu"] == "1"
     assert (pod["tolerations"], pod["nodeSelector"]) == ([{"key": "gpu", "operator": "Exists"}], {"pool": "a100"})

@@ -11,7 +11,7 @@ from test_deploy_schemas import object_files
 from test_kubeflow_resources import quantity
 
 from image_emotion.kubeflow import cluster
-from image_emotion.kubeflow.trainjob import pytorch_job
+from image_emotion.kubeflow.trainjob import node_pod_template, train_job
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy/kubernetes"
 # the volume types "restricted" admits (Kubernetes Pod Security Standards, "Volume Types")
@@ -72,11 +72,10 @@ def test_the_projects_pods_pass_pod_security_restricted(name):
     assert restricted_violations(pod) == []
 
 
-def test_the_pytorchjobs_pods_pass_pod_security_restricted():
-    job = pytorch_job("j", "train-metric", "registry.example/i@sha256:" + "0" * 64, "run-1", workers=2,
-                      mlflow_tracking_uri="http://mlflow:5000")  # fmt: skip
-    for replica in job["spec"]["pytorchReplicaSpecs"].values():
-        assert restricted_violations(replica["template"]["spec"]) == []
+def test_the_trainjobs_pods_pass_pod_security_restricted():
+    job = train_job("j", "train-metric", "registry.example/i@sha256:" + "0" * 64, "run-1", workers=2,
+                    mlflow_tracking_uri="http://mlflow:5000")  # fmt: skip
+    assert restricted_violations(node_pod_template(job)["spec"]) == []
 
 
 def test_the_root_job_is_the_exception_restricted_refuses():

@@ -18,7 +18,7 @@ WORK_MOUNT = "/mnt/image-emotion/work"  # training pods: checkpoints under <run 
 RUN_ID_ENV = "IMAGE_EMOTION_KFP_RUN"  # the kfp run id, from the pod's `pipeline/runid` label (not an input:
 RUN_ID_FIELD = "metadata.labels['pipeline/runid']"  # an input would enter every cache key and caching never hits)
 UID = 10001  # the images' numeric user and group (runAsNonRoot)
-JOBS_DIR = "jobs"  # WORK_MOUNT/jobs/<run id>/<step>/{in,out}: what a step hands a PyTorchJob and gets back
+JOBS_DIR = "jobs"  # WORK_MOUNT/jobs/<run id>/<step>/{in,out}: what a step hands a TrainJob and gets back
 NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"  # the pod's own namespace
 
 # The requests of each size class of steps (what the scheduler reserves on a node; ``StepSize`` below adds the
@@ -30,7 +30,7 @@ NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"  # th
 # 32G hold the model, a dataset's manifest and the workers' prefetched batches.
 GPU_RESOURCES = {"cpu": "8", "memory": "32G", "accelerators": 1}
 # CPU steps that run a stage (prepare, merge_features, transfer_cv, evaluate, retrieve, report, register, the
-# PyTorchJob launcher): they fit small heads on cached features, read and write a feature cache's shards, draw
+# TrainJob launcher): they fit small heads on cached features, read and write a feature cache's shards, draw
 # figures and copy files, none trains a network on images, so 2 cores; 8G for the arrays of a FI-sized set.
 CPU_RESOURCES = {"cpu": "2", "memory": "8G", "accelerators": 0}
 # Bookkeeping steps (a role's data version, the set names and the threshold read from the params, the shard
@@ -40,7 +40,7 @@ SMALL_RESOURCES = {"cpu": "250m", "memory": "512M", "accelerators": 0}
 # The ephemeral storage (the container's writable layer, /tmp, and kfp's artifact folders /minio, /s3, /gcs) a pod
 # needs at least: kfp 2.17 cannot ask for it per step (its ResourceSpec has CPU, memory and accelerators only), so
 # the namespace's LimitRange (deploy/kubernetes/namespace.yaml) gives every container this request by default, and
-# the PyTorchJob's pods ask for it themselves.
+# the TrainJob's pods ask for it themselves.
 EPHEMERAL_STORAGE_REQUEST = "2Gi"
 # HOME of every pod: a folder any uid may write (/tmp is 1777 in the images), where torch, matplotlib and MLflow
 # keep caches and config. The images' /home/emotion is uid 10001's alone, and a uid the image does not know (an
@@ -144,7 +144,7 @@ class ClusterDefaults:
     gpu_type: str = "nvidia.com/gpu"  # compile time: the accelerator resource (e.g. amd.com/gpu)
     parallelism: int = 4  # compile time: pods of one ParallelFor at once (0: all)
     extraction_shards: int = 1  # GPU pods that split the main set's region extraction (`extract-regions --shard`)
-    workers: int = 1  # pods of the detector's fine-tuning; > 1: a PyTorchJob (kubeflow/trainjob.py) runs it
+    workers: int = 1  # pods of the detector's fine-tuning; > 1: a Trainer v2 TrainJob (kubeflow/trainjob.py) runs it
     gpus_per_worker: int = 1  # GPUs of each of those pods when ``workers`` > 1
 
 

@@ -24,7 +24,7 @@ from kfp.dsl import HTML, Dataset, Input, Markdown, Metrics, Model, Output
 from image_emotion.errors import ConfigError
 from image_emotion.kubeflow import cluster
 from image_emotion.kubeflow.images import Images
-from image_emotion.kubeflow.trainjob import pytorch_job
+from image_emotion.kubeflow.trainjob import train_job
 
 
 def prepare_op(
@@ -110,13 +110,13 @@ def finetune_detector_op(
 
 
 def job_namespace(given: str = "") -> str:
-    """The namespace to submit a PyTorchJob to: the pod's own (its service account's namespace file,
+    """The namespace to submit a TrainJob to: the pod's own (its service account's namespace file,
     ``cluster.NAMESPACE_FILE``), else ``given``; a one-line ``ConfigError`` when neither is there."""
     path = Path(cluster.NAMESPACE_FILE)
     own = path.read_text().strip() if path.is_file() else ""
     if own or given:
         return own or given
-    raise ConfigError(f"no namespace for the PyTorchJob: {path} is missing, pass the component input namespace")
+    raise ConfigError(f"no namespace for the TrainJob: {path} is missing, pass the component input namespace")
 
 
 def job_manifest_for(
@@ -130,7 +130,8 @@ def job_manifest_for(
     settings: cluster.ClusterDefaults = cluster.DEFAULTS,
     work_root: str | Path | None = None,
 ) -> tuple[dict[str, Any], dict[str, Path]]:
-    """The PyTorchJob that fine-tunes the detector for run ``run_id``, and its files on the work volume: what
+    """The TrainJob that fine-tunes the detector for run ``run_id`` (its base name: ``trainjob.for_attempt`` names
+    each attempt's), and its files on the work volume: what
     ``finetune_detector_job_op`` copies in (``params``, ``dataset`` whose ``prepared`` the job reads, ``objects``)
     under ``<work_root>/jobs/<run id>/finetune_detector/in/`` (``work_root``: ``cluster.WORK_MOUNT``, where the
     job's pods mount the work volume too), what the job writes (``model``, ``metrics``) under ``out/`` there;
@@ -151,8 +152,8 @@ def job_manifest_for(
         "model": str(files["model"]),
         "metrics": str(files["metrics"]),
     }
-    name = f"finetune-detector-{hashlib.sha256(run_id.encode()).hexdigest()[:12]}"  # the same for a retried step
-    manifest = pytorch_job(
+    name = f"finetune-detector-{hashlib.sha256(run_id.encode()).hexdigest()[:12]}"  # the run's; + the attempt's
+    manifest = train_job(
         name, "finetune-detector", image, run_id, workers=workers, gpus_per_worker=gpus_per_worker,
         mlflow_tracking_uri=mlflow_tracking_uri, params=str(files["params"]), paths=job_paths, cluster=settings,
     )  # fmt: skip
@@ -180,11 +181,15 @@ def finetune_detector_job_op(
     metrics: Output[Metrics],
     namespace: str = "",
 ):
-    """``finetune_detector_op`` as a training-operator PyTorchJob on ``workers`` pods of ``gpus_per_worker`` GPUs
+    """``finetune_detector_op`` as a Kubeflow Trainer v2 TrainJob on ``workers`` pods of ``gpus_per_worker`` GPUs
     each (from ``image``, the CUDA image), submitted to this pod's namespace (else ``namespace``) and waited for.
     The inputs are copied to the work volume for the job, its detector copied back into ``detector``; the job's
     pods mount ``data_pvc`` and ``work_pvc``, read ``mlflow_secret`` and ``s3_secret``, ask for ``gpu_type`` and
-    land on ``gpu_node_selector`` nodes tolerating ``gpu_tolerations``, as the pipeline's GPU steps."""
+    land on ``gpu_node_selector`` nodes tolerating ``gpu_tolerations``, as the pipeline's GPU steps.
+
+    Each attempt of this step submits its own job (``trainjob.for_attempt``: named after this pod, which owns it,
+    from the ``POD_*`` variables the pipeline sets), resuming from the run's checkpoint; a job that did not
+    complete is deleted when this step ends (``trainjob.run_training_job``)."""
     import os
     import shutil
     from pathlib import Path
@@ -205,6 +210,8 @@ def finetune_detector_job_op(
             gpu_type=gpu_type, gpu_tolerations=list(gpu_tolerations), gpu_node_selector=dict(gpu_node_selector),
         ),
     )  # fmt: skip
+    manifest = trainjob.for_attempt(manifest, namespace, trainjob.launcher_pod())  # this attempt's own job
+    shutil.rmtree(files["model"].parent, ignore_errors=True)  # what an earlier attempt's job wrote is not this one's
     files["params"].parent.mkdir(parents=True, exist_ok=True)
     files["params"].write_text(yaml.safe_dump(config.to_dict(), sort_keys=True))  # the experiment set as here
     shutil.copytree(dataset.path, files["dataset"], dirs_exist_ok=True)
@@ -215,7 +222,8 @@ def finetune_detector_job_op(
     out.mkdir(parents=True, exist_ok=True)
     for key in ("model", "metrics"):
         if not files[key].is_file():
-            raise trainjob.TrainingJobError(f"the PyTorchJob succeeded but wrote no {files[key]}")
+            name = manifest["metadata"]["name"]
+            raise trainjob.TrainingJobError(f"the TrainJob {namespace}/{name} succeeded but wrote no {files[key]}")
         shutil.copy2(files[key], out / files[key].name)
     runtime.log_to_kfp(metrics, runtime.read_json(files["metrics"]))
 

@@ -1,6 +1,6 @@
 """The kfp v2 pipeline of the whole graph, its compilation and its local run (``kfp.local``).
 
-pretrain_objects [GPU] + prepare detector data -> finetune_detector [GPU] (with ``workers`` > 1: a PyTorchJob of
+pretrain_objects [GPU] + prepare detector data -> finetune_detector [GPU] (with ``workers`` > 1: a TrainJob of
 that many GPU pods, launched and awaited by finetune_detector_job) -> prepare main data ->
 shard_indices -> ParallelFor shard: extract_regions [GPU] of shard i of ``extraction_shards`` -> Collected ->
 merge_features -> train_classifier [GPU] (the whole λ sweep, λ* and its variants) -> ParallelFor transfer set:
@@ -59,7 +59,7 @@ class _Platform:
         # one attempt's deadline (the pod's activeDeadlineSeconds); the retry policy's max duration is sized from it
         kubernetes.set_timeout(task, size.timeout_s)
         # read-write, though no step writes there: kfp-kubernetes 2.17's PvcMount has no readOnly field (the claim,
-        # mount_path and sub_path only); the PyTorchJob's pods, whose spec is ours, mount it read-only
+        # mount_path and sub_path only); the TrainJob's pods, whose spec is ours, mount it read-only
         kubernetes.mount_pvc(task, pvc_name=self.data_pvc, mount_path=cluster.DATA_MOUNT)
         # every key optional: a secret or a key that is not there leaves its variable unset (AWS_ENDPOINT_URL and
         # MLFLOW_S3_ENDPOINT_URL reach the pod where the s3 secret has them)
@@ -82,7 +82,7 @@ class _Platform:
         )
 
     def _work(self, task: dsl.PipelineTask) -> dsl.PipelineTask:
-        """The work volume (checkpoints, and what a step hands a PyTorchJob) at ``cluster.WORK_MOUNT``."""
+        """The work volume (checkpoints, and what a step hands a TrainJob) at ``cluster.WORK_MOUNT``."""
         kubernetes.mount_pvc(task, pvc_name=self.work_pvc, mount_path=cluster.WORK_MOUNT)
         return task
 
@@ -104,8 +104,8 @@ class _Platform:
         return self.cpu(task).set_caching_options(False)
 
     def job(self, task: dsl.PipelineTask) -> dsl.PipelineTask:
-        """A step that launches a PyTorchJob and waits: a CPU step with the work volume, where it hands over the
-        job's inputs and finds its outputs (a retry follows the job already submitted)."""
+        """A step that launches a TrainJob and waits: a CPU step with the work volume, where it hands over the
+        job's inputs and finds its outputs (each attempt submits a new job, owned by the step's pod)."""
         return self.cpu(self._work(task))
 
     def cpu(self, task: dsl.PipelineTask) -> dsl.PipelineTask:
@@ -180,7 +180,9 @@ def build_pipeline(
         regions = prepare("detector", "detector data")
         main = prepare("main", "main data")
         detector_inputs = {"dataset": regions.outputs["dataset"], "objects": objects.outputs["objects"], **training}
-        with dsl.If(workers > 1, name="detector-on-several-pods"):  # a PyTorchJob of `workers` GPU pods
+        with dsl.If(workers > 1, name="detector-on-several-pods"):  # a Trainer v2 TrainJob of `workers` GPU pods
+            from image_emotion.kubeflow import trainjob
+
             job = p.job(
                 c["finetune_detector_job_op"](
                     image=built.cuda,
@@ -196,6 +198,9 @@ def build_pipeline(
                     **detector_inputs,
                 )
             )
+            # the launcher's own pod (the downward API): each attempt names its TrainJob after it and owns it
+            for env_name, field_path in trainjob.LAUNCHER_FIELDS.items():
+                kubernetes.use_field_path_as_env(job, env_name, field_path)
         with dsl.Else(name="detector-on-one-gpu"):
             single = p.gpu(c["finetune_detector_op"](**detector_inputs), checkpoints=True)
         detector = dsl.OneOf(job.outputs["detector"], single.outputs["detector"])  # the branch that ran
