@@ -32,7 +32,7 @@ GPU_EXECUTORS = {  # the extraction runs for each shard of the main data and, in
     "exec-train-classifier-op", "exec-train-metric-op", "exec-train-generative-op",
 }  # fmt: skip
 CHECKPOINTING = {"exec-pretrain-objects-op", "exec-finetune-detector-op", "exec-train-generative-op"}
-JOB_EXECUTOR = "exec-finetune-detector-job-op"  # launches the detector's PyTorchJob: hands it files on the work volume
+JOB_EXECUTOR = "exec-finetune-detector-job-op"  # launches the detector's TrainJob: hands it files on the work volume
 WORK_VOLUME = CHECKPOINTING | {JOB_EXECUTOR}
 
 
@@ -83,7 +83,10 @@ def test_compiled_pipeline_asks_the_cluster_for_volumes_secrets_gpus_and_a_non_r
         assert set(secrets) == {"mlflow_secret", "s3_secret"}
         envs = {k["envVar"] for s in secrets.values() for k in s["keyToEnv"]}
         assert {"MLFLOW_TRACKING_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= envs
-        assert pod["fieldPathAsEnv"] == [{"fieldPath": "metadata.labels['pipeline/runid']", "name": cluster.RUN_ID_ENV}]
+        run_id = {"fieldPath": "metadata.labels['pipeline/runid']", "name": cluster.RUN_ID_ENV}
+        assert pod["fieldPathAsEnv"][0] == run_id, name
+        if name != JOB_EXECUTOR:  # the job's launcher also reads its pod's name, uid, namespace (its job's owner)
+            assert pod["fieldPathAsEnv"] == [run_id], name
         assert pod["securityContext"] == {"runAsUser": "10001", "runAsGroup": "10001", "runAsNonRoot": True}
         resources = executors[name]["container"].get("resources", {})
         if name in GPU_EXECUTORS:
@@ -628,9 +631,9 @@ UNSHARDED = """
 import sys
 from kfp import dsl
 from image_emotion.kubeflow.components import extract_regions_op, merge_features_op
-params, uri, detector, dataset, out = sys.argv[1:]
+params, uri, detector, objects, dataset, out = sys.argv[1:]
 extract_regions_op(  # shard 0 of 1 (the defaults): the whole set, as one pod extracts it
-    open(params).read(), uri, out, dsl.Model(uri=detector), dsl.Dataset(uri=dataset),
+    open(params).read(), uri, out, dsl.Model(uri=detector), dsl.Model(uri=objects), dsl.Dataset(uri=dataset),
     dsl.Dataset(uri=f"{out}/part"), dsl.Metrics(uri=f"{out}/part.json"),
 )
 merge_features_op([dsl.Dataset(uri=f"{out}/part")], dsl.Dataset(uri=f"{out}/merged"), dsl.Metrics(uri=f"{out}/m"))
@@ -645,8 +648,10 @@ def _unsharded_extraction(run_dir: Path, config, out: Path) -> tuple[Path, Path]
     out.mkdir()
     params.write_text(yaml.safe_dump(config.to_dict()))
     detector = next(run_dir.glob("**/finetune-detector-op/detector"))  # inside the one-GPU branch
+    objects = next(run_dir.glob("**/pretrain-objects-op/objects"))
     env = {**os.environ, cluster.RUN_ID_ENV: "unsharded"}
-    args = [sys.executable, "-c", UNSHARDED, str(params), f"sqlite:///{out / 'mlflow.db'}", str(detector), str(main)]
+    uri = f"sqlite:///{out / 'mlflow.db'}"
+    args = [sys.executable, "-c", UNSHARDED, str(params), uri, str(detector), str(objects), str(main)]
     done = subprocess.run([*args, str(out)], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     return out / "part/cache", out / "merged/cache"
