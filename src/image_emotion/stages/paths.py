@@ -361,8 +361,8 @@ class RetrieveTransferPaths(Stage):
     command: ClassVar[str] = "retrieve-transfer"
     module: ClassVar[str] = "retrieve_transfer"
     help: ClassVar[str] = (
-        "seed 002: fine-tune the FI model on each 80 % of one transfer set, classification and retrieval on each "
-        "20 % (5 folds, the paper's protocol); leave-one-out retrieval as an extra"
+        "Yang et al.: the FI model fine-tuned on 4 of 5 folds of one transfer set, classification and retrieval on "
+        "the fifth (the paper's protocol); leave-one-out retrieval as an extra"
     )
     reads: ClassVar[tuple[str, ...]] = ("device", "metric")
     runs: ClassVar[tuple[Run, ...]] = (
