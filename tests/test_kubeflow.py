@@ -384,21 +384,12 @@ def test_the_job_namespace_is_the_pods_own_else_the_input(tmp_path, monkeypatch)
 
 def test_the_detector_job_op_hands_over_files_and_returns_the_jobs_detector(tmp_path, monkeypatch):
     from kfp import dsl
+    from tiny import job_launcher_inputs
 
     from image_emotion.kubeflow import trainjob
     from image_emotion.kubeflow.components import finetune_detector_job_op
 
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.mlops:5000")
-    monkeypatch.setenv(cluster.RUN_ID_ENV, "run-9")
-    monkeypatch.setenv("IMAGE_EMOTION_PIPELINE_RUN", "run-9")
-    monkeypatch.setattr(cluster, "WORK_MOUNT", str(tmp_path / "work"))
-    monkeypatch.setattr(cluster, "NAMESPACE_FILE", str(tmp_path / "no-such-file"))
-    dataset, objects = tmp_path / "dataset", tmp_path / "objects"
-    (dataset / "prepared").mkdir(parents=True)
-    (dataset / "prepared/manifest.csv").write_text("path\n")
-    objects.mkdir()
-    (objects / "detector.pt").write_bytes(b"objects")
+    dataset, objects = job_launcher_inputs(tmp_path, monkeypatch, namespace=None)  # no namespace file
     submitted = []
 
     def fake_job(manifest, namespace):

@@ -473,23 +473,12 @@ def test_the_launcher_step_retried_after_a_failed_job_submits_a_new_one(tmp_path
     """finetune_detector_job_op twice, as kfp's retry runs it: the first pod's job fails and is deleted; the retry,
     another pod, submits another job (its own name and owner), which completes and whose detector is returned."""
     from kfp import dsl
-    from tiny import tiny_config
+    from tiny import job_launcher_inputs, tiny_config
 
     from image_emotion.kubeflow.components import finetune_detector_job_op
 
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.mlops:5000")
-    monkeypatch.setenv(cluster.RUN_ID_ENV, "run-9")
-    monkeypatch.setenv("IMAGE_EMOTION_PIPELINE_RUN", "run-9")
-    monkeypatch.setattr(cluster, "WORK_MOUNT", str(tmp_path / "work"))
-    monkeypatch.setattr(cluster, "NAMESPACE_FILE", str(tmp_path / "namespace"))
-    (tmp_path / "namespace").write_text("ml-team\n")
+    dataset, objects = job_launcher_inputs(tmp_path, monkeypatch, namespace="ml-team")
     monkeypatch.setattr(trainjob.time, "sleep", lambda s: None)
-    dataset, objects = tmp_path / "dataset", tmp_path / "objects"
-    (dataset / "prepared").mkdir(parents=True)
-    (dataset / "prepared/manifest.csv").write_text("path\n")
-    objects.mkdir()
-    (objects / "detector.pt").write_bytes(b"objects")
 
     def train(body):  # what a job that completes writes, where its args say
         args = body["spec"]["trainer"]["args"]

@@ -55,3 +55,25 @@ def detector_inputs(root: Path, prepared: Path, objects: Path) -> Config:
     torch.manual_seed(0)
     save_detector(RegionDetector(config.detector), objects)
     return config
+
+
+def job_launcher_inputs(tmp_path: Path, monkeypatch, namespace: str | None) -> tuple[Path, Path]:
+    """What ``finetune_detector_job_op`` sees in a launcher pod, under ``tmp_path``: the run's environment, the work
+    volume, the pod's namespace file (holding ``namespace``; absent when None), a prepared dataset and the object
+    detector's file. Returns (the dataset artifact's folder, the objects artifact's folder)."""
+    from image_emotion.kubeflow import cluster
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.mlops:5000")
+    monkeypatch.setenv(cluster.RUN_ID_ENV, "run-9")
+    monkeypatch.setenv("IMAGE_EMOTION_PIPELINE_RUN", "run-9")
+    monkeypatch.setattr(cluster, "WORK_MOUNT", str(tmp_path / "work"))
+    monkeypatch.setattr(cluster, "NAMESPACE_FILE", str(tmp_path / "namespace"))
+    if namespace is not None:
+        (tmp_path / "namespace").write_text(f"{namespace}\n")
+    dataset, objects = tmp_path / "dataset", tmp_path / "objects"
+    (dataset / "prepared").mkdir(parents=True)
+    (dataset / "prepared/manifest.csv").write_text("path\n")
+    objects.mkdir()
+    (objects / "detector.pt").write_bytes(b"objects")
+    return dataset, objects
