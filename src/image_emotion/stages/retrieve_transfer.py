@@ -33,7 +33,14 @@ from image_emotion.metrics import retrieval_report
 from image_emotion.models.metric import SentimentVectorNet, load_metric_model
 from image_emotion.stages.paths import RetrieveTransferPaths
 from image_emotion.tracking import runs as tracking
-from image_emotion.training.metric import RETRIEVAL_MEASURES, MetricObjective, embed, score, train_metric_net
+from image_emotion.training.metric import (
+    RETRIEVAL_MEASURES,
+    MetricObjective,
+    embed,
+    embed_prepared,
+    score,
+    train_metric_net,
+)
 from image_emotion.training.metric_inputs import ImageRows, StreamedTrunk
 
 MEASURES = ("accuracy", *RETRIEVAL_MEASURES)
@@ -106,7 +113,7 @@ def run(config: Config, paths: RetrieveTransferPaths) -> dict[str, Any]:
     ):
         folds = fine_tuned_folds(model, state, data, config.metric, Path(scratch))
         mean = summary(folds)
-        features = embed(model, ImageRows(data, state["image_size"], state["image_mean"], state["image_std"]))
+        features = embed_prepared(model, state, data)  # the FI model as trained, for the leave-one-out extra
         loo = retrieval_report(
             features[state["retrieval_feature"]], labels, features[state["retrieval_feature"]], labels,
             data.label_set, exclude_self=True,
