@@ -15,6 +15,20 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
+
+def _threads_per_worker() -> int:
+    """The cores shared out among the xdist workers: torch's intra-op threads of every worker (and of the stages it
+    starts, which inherit the variables) together fill the machine once. More threads than cores make tiny
+    models several times slower: libgomp's idle threads spin while the other worker's threads wait (measured: the
+    region-detector, resume and metric-training tests took 150 s with two threads a worker on two cores, 57 s with
+    one)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # before torch is imported, so its pool starts this size
+    os.environ.setdefault(_variable, str(_threads_per_worker()))
+
 REPO = Path(__file__).resolve().parents[1]
 
 
