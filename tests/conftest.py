@@ -4,6 +4,7 @@ test that asks, one for the tiny run, one for the later seeds' session runs), an
 
 from __future__ import annotations
 
+import builtins
 import os
 import shutil
 import sys
@@ -16,18 +17,38 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
-def _threads_per_worker() -> int:
-    """The cores shared out among the xdist workers: torch's intra-op threads of every worker (and of the stages it
-    starts, which inherit the variables) together fill the machine once. More threads than cores make tiny
-    models several times slower: libgomp's idle threads spin while the other worker's threads wait (measured: the
-    region-detector, resume and metric-training tests took 150 s with two threads a worker on two cores, 57 s with
-    one)."""
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    return max(1, (os.cpu_count() or 1) // workers)
+def pytest_configure(config):
+    """torch's intra-op threads shared out among the xdist workers, so that the workers (and the stages they start,
+    which inherit ``OMP_NUM_THREADS``) fill the cores once: with more threads than cores, libgomp's idle threads
+    spin while the other worker's wait (measured: the region-detector, resume and metric-training test files took
+    150 s with two threads a worker on two cores, 57 s with one). A value the caller set is kept."""
+    if not hasattr(config, "workerinput"):  # not an xdist worker: torch's own choice (and nothing for workers
+        return  # to inherit from the controller)
+    workers = int(config.workerinput["workercount"])
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+    if "torch" in sys.modules:  # already imported (by a plugin): its pool is resized now
+        sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
-for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # before torch is imported, so its pool starts this size
-    os.environ.setdefault(_variable, str(_threads_per_worker()))
+_PRINT = builtins.print
+
+
+@pytest.fixture(autouse=True)
+def _process_state_put_back():
+    """What a test, or a library it drives, changes for the whole process is put back after it, so no test sees
+    another's: MLflow's tracking URI (``mlflow.set_tracking_uri`` also sets ``$MLFLOW_TRACKING_URI``, which every
+    later stage would then write to) and ``builtins.print`` (kfp.local's tasks running in parallel can leave it
+    indenting every later line)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    builtins.print = _PRINT
+    if "mlflow" in sys.modules:
+        sys.modules["mlflow"].set_tracking_uri(None)  # back to $MLFLOW_TRACKING_URI, which it unsets
+    if uri is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+
 
 REPO = Path(__file__).resolve().parents[1]
 
