@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from results import emit
 
 from image_emotion.config import Config, SyntheticConfig
 from image_emotion.data.datasets import load_dataset
@@ -92,6 +93,8 @@ def main() -> None:
     print(f"answer by scoring every label (Mikels-8): {1000 * score:.2f} ms/image")
     print(f"answer by constrained beam search ({cfg.num_beams} beams): {1000 * write:.2f} ms/image "
           f"({write / score:.2f}× scoring)")  # fmt: skip
+    figures = {"encoder ms/image": encode_ms, "training step ms": 1000 * joint, "scoring ms/image": 1000 * score}
+    emit("generative", args.device, {**figures, "beam search ms/image": 1000 * write})
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from results import emit
 from torchvision.transforms.functional import to_tensor
 
 from image_emotion.config import Config, load_config
@@ -120,6 +121,13 @@ def main() -> None:
         )
         print(f"  full / detector   {r['full_over_detector']:8.2f}x   (goal <= 1.15x)")
         print(f"  full / backbone   {r['full_over_backbone']:8.2f}x   (goal <= 2x on CPU)")
+        figures = {
+            "backbone+FPN ms/image": 1000 * r["backbone_s_per_image"],
+            "full multi-level ms/image": 1000 * r["full_s_per_image"],
+            "full / detector x": r["full_over_detector"],
+            "full / backbone+FPN x": r["full_over_backbone"],
+        }
+        emit(f"inference, batch {args.batch}", device, figures)
 
 
 if __name__ == "__main__":

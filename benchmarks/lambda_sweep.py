@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from results import emit
 
 from image_emotion.config import load_config
 from image_emotion.data.torch_data import PreparedDataset, load_tensor_image
@@ -84,6 +85,9 @@ def main() -> None:
         f"({1000 * per_image / len(images):.1f} ms/image from {len(images)}); sweep / extraction "
         f"{together / extraction:.3f}"
     )
+    figures = {"one head fit s": one, f"{len(lams)} λ heads vectorized s": together}
+    figures |= {"vectorized / one fit x": together / one, "sweep / extraction x": together / extraction}
+    emit("λ sweep", device.type, figures)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+from results import emit
 
 from image_emotion.config import Config, SyntheticConfig
 from image_emotion.data.datasets import load_dataset
@@ -69,6 +70,8 @@ def main() -> None:
             f"{t['per-step']:.2f}, full fine-tune {t['fine-tune']:.2f}; per-step / cached = "
             f"{t['per-step'] / t['cached']:.1f}x, fine-tune / cached = {t['fine-tune'] / t['cached']:.1f}x"
         )
+        figures = {f"{mode} s/epoch": t[key] for mode, key in (("cached maps", "cached"), ("fine-tune", "fine-tune"))}
+        emit("metric learning", device, {**figures, "backbone every step / cached x": t["per-step"] / t["cached"]})
 
 
 if __name__ == "__main__":

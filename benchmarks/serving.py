@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from results import emit
 
 from image_emotion.tracking.model_server import ModelServer, ModelServerError
 
@@ -179,6 +180,8 @@ def main() -> None:
             f"{batch:>5}  {'HTTP/in-process':<10}  time per image {local['images_per_s'] / http['images_per_s']:.2f}x, "
             f"p50 {http['p50_ms'] / local['p50_ms']:.2f}x, p95 {http['p95_ms'] / local['p95_ms']:.2f}x"
         )
+    figures = {f"{path}, batch {b} images/s": m["images_per_s"] for b, r in results.items() for path, m in r.items()}
+    emit("serving", torch.device(predictor.device).type, figures)
 
 
 if __name__ == "__main__":

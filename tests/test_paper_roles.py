@@ -9,9 +9,12 @@ import subprocess
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 from layouts import make_abstract, make_artphoto, make_emotion6, make_emotionroi, make_fi
 from tiny import tiny_config
+
+from image_emotion.cli import main
 
 pytestmark = pytest.mark.e2e
 
@@ -137,6 +140,16 @@ def test_classifier_on_fi_and_transfer_to_artphoto_and_abstract(paper_project):
         == (pd.read_csv(root / "data/prepared/main/manifest.csv")["split"] == "test").sum()
     )
     assert _json(root / "metrics/register.json")["version"] == 1
+
+
+def test_a_model_trained_on_fi_answers_without_the_synthetic_data_warning(paper_project, capsys):
+    root, _ = paper_project
+    head = root / "models/classifier/head.pt"
+    assert torch.load(head, map_location="cpu", weights_only=False)["dataset"] == "fi"  # the head says what it learned
+    photo = sorted((root.parent / "datasets/FI/emotion_dataset/amusement").iterdir())[0]
+    status = main(["predict", str(photo), "--detector", str(root / "models/detector/detector.pt"), "--head", str(head)])
+    err = capsys.readouterr().err
+    assert status == 0 and err.startswith("model: ") and "warning" not in err
 
 
 def test_one_generative_model_answers_fi_emotionroi_and_emotion6(paper_project):

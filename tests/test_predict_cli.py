@@ -40,7 +40,10 @@ def test_a_folder_and_a_glob_give_a_table_and_a_bad_file_does_not_stop_the_other
     rows = {line.split()[0]: line.split()[1:] for line in lines[1:]}
     assert sorted(rows) == sorted(str(folder / p) for p in ("sub/p2.png", "p0.png", "p1.png"))
     assert err.strip().splitlines() == [
-        f"model: {model[1]} + {model[3]}",  # which model answered
+        f"model: {model[1]} + {model[3]}",  # which model answered, and once what it learned from
+        "warning: this model was trained on the embedded synthetic images, not real photos: its answers show the "
+        "mechanics, not what a photo evokes; train on a real dataset for that (docs/pipeline.md: running on the "
+        "real datasets)",
         f"failed: {folder / 'broken.jpg'}: not an image PIL can decode (JPEG, PNG, BMP, GIF, TIFF, WebP); replace or "
         "remove it",
     ]

@@ -30,6 +30,8 @@ from image_emotion.training.metric import embed
 
 SIZE = 64
 
+SYNTHETIC_WARNING = "warning: this model was trained on the embedded synthetic images, not real photos"
+
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
@@ -123,8 +125,9 @@ def test_a_collection_folder_skips_bad_files_and_answers_from_it_only(setup, cap
     found = json.loads(captured.out)[str(query)]["neighbours"]
     assert sorted(x["id"] for x in found) == sorted(kept)  # k is capped at the 5 good images
     assert found[0]["id"] == str(collection / "img_2.png") and found[0]["distance"] < 1e-4
-    model_line, *warnings = captured.err.strip().splitlines()
+    model_line, synthetic, *warnings = captured.err.strip().splitlines()
     assert model_line == f"model: {setup[0]}" and len(warnings) == 2  # the index is not loaded for a folder
+    assert synthetic.startswith(SYNTHETIC_WARNING)  # once, before the answers
     assert any("broken.png" in w for w in warnings) and any("notes.jpg" in w for w in warnings)
     assert all(w.startswith("warning: ") for w in warnings)
 
@@ -221,7 +224,8 @@ def test_the_logged_pyfunc_answers_as_the_predictor(setup, tmp_path, monkeypatch
     assert main(["retrieve", str(paths[9]), "--k", "2", "--params", str(params), "--json"]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out)[str(paths[9])] == via_cli
-    assert captured.err.strip().splitlines()[-1] == "model: models:/image-emotion-retrieval@champion"
+    assert captured.err.strip().splitlines()[-2] == "model: models:/image-emotion-retrieval@champion"
+    assert captured.err.strip().splitlines()[-1].startswith(SYNTHETIC_WARNING)  # the registered model's own record
     # files named on the command line win over the champion
     assert (
         main(
@@ -229,7 +233,7 @@ def test_the_logged_pyfunc_answers_as_the_predictor(setup, tmp_path, monkeypatch
         )
         == 0
     )
-    assert capsys.readouterr().err.strip().splitlines()[-1] == f"model: {model_path} + {index_dir}"
+    assert capsys.readouterr().err.strip().splitlines()[-2] == f"model: {model_path} + {index_dir}"
     # and a folder is searched with the served model's embedding as with the local one
     folder = tmp_path / "folder"
     folder.mkdir()

@@ -223,7 +223,9 @@ def test_describe_prints_every_emotion_model_of_each_image_and_names_a_bad_file(
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
     status = main(["describe", str(good), str(bad), "--model", str(train.out_dir), "--json"])
-    result = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert captured.err.count("warning: this model was trained on the embedded synthetic images") == 1
     assert status == 1 and result[str(bad)]["error"].startswith("not an image PIL can decode")
     served = GenerativePredictor(train.out_dir, device="cpu").predict_images([load_image(good)])
     assert [r["emotion_model"] for r in result[str(good)]] == list(served["emotion_model"])

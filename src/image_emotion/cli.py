@@ -1,6 +1,7 @@
 """``image-emotion``: one sub-command a pipeline stage, plus ``predict``, ``retrieve`` (seed 002: the images
 nearest in feeling to query images) and ``describe`` (seed 001: every emotion model from one generative
-model). Errors print one line and exit with status 2.
+model). Errors print one line; the exit status says what happened (``EXIT_CODES``); ``--debug`` (or
+``IMAGE_EMOTION_DEBUG=1``, for commands that ``dvc repro`` or a pipeline runs) adds the traceback.
 
 Every stage sub-command takes ``--params`` / ``--set key=value`` and one option per path of the stage's
 ``*Paths`` dataclass (``--out-dir``, ``--metrics``, ...), defaulting to the paths ``dvc.yaml`` uses.
@@ -93,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="image-emotion", description=__doc__)
     parser.add_argument("--version", action="version", version=f"image-emotion {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="print the traceback of an error (also: IMAGE_EMOTION_DEBUG=1)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, declaration in STAGES.items():
         p = sub.add_parser(name, help=declaration.help, description=declaration.help)
@@ -402,6 +406,8 @@ def _answer_images(args: argparse.Namespace, kind: str, named: dict, run, unused
         batch_size = getattr(args, "batch_size", 8)
         model = models.resolve(kind, args.model_uri, named, args.params, batch_size, unused=unused)
         print(f"model: {model.source}", file=sys.stderr)
+        if model.warning:
+            print(f"warning: {model.warning}", file=sys.stderr)
         results = dict(zip(images, run(list(images.values()), model.predictor), strict=True))
     return images, results, failures
 
@@ -612,22 +618,57 @@ def _run_pipeline(args: argparse.Namespace) -> dict:
     return run_local(config, args.pipeline_root.resolve(), args.mlflow_tracking_uri or tracking_uri(config))
 
 
+EXIT_CODES = {  # documented in docs/pipeline.md (Errors and exit codes)
+    0: "done",
+    1: "done, but some inputs failed (each listed with its reason) or a --check found something stale",
+    2: "usage or setup: a bad option, params file, dataset, model or path (one line names it and the fix)",
+    3: "an unexpected error inside image-emotion (a bug: run again with --debug and report the traceback)",
+    130: "interrupted (Ctrl-C); what was written is complete, and training resumes from its checkpoint",
+}
+DEBUG_ENV = "IMAGE_EMOTION_DEBUG"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``image-emotion`` command."""
-    args = build_parser().parse_args(argv)
+    """Entry point of the ``image-emotion`` command; returns an exit status of ``EXIT_CODES``."""
+    args = build_parser().parse_args(argv)  # a usage error exits 2 here (argparse)
+    debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         result = args.func(args)
-    except ImageEmotionError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted; outputs written so far are complete (writes are atomic)", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        print(f"error: {error_line(exc)}", file=sys.stderr)
+        return 3 if unexpected(exc) else 2
     if isinstance(result, int):  # a sub-command that printed its own output and chose the exit status
         return result
     if result is not None and _prints_result():  # sub-commands that print their own output return None
         print(json.dumps(result, indent=2, sort_keys=True, default=str))
     return 0
+
+
+def unexpected(exc: BaseException) -> bool:
+    """Whether ``exc`` is a bug rather than the user's input or setup: not one of the project's own errors (which
+    name the thing and the fix) nor an operating-system error (a file, folder, disk or connection)."""
+    return not isinstance(exc, ImageEmotionError | OSError)
+
+
+def error_line(exc: BaseException) -> str:
+    """The one line an error prints: the project's own message; an OS error's file and reason; otherwise the
+    error's type and first line, and how to see the rest."""
+    if isinstance(exc, ImageEmotionError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        names = " -> ".join(str(n) for n in (exc.filename, exc.filename2) if n is not None)
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        return f"{names}: {reason}" if names else reason
+    first = next((line for line in str(exc).splitlines() if line.strip()), "")
+    what = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return f"unexpected {what} (a bug: run again with --debug for the traceback, and report it)"
 
 
 def _prints_result() -> bool:

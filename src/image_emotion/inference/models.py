@@ -84,6 +84,21 @@ class Resolved:
     predictor: Any
     source: str
 
+    @property
+    def warning(self) -> str | None:
+        """The one warning its answers need: a model that learned from the embedded synthetic set (the default
+        run's) knows coloured shapes, not photographs."""
+        if getattr(self.predictor, "trained_on", None) != SYNTHETIC:
+            return None
+        return (
+            "this model was trained on the embedded synthetic images, not real photos: its answers show the "
+            "mechanics, not what a photo evokes; train on a real dataset for that (docs/pipeline.md: running on "
+            "the real datasets)"
+        )
+
+
+SYNTHETIC = "synthetic"  # the embedded dataset's name (data/datasets)
+
 
 def _store(params: Path) -> tuple[Any, str]:
     """(the config of ``params``, or the defaults where there is no such file; its tracking URI)."""

@@ -263,8 +263,6 @@ def train_job(
     }
 
 
-
-
 def node_pod_template(job: Mapping[str, Any]) -> dict[str, Any]:
     """The pod template (a core/v1 PodTemplateSpec) of ``job``'s nodes as the runtime renders it from its own
     template (one container ``node``) and ``job``: the runtime patch's pod fields and metadata, the container

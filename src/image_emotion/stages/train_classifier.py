@@ -237,9 +237,9 @@ def write_outputs(
     binary_data = to_binary(inputs.data, inputs.head_data) if inputs.data.label_set != "binary" else inputs.head_data
     temperature = validation_temperature(best_head, inputs.head_data, inputs.idx["val"], inputs.device)
     binary_temperature = validation_temperature(binary_head, binary_data, inputs.idx["val"], inputs.device)
-    extras = {"lambda": best["lambda"], "temperature": temperature}
+    extras = {"lambda": best["lambda"], "temperature": temperature, "dataset": inputs.data.name}  # predict names it
     save_head(paths.out_dir / "head.pt", best_head, inputs.dims, inputs.data.label_set, extras)
-    binary_extras = {"lambda": best["lambda"], "temperature": binary_temperature}
+    binary_extras = {**extras, "temperature": binary_temperature}
     save_head(paths.out_dir / "head_binary.pt", binary_head, inputs.dims, "binary", binary_extras)
     metrics = {
         "dataset": inputs.data.name,

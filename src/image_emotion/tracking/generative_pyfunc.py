@@ -60,6 +60,7 @@ class GenerativePredictor:
         model, state = load_generative_model(model_dir)
         self.model = model.to(self.device).eval()
         self.emotion_models: list[str] = list(state["emotion_models"])
+        self.trained_on: str | None = state.get("dataset")  # the main training set's dataset
         self.batch_size, self.allow_paths = batch_size, allow_paths
         self.limits = limits or ServingConfig()
 

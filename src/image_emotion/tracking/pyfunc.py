@@ -68,6 +68,7 @@ class EmotionPredictor:
         head, state = load_head(Path(head_path))
         self.label_set = get_label_set(state["label_set"])
         self.temperature = float(state.get("temperature", 1.0))  # fitted on validation (calibration.py)
+        self.trained_on: str | None = state.get("dataset")  # the training set's dataset (None: an older head)
         self.labels = self.label_set.labels
         self.model = MultiLevelClassifier(load_detector(detector_path, self.device), head.to(self.device)).eval()
         self.batch_size, self.allow_paths = batch_size, allow_paths

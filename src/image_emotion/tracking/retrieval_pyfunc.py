@@ -92,6 +92,7 @@ class RetrievalPredictor:
         self.model = model.to(self.device).eval()
         self.model_path, self.index_dir = model_path, index_dir
         self.label_set = get_label_set(state.get("label_set", "mikels8"))
+        self.trained_on: str | None = state.get("dataset")  # the training set's dataset
         self.image_size = int(state.get("image_size", 96))
         self.mean, self.std = list(state["image_mean"]), list(state["image_std"])
         self.feature = state.get("retrieval_feature", "sentiment")
