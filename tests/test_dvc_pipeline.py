@@ -8,6 +8,7 @@ import shutil
 import subprocess
 
 import boto3
+import mlflow
 import pandas as pd
 import pytest
 import yaml
@@ -109,6 +110,29 @@ def test_repro_runs_the_graph_then_noop_then_only_what_lambda_changes(reproduced
     assert _ran(third) == ["train_classifier", "transfer_cv@0", "evaluate", "report", "register"]
     assert [r["lambda"] for r in json.loads((project / "metrics/lambda_sweep.json").read_text())] == [0.0, 0.3, 1.0]
     assert json.loads((project / "metrics/register.json").read_text())["version"] == 2
+
+
+def test_the_parent_run_carries_the_headline_figures_and_the_pipelines_whole_duration(reproduced):
+    root = reproduced[0]
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("image-emotion").experiment_id], max_results=1000)
+    (parent,) = [r for r in runs if r.data.tags.get("kind") == "pipeline"]
+    classifier = json.loads((root / "metrics/classifier.json").read_text())
+    retrieval = json.loads((root / "metrics/retrieval.json").read_text())
+    generative = json.loads((root / "metrics/generative.json").read_text())
+    expected = {
+        "test_accuracy": classifier["test_accuracy"],
+        "binary_test_accuracy": classifier["binary_test_accuracy"],
+        "retrieval_map8": retrieval["main"]["map8"],
+        **{f"generative_accuracy.{m}": f["accuracy"] for m, f in generative["emotion_models"].items()},
+    }
+    assert parent.data.metrics == pytest.approx(expected)
+    stages = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert {"pretrain_objects", "train_classifier", "train_metric", "train_generative", "report", "register"} <= {
+        r.info.run_name for r in stages
+    }
+    assert parent.info.start_time <= min(r.info.start_time for r in stages)
+    assert parent.info.end_time >= max(r.info.end_time for r in stages)  # its duration spans the whole run
 
 
 def test_a_code_change_reruns_the_stages_that_import_it_and_no_others(project):

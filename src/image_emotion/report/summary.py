@@ -14,7 +14,8 @@ from image_emotion.report.tables import published, published_002
 DASH = "—"
 
 
-def _read(path: Path) -> dict[str, Any]:
+def read_metrics(path: Path) -> dict[str, Any]:
+    """A metrics file's object, or ``{}`` when it is absent or unreadable."""
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -26,10 +27,23 @@ def _pct(value: Any) -> str:
     return f"{100 * value:.1f} %" if isinstance(value, int | float) else DASH
 
 
+def headline_metrics(classifier: dict[str, Any], retrieval: dict[str, Any], generative: dict[str, Any]) -> dict:
+    """The run's headline figures as MLflow metrics (the parent run carries them): seed 000's test accuracies,
+    seed 002's test mAP8, seed 001's accuracy per emotion model; a figure a file lacks is left out."""
+    found = {
+        "test_accuracy": classifier.get("test_accuracy"),
+        "binary_test_accuracy": classifier.get("binary_test_accuracy"),
+        "retrieval_map8": (retrieval.get("main") or {}).get("map8"),
+    }
+    for name, figures in (generative.get("emotion_models") or {}).items():
+        found[f"generative_accuracy.{name}"] = (figures or {}).get("accuracy")
+    return {k: float(v) for k, v in found.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
 def summary(metrics: Path, report: Path = Path("reports/paper.html")) -> str:
     """The summary's lines for the run whose results are in ``metrics``."""
-    classifier, retrieval = _read(metrics / "classifier.json"), _read(metrics / "retrieval.json")
-    generative = _read(metrics / "generative.json")
+    classifier, retrieval = read_metrics(metrics / "classifier.json"), read_metrics(metrics / "retrieval.json")
+    generative = read_metrics(metrics / "generative.json")
     paper_000, paper_002 = published()["table1"]["rows"]["global+emotional"], published_002()["table2"]["rows"]
     dataset = classifier.get("dataset", DASH)
     lines = [

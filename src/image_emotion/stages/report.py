@@ -18,6 +18,7 @@ from typing import Any
 from image_emotion.config import Config
 from image_emotion.files import fingerprint, write_text_atomic
 from image_emotion.report.render import html_page, inline_png, markdown
+from image_emotion.report.summary import headline_metrics, read_metrics
 from image_emotion.report.tables import build_report, read_run
 from image_emotion.stages.paths import ReportPaths
 from image_emotion.tracking import runs as tracking
@@ -45,6 +46,9 @@ def write_report(config: Config, paths: ReportPaths, inline_figures: bool = Fals
             client = mlflow.MlflowClient()
             for path in (md_path, html_path):
                 client.log_artifact(parent, str(path), artifact_path="report")
+            files = (paths.classifier, paths.retrieval, paths.generative)
+            for name, value in headline_metrics(*(read_metrics(f) for f in files)).items():
+                client.log_metric(parent, name, value)
     return {
         "markdown": str(md_path),
         "html": str(html_path),

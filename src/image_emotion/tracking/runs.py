@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -233,6 +234,15 @@ def stage_run(config: Config, stage: str, sections: tuple[str, ...] = ()) -> Ite
             if params:
                 mlflow.log_params({k: str(v)[:6000] for k, v in flatten(params).items()})
             yield mlflow
+        extend_parent(mlflow.MlflowClient(), parent)
+
+
+def extend_parent(client: Any, parent: str) -> None:
+    """Move the parent run's end to now, so its duration is the pipeline run's: from its first stage's start to its
+    last stage's end (only ever later: a stage that ends first in a parallel kfp run does not pull it back)."""
+    end = int(time.time() * 1000)
+    if (client.get_run(parent).info.end_time or 0) < end:
+        client.set_terminated(parent, end_time=end)
 
 
 @contextmanager
