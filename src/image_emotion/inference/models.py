@@ -77,6 +77,9 @@ KINDS = {  # the local files are where the stage declarations put them
 }
 
 
+SYNTHETIC = "synthetic"  # the embedded dataset's name (data/datasets): its models warn
+
+
 @dataclass(frozen=True)
 class Resolved:
     """The predictor that answers and what it was loaded from (shown to the user)."""
@@ -95,9 +98,6 @@ class Resolved:
             "mechanics, not what a photo evokes; train on a real dataset for that (docs/pipeline.md: running on "
             "the real datasets)"
         )
-
-
-SYNTHETIC = "synthetic"  # the embedded dataset's name (data/datasets)
 
 
 def _store(params: Path) -> tuple[Any, str]:
