@@ -49,7 +49,7 @@ SUITE = (
         "lambda-sweep",
         "lambda_sweep.py",
         ("--sample", "32"),
-        needs=("data/prepared/main", "data/features/main", "models/detector/detector.pt"),
+        needs=("data/prepared/main", "data/features/main", "models/detector/detector.pt", "models/objects/detector.pt"),
         makes_needs="dvc repro extract_main",
     ),
     Benchmark("metric", "metric_training.py", ("--images", "128", "--epochs", "1")),

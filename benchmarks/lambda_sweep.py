@@ -66,13 +66,17 @@ def main() -> None:
     together, _ = _timed(lambda: train_lambda_heads(train, dims, classes, mode, lams, hp, hp.hidden, device), device)
 
     detector = load_detector(Path("models/detector/detector.pt"), device)
+    objects = load_detector(Path("models/objects/detector.pt"), device)  # the object regions' own detector
     dataset = PreparedDataset.load(prepared)
     paths = list(dataset.manifest["path"])[: args.sample]
     images = [load_tensor_image(dataset.root / p).to(device) for p in paths]
     with torch.inference_mode():
-        extract_features(detector, images[:2])  # warm-up
+        extract_features(detector, images[:2], objects=objects)  # warm-up
         per_image, _ = _timed(
-            lambda: [extract_features(detector, images[i : i + 16]) for i in range(0, len(images), 16)], device
+            lambda: [
+                extract_features(detector, images[i : i + 16], objects=objects) for i in range(0, len(images), 16)
+            ],
+            device,
         )
     extraction = per_image / len(images) * len(dataset.manifest)
 
