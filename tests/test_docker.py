@@ -74,6 +74,10 @@ def test_podman_builds_mount_the_wheels_and_push_to_loopback_over_http(repo_root
     assert builder.push_command(podman, built.tagged("cpu"))[:3] == ["podman", "push", "--tls-verify=false"]
     remote = images("ghcr.io/org", repo_root)
     assert "--tls-verify=false" not in builder.push_command(podman, remote.tagged("cpu"))
+    k3d = images("k3d-image-emotion-registry.localhost:5001", repo_root)  # a *.localhost name is loopback too
+    assert builder.push_command(podman, k3d.tagged("cpu"))[:3] == ["podman", "push", "--tls-verify=false"]
+    for remote_host in ("localhost.example.org", "registry.localhost.example.org:443"):
+        assert "--tls-verify=false" not in builder.push_command(podman, images(remote_host, repo_root).tagged("cpu"))
     with pytest.raises(builder.ContainerToolError, match="podman or buildah only"):
         builder.build_command(builder.Engine("docker"), plan, "cpu")
 

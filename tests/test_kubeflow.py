@@ -467,6 +467,31 @@ def test_another_registry_changes_only_the_images(tmp_path):
     assert default == other
 
 
+def test_a_source_change_outside_the_pipeline_changes_only_the_image_reference(tmp_path, repo_root):
+    """A recompile after editing a module the components import (not their own code) yields the same YAML but for
+    the image tag, which follows the source: nothing else of the source leaks into the package."""
+    import shutil
+
+    from image_emotion.kubeflow.images import BUILT_FROM
+
+    copy = tmp_path / "source"
+    for name in BUILT_FROM:
+        source = repo_root / name
+        if source.is_dir():
+            shutil.copytree(source, copy / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        elif source.is_file():  # a lock not generated here is in neither digest
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, copy / name)
+    heads = copy / "src/image_emotion/models/multilevel.py"
+    heads.write_text(heads.read_text() + "\n# an edit\n")
+    before, after = images(root=repo_root), images(root=copy)
+    assert after.tag != before.tag
+    default = compile_pipeline(tmp_path / "a.yaml", built=before).read_text()
+    edited = compile_pipeline(tmp_path / "b.yaml", built=after).read_text()
+    assert edited != default and before.tag not in edited
+    assert list(yaml.safe_load_all(edited.replace(after.tag, before.tag))) == list(yaml.safe_load_all(default))
+
+
 def test_pipeline_arguments_are_the_params_once_and_the_data_versions(tmp_path):
     args = pipeline_arguments(tiny_config(), tmp_path)
     assert list(args) == ["params_yaml", "data_versions"]

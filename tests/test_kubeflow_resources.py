@@ -190,3 +190,21 @@ def test_a_local_run_keeps_this_machines_home(tmp_path):
     for name, executor in spec["deploymentSpec"]["executors"].items():
         assert "HOME" not in {e["name"] for e in executor["container"].get("env", [])}, name
     assert inspect.signature(build_pipeline).parameters["home"].default == cluster.HOME  # compile_pipeline's
+
+
+def test_a_cluster_without_gpus_gets_every_step_on_cpu_with_its_limits(tmp_path):
+    """``--gpu-type none`` (kind/k3d on a laptop): no step asks for an accelerator or tolerates the GPU taint, the
+    steps that would take a GPU are sized as CPU steps, and nothing else of the pipeline changes."""
+    spec, platform = yaml.safe_load_all(compile_pipeline(tmp_path / "cpu.yaml", gpu_type=cluster.NO_GPU).read_text())
+    pods = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    gpu_steps = [name for name in pods if _size(name) is cluster.GPU_STEP]
+    assert len(gpu_steps) == 7
+    for name in gpu_steps:
+        resources = spec["deploymentSpec"]["executors"][name]["container"]["resources"]
+        assert "accelerator" not in resources, name
+        assert resources["resourceCpuRequest"] == cluster.CPU_STEP.resources["cpu"], name
+        assert resources["resourceMemoryLimit"] == cluster.CPU_STEP.memory_limit, name
+        assert "tolerations" not in pods[name] and "nodeSelector" not in pods[name], name
+        assert int(pods[name]["activeDeadlineSeconds"]) == cluster.CPU_STEP.timeout_s, name
+    gpu = next(yaml.safe_load_all(compile_pipeline(tmp_path / "gpu.yaml").read_text()))
+    assert spec["root"]["inputDefinitions"] == gpu["root"]["inputDefinitions"]  # the same parameters to give

@@ -215,7 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--parallelism", type=int, default=CLUSTER.parallelism, help="pods of one ParallelFor at once (0: all)"
     )
     p.add_argument(
-        "--gpu-type", default=CLUSTER.gpu_type, help=f"the GPU steps' accelerator (default: {CLUSTER.gpu_type})"
+        "--gpu-type",
+        default=CLUSTER.gpu_type,
+        help=f"the GPU steps' accelerator (default: {CLUSTER.gpu_type}); 'none' for a cluster without GPUs "
+        "(kind, k3d): those steps then run on CPU",
     )
     p.add_argument(
         "--by-digest",
@@ -281,12 +284,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_container_check)
 
-    p = sub.add_parser("run-pipeline", help="run the whole kfp pipeline (--local: kfp.local, no cluster)")
+    p = sub.add_parser(
+        "run-pipeline",
+        help="run the whole kfp pipeline here (--local: kfp.local, no cluster) or submit it to a cluster (--host)",
+        description="--local runs every step here with kfp.local. --host submits the compiled pipeline (--package) to "
+        "a Kubeflow Pipelines backend, after checking that the backend is the minimum version or later "
+        "(image_emotion.kubeflow.submit.MIN_KFP_BACKEND); prints the run's id and link.",
+    )
     p.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: params.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--local", action="store_true", required=True, help="run with kfp.local.SubprocessRunner")
-    p.add_argument("--pipeline-root", type=Path, default=Path("local_outputs"))
-    p.add_argument("--mlflow-tracking-uri", default="", help="default: $MLFLOW_TRACKING_URI or the project's mlflow.db")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--local", action="store_true", help="run with kfp.local.SubprocessRunner")
+    where.add_argument("--host", default="", help="the KFP API endpoint, e.g. https://kubeflow.example.org/pipeline")
+    p.add_argument("--pipeline-root", type=Path, default=Path("local_outputs"), help="--local: where outputs go")
+    p.add_argument(
+        "--mlflow-tracking-uri",
+        default="",
+        help="--local: default $MLFLOW_TRACKING_URI or the project's mlflow.db; --host: the MLflow server the pods "
+        "reach (required), e.g. http://mlflow.mlflow.svc:5000",
+    )
+    p.add_argument(
+        "--package", type=Path, default=Path("pipelines/image_emotion.yaml"), help="--host: the compiled pipeline"
+    )
+    p.add_argument(
+        "--arg",
+        dest="arguments",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="--host: a pipeline parameter (extraction_shards=8, workers=4, data_pvc=..., gpu_node_selector={...})",
+    )
+    p.add_argument("--experiment", default="image-emotion", help="--host: the KFP experiment")
+    p.add_argument("--run-name", default=None, help="--host: the run's name (default: kfp's, with the time)")
+    p.add_argument("--namespace", default=None, help="--host: the user namespace (multi-user Kubeflow)")
+    p.add_argument(
+        "--skip-version-check",
+        action="store_true",
+        help="--host: submit even when the backend reports no release number (a build of your own)",
+    )
     p.set_defaults(func=_run_pipeline)
 
     p = sub.add_parser(
@@ -611,10 +646,24 @@ def _container_check(args: argparse.Namespace) -> dict:
 
 
 def _run_pipeline(args: argparse.Namespace) -> dict:
+    config = load_config(args.params, args.overrides)
+    if args.host:
+        from image_emotion.kubeflow.submit import submit
+
+        return submit(
+            config,
+            args.package,
+            args.host,
+            args.mlflow_tracking_uri,
+            args.arguments,
+            experiment=args.experiment,
+            run_name=args.run_name,
+            namespace=args.namespace,
+            check_version=not args.skip_version_check,
+        )
     from image_emotion.kubeflow.pipeline import run_local
     from image_emotion.tracking.runs import tracking_uri
 
-    config = load_config(args.params, args.overrides)
     return run_local(config, args.pipeline_root.resolve(), args.mlflow_tracking_uri or tracking_uri(config))
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from image_emotion.errors import ImageEmotionError
 from image_emotion.kubeflow.images import DOCKERFILE, KINDS, Images
-from image_emotion.kubeflow.registry import LOOPBACK, manifest_digest, split_reference
+from image_emotion.kubeflow.registry import manifest_digest, on_loopback, split_reference
 from image_emotion.lock import CPU_LOCK, LOCK, TORCH_CPU_INDEX, check_lock
 from image_emotion.revision import git_revision
 
@@ -284,7 +284,7 @@ def build_command(engine: Engine, p: BuildPlan, kind: str) -> list[str]:
 
 def push_command(engine: Engine, image: str) -> list[str]:
     host = split_reference(image)[0]
-    insecure = host.split(":")[0] in LOOPBACK and engine.name != "docker"  # a registry on loopback speaks http
+    insecure = on_loopback(host) and engine.name != "docker"  # a registry on loopback speaks http
     return engine.command("push", *(["--tls-verify=false"] if insecure else []), image)
 
 

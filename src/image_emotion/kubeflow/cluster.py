@@ -141,7 +141,7 @@ class ClusterDefaults:
     gpu_tolerations: list[dict[str, Any]] = field(default_factory=_gpu_taint)  # the usual GPU node taint
     gpu_node_selector: dict[str, str] = field(default_factory=dict)  # e.g. {"nvidia.com/gpu.product": "..."}
     registry: str = DEFAULT_REGISTRY  # compile time
-    gpu_type: str = "nvidia.com/gpu"  # compile time: the accelerator resource (e.g. amd.com/gpu)
+    gpu_type: str = "nvidia.com/gpu"  # compile time: the accelerator resource (e.g. amd.com/gpu), or NO_GPU
     parallelism: int = 4  # compile time: pods of one ParallelFor at once (0: all)
     extraction_shards: int = 1  # GPU pods that split the main set's region extraction (`extract-regions --shard`)
     workers: int = 1  # pods of the detector's fine-tuning; > 1: a Trainer v2 TrainJob (kubeflow/trainjob.py) runs it
@@ -149,3 +149,4 @@ class ClusterDefaults:
 
 
 DEFAULTS = ClusterDefaults()
+NO_GPU = "none"  # gpu_type of a cluster without GPUs (kind/k3d): the GPU steps run on CPU as CPU steps

@@ -88,10 +88,14 @@ class _Platform:
 
     def gpu(self, task: dsl.PipelineTask, checkpoints: bool = False) -> dsl.PipelineTask:
         """One GPU, the GPU size class and retries for a training or extraction step (``checkpoints``: the work
-        volume mounted too)."""
-        self._common(task, cluster.GPU_STEP)
+        volume mounted too). With ``gpu_type`` ``cluster.NO_GPU`` (a cluster without GPUs: kind or k3d on a laptop)
+        the step runs on CPU, sized and scheduled as a CPU step."""
+        on_cpu = self.gpu_type == cluster.NO_GPU
+        self._common(task, cluster.CPU_STEP if on_cpu else cluster.GPU_STEP)
         if checkpoints:
             self._work(task)
+        if on_cpu:
+            return task
         kubernetes.add_toleration_json(task, self.gpu_tolerations)
         kubernetes.add_node_selector_json(task, self.gpu_node_selector)
         return task.set_accelerator_type(self.gpu_type).set_accelerator_limit(

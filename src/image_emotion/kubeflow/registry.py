@@ -53,8 +53,15 @@ def split_reference(reference: str) -> tuple[str, str, str]:
     return match[1], match[2], match[3] or match[4]
 
 
+def on_loopback(host: str) -> bool:
+    """Whether a registry ``host[:port]`` is this machine's: a loopback address, or a ``*.localhost`` name (which
+    resolves to loopback, RFC 6761: k3d's registries are named so). Such a registry speaks plain http."""
+    name = "[::1]" if host.startswith("[::1]") else host.split(":")[0]
+    return name in LOOPBACK or name.endswith(".localhost")
+
+
 def _scheme(host: str) -> str:
-    return "http" if host.split(":")[0] in LOOPBACK or host.startswith("[::1]") else "https"
+    return "http" if on_loopback(host) else "https"
 
 
 def _token(challenge: str) -> str | None:
