@@ -110,3 +110,32 @@ def test_converge_is_a_no_op_once_settled_and_none_below_the_minimum(mlflow_uri,
     best = registry.converge(client, name, "val_accuracy", minimum, **SET)
     assert best == (None if minimum else "2")
     assert registry.converge(client, name, "val_accuracy", minimum, **SET) == best
+
+
+def test_a_rerun_with_the_same_model_and_evaluation_reuses_its_version(mlflow_uri, tmp_path):
+    """A second pipeline run whose training came from a cache hands register the same files and figures: it finds
+    the version the first run registered (nothing logged again) instead of adding an identical one; new figures
+    or new files are a new version."""
+    weights = tmp_path / "head.pt"
+    weights.write_bytes(b"weights v1")
+    logged: list[str] = []
+
+    def log_model() -> str:
+        mlflow.log_text("model", "model/MLmodel")
+        logged.append(mlflow.active_run().info.run_id)
+        return f"runs:/{logged[-1]}/model"
+
+    def register(score: float) -> dict:
+        with mlflow.start_run():
+            candidate = {"accuracy": score, **SET}
+            return registry.register_and_promote(mlflow, log_model, [weights], "rerun", candidate, 0.0)
+
+    first = register(0.5)
+    again = register(0.5)  # another run, the same files and evaluation
+    assert (first["version"], again["version"]) == (1, 1) and len(logged) == 1
+    assert again["promoted"] and "registered before" in again["reason"]
+    assert register(0.6)["version"] == 2  # the same files, another evaluation (other data): a new version
+    weights.write_bytes(b"weights v2")
+    assert register(0.6)["version"] == 3 and len(logged) == 3
+    client = mlflow.MlflowClient()
+    assert sorted(int(v.version) for v in client.search_model_versions("name = 'rerun'")) == [1, 2, 3]

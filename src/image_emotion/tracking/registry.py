@@ -20,8 +20,9 @@ Safe when pipeline runs promote at once, crash, and retry:
   creation is atomic in every MLflow store. A holder that died leaves a lock older than ``LOCK_STALE_S``, which
   a waiter removes; waiters wait longer than that (``LOCK_WAIT_S``), so a crash delays the next promotions and
   fails none. Correctness no longer rests on the lock: two holders at once still converge.
-- A retried ``register`` of the same run, model files and evaluation finds its version by the run id and a
-  fingerprint of both (the version tag ``model_fingerprint``) instead of registering another.
+- A ``register`` of model files and an evaluation already registered finds that version by a fingerprint of
+  both (the version tag ``model_fingerprint``) instead of registering another: a retried step, and a re-run whose
+  training steps hit kfp's (or DVC's) cache, which hands the register step the same files again.
 """
 
 from __future__ import annotations
@@ -148,21 +149,18 @@ def current_champion(client, name: str, key: str = "accuracy", tag: str = "val_a
     }
 
 
-def existing_version(client, name: str, run_id: str, model_fingerprint: str):
-    """The version of ``name`` this run already registered for the same model files (a retried ``register``),
-    or None."""
-    versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-    same = [v for v in versions if v.tags.get("model_fingerprint") == model_fingerprint]
-    return min(same, key=lambda v: int(v.version)) if same else None
+def existing_version(client, name: str, model_fingerprint: str):
+    """The earliest version of ``name`` registered for the same model files and evaluation (by any run: a
+    retried ``register``, or a re-run whose training was served from a cache), or None."""
+    found = client.search_model_versions(f"name = '{name}' and tags.model_fingerprint = '{model_fingerprint}'")
+    return min(found, key=lambda v: int(v.version)) if found else None
 
 
 def register_version(mlflow, log_model: Callable[[], str], name: str, tags: dict[str, str], model_fingerprint: str):
-    """Register the model ``log_model()`` logs as a version of ``name`` with ``tags``, unless the active run
-    registered the same model files already (then that version, and nothing is logged). Returns (version, newly
+    """Register the model ``log_model()`` logs as a version of ``name`` with ``tags``, unless the same model files
+    and evaluation are registered already (then that version, and nothing is logged). Returns (version, newly
     registered)."""
-    client = mlflow.MlflowClient()
-    run = mlflow.active_run()
-    found = existing_version(client, name, run.info.run_id, model_fingerprint) if run is not None else None
+    found = existing_version(mlflow.MlflowClient(), name, model_fingerprint)
     if found is not None:
         return found, False
     version = mlflow.register_model(log_model(), name, tags={**tags, "model_fingerprint": model_fingerprint})
@@ -240,7 +238,7 @@ def promote(client, name: str, version: str, candidate: dict[str, Any], minimum:
         _set_alias(client, name, "challenger", version)
         champion = current_champion(client, name, key, tag)
         if champion is not None and champion["version"] == str(version):  # a retry after promoting
-            return champion, True, "already champion (a retried register)"
+            return champion, True, "already champion (the same model and evaluation registered before)"
         promoted, reason = decide(candidate, champion, minimum, key, measure, setting)
         if "not comparable" in reason:  # another dataset's champion: left alone
             return champion, False, reason
@@ -267,8 +265,9 @@ def register_and_promote(
 ) -> dict[str, Any]:
     """Register the model ``log_model()`` logs (it returns its URI) as a new version of ``name`` (tagged with its
     score, dataset and label set), alias it ``challenger``, and ``champion`` when ``decide`` says so (``promote``:
-    safe against concurrent promotions); the decision is tagged on the active run and its score logged. A retried
-    call in the same run with the same ``model_files`` and evaluation reuses its version (nothing is logged again).
+    safe against concurrent promotions); the decision is tagged on the active run and its score logged. A call
+    with ``model_files`` and an evaluation already registered (a retry, or a re-run served from a cache) reuses
+    that version (nothing is logged again).
     ``reported`` (e.g. the test accuracy) is tagged and recorded beside the score, never compared. Returns the
     decision record (the stage's metrics file)."""
     client = mlflow.MlflowClient()
