@@ -123,9 +123,16 @@ def _assert_same_answer(predictions: list[dict], expected: pd.DataFrame, labels:
     for other in expected.columns.difference([*labels, "regions"]):  # label, polarity (when there), ...
         assert got[other].tolist() == expected[other].tolist(), other
     for g, e in zip(got["regions"], expected["regions"], strict=True):
-        g_regions, e_regions = json.loads(g), json.loads(e)
+        g_regions, e_regions = _boxes(g), _boxes(e)
         assert len(g_regions) == len(e_regions) > 0
-        np.testing.assert_allclose(np.asarray(g_regions, float), np.asarray(e_regions, float), atol=1e-3)
+        np.testing.assert_allclose(g_regions, e_regions, atol=1e-3)
+
+
+def _boxes(cell: str) -> np.ndarray:
+    """A served ``regions`` cell (JSON objects with named fields) as ``(K, 5)``: x1, y1, x2, y2, score."""
+    regions = json.loads(cell)
+    assert all(set(r) == {"x1", "y1", "x2", "y2", "score"} for r in regions), regions
+    return np.asarray([[r["x1"], r["y1"], r["x2"], r["y2"], r["score"]] for r in regions], float)
 
 
 @pytest.mark.parametrize("count", [1, 4])
@@ -161,7 +168,7 @@ def test_a_large_image_is_reduced_while_decoded_and_answers_as_the_image_the_mod
     answers = in_process.predict(pd.DataFrame({"image": [_png(small), _png(large)]}))
     labels = list(predictor.labels)
     np.testing.assert_allclose(answers[labels].iloc[1], answers[labels].iloc[0], atol=1e-6)
-    small_regions, large_regions = (np.asarray(json.loads(r), float) for r in answers["regions"])
+    small_regions, large_regions = (_boxes(r) for r in answers["regions"])
     np.testing.assert_allclose(large_regions[:, :4], small_regions[:, :4] * 20, atol=1.5)  # rounded to 0.1 px
     assert large_regions[:, :4].max() > side  # in the large file's pixels, not the model's
     status, body = _post(url, _split("image", [_png(large)]))
@@ -184,8 +191,8 @@ def test_a_real_photo_is_classified(served):
 
     assert row["label"] in MIKELS8.labels
     assert row["label"] == max(MIKELS8.labels, key=lambda c: row[c])
-    regions = json.loads(row["regions"])
-    assert regions and all(0 <= x1 <= x2 <= 512 and 0 <= y1 <= y2 <= 512 for x1, y1, x2, y2, _ in regions)
+    regions = _boxes(row["regions"])
+    assert len(regions) and all(0 <= x1 <= x2 <= 512 and 0 <= y1 <= y2 <= 512 for x1, y1, x2, y2, _ in regions)
 
 
 def _png_bomb(width: int = 30000, height: int = 30000) -> bytes:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from image_emotion.config import DEFAULT_PARAMS, Config, copied_values, load_config
 from image_emotion.errors import ConfigError, ImageEmotionError
+from image_emotion.figures import MIN_DRAWN_SCORE
 from image_emotion.kubeflow.builder import WORK_DIR
 from image_emotion.kubeflow.cluster import DEFAULTS as CLUSTER
 from image_emotion.kubeflow.images import BASE_IMAGE
@@ -143,7 +144,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("images", nargs="+", help="image files, folders (searched recursively) or glob patterns")
     p.add_argument("--json", action="store_true", help="print JSON {image: {label, polarity, probabilities, ...}}")
-    p.add_argument("--overlay", type=Path, default=None, metavar="DIR", help="write each image with its regions")
+    p.add_argument(
+        "--overlay",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write each image with its top regions (rank · S_emo = √(p_emo² + p_obj²), from 0 to 1.41)",
+    )
+    p.add_argument(
+        "--overlay-min-score",
+        type=float,
+        default=None,
+        metavar="S",
+        help=f"--overlay: leave out regions scoring under S (default: {MIN_DRAWN_SCORE})",
+    )
     _add_model_options(p, "emotion", "model_name")
     p.add_argument("--batch-size", type=_positive_int, default=8)
     p.set_defaults(func=_predict)
@@ -457,7 +471,7 @@ def _predict(args: argparse.Namespace) -> int:
         args, "emotion", named, lambda batch, model: predict(batch, model, args.batch_size)
     )
     if args.overlay is not None:
-        write_overlays(results, images, args.overlay)
+        write_overlays(results, images, args.overlay, args.overlay_min_score)
     _print_answers(results, failures, tables.predictions, args.json)
     return 1 if failures else 0
 

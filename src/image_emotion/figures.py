@@ -114,17 +114,87 @@ def query_grid(rows: Sequence[dict], path: Path) -> None:
         grid.save(tmp, format="PNG")
 
 
-def region_overlay(image: Image.Image, regions: Sequence[Sequence[float]], caption: str, top: int = 3) -> Image.Image:
-    """``image`` with its ``top`` emotional regions ``[[x1, y1, x2, y2, S_emo], ...]`` (best first) drawn in red,
-    thicker for the better ones, each tagged with its rank and S_emo, and ``caption`` on a white band above."""
+MIN_DRAWN_SCORE = 0.05  # regions scoring less are not drawn (an image with fewer than K regions pads with score 0)
+REGION, TRUTH = (200, 0, 0), (0, 160, 0)
+REGION_LEGEND = "emotional region: rank · S_emo = √(p_emo² + p_obj²), from 0 to 1.41 (the best first, thickest)"
+CAPTION_BAND = 22  # px above the image
+
+
+def region_dicts(regions: Sequence[Sequence[float]] | Sequence[dict]) -> list[dict[str, float]]:
+    """Regions as ``{"x1", "y1", "x2", "y2", "score"}`` (pixels; S_emo in [0, √2]), from those or from
+    ``[x1, y1, x2, y2, score]`` lists."""
+    keys = ("x1", "y1", "x2", "y2", "score")
+    return [dict(r) if isinstance(r, dict) else dict(zip(keys, map(float, r), strict=True)) for r in regions]
+
+
+def label_font(size: int = 13):
+    """Pillow's bundled scalable font at ``size`` px."""
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=size)
+
+
+def _labelled(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, fill: tuple, font) -> None:
+    """``text`` in white on a ``fill`` background whose top-left corner is ``xy`` (readable on any image)."""
+    left, top, right, bottom = draw.textbbox(xy, text, font=font)
+    draw.rectangle((left - 2, top - 2, right + 2, bottom + 2), fill=fill)
+    draw.text(xy, text, fill=(255, 255, 255), font=font)
+
+
+def draw_regions(
+    draw: ImageDraw.ImageDraw, regions: Sequence[dict], scale: tuple[float, float], top: int, min_score: float, font
+) -> int:
+    """The best ``top`` regions scoring at least ``min_score`` drawn (scaled by ``(sx, sy)``), each labelled with
+    its rank and score; returns how many were drawn."""
+    shown = [r for r in list(regions)[:top] if r["score"] >= min_score]
+    sx, sy = scale
+    for rank, r in enumerate(shown):
+        box = (r["x1"] * sx, r["y1"] * sy, r["x2"] * sx, r["y2"] * sy)
+        draw.rectangle(box, outline=REGION, width=max(1, 4 - rank))
+        _labelled(draw, (box[0] + 3, box[1] + 3), f"{rank + 1} · {r['score']:.2f}", REGION, font)
+    return len(shown)
+
+
+def legend_band(width: int, entries: Sequence[tuple[tuple[int, int, int] | None, str]], font) -> Image.Image:
+    """A white band at least ``width`` wide (wider where a line needs it) with one line per entry: a colour swatch
+    (or none) and its text."""
+    line = 18
+    width = max([width, *(26 + round(font.getlength(text)) for _, text in entries)])
+    band = Image.new("RGB", (width, 6 + line * len(entries)), "white")
+    draw = ImageDraw.Draw(band)
+    for i, (colour, text) in enumerate(entries):
+        y = 4 + i * line
+        if colour is not None:
+            draw.rectangle((4, y + 2, 16, y + 13), outline=colour, width=3)
+        draw.text((22 if colour is not None else 4, y), text, fill=(0, 0, 0), font=font)
+    return band
+
+
+def stack(*parts: Image.Image) -> Image.Image:
+    """Images one under the other, left-aligned on white."""
+    canvas = Image.new("RGB", (max(p.width for p in parts), sum(p.height for p in parts)), "white")
+    y = 0
+    for part in parts:
+        canvas.paste(part, (0, y))
+        y += part.height
+    return canvas
+
+
+def region_overlay(
+    image: Image.Image,
+    regions: Sequence[Sequence[float]] | Sequence[dict],
+    caption: str,
+    top: int = 3,
+    min_score: float = MIN_DRAWN_SCORE,
+) -> Image.Image:
+    """``image`` (at most 640 px a side) with its ``top`` emotional regions (best first) that score at least
+    ``min_score``, each labelled with its rank and S_emo on a red background; ``caption`` on a white band above
+    (``CAPTION_BAND`` px) and a legend below saying what the boxes and numbers mean."""
     scale = min(1.0, 640 / max(image.size))
     shown = image.convert("RGB").resize((round(image.width * scale), round(image.height * scale)))
-    draw = ImageDraw.Draw(shown)
-    for rank, (x1, y1, x2, y2, score) in enumerate(list(regions)[:top]):
-        box = (x1 * scale, y1 * scale, x2 * scale, y2 * scale)
-        draw.rectangle(box, outline=(230, 0, 0), width=max(1, 4 - rank))
-        draw.text((box[0] + 3, box[1] + 2), f"{rank + 1}: {score:.2f}", fill=(230, 0, 0))
-    canvas = Image.new("RGB", (shown.width, shown.height + 22), "white")
-    canvas.paste(shown, (0, 22))
-    ImageDraw.Draw(canvas).text((4, 5), caption, fill=(0, 0, 0))
-    return canvas
+    font = label_font()
+    drawn = draw_regions(ImageDraw.Draw(shown), region_dicts(regions), (scale, scale), top, min_score, font)
+    head = Image.new("RGB", (shown.width, CAPTION_BAND), "white")
+    ImageDraw.Draw(head).text((4, 4), caption, fill=(0, 0, 0), font=font)
+    note = f"{drawn} drawn; regions scoring under {min_score:.2f} are not"
+    return stack(head, shown, legend_band(shown.width, [(REGION, REGION_LEGEND), (None, note)], label_font(11)))

@@ -13,13 +13,14 @@ from PIL import Image
 
 @dataclass(frozen=True)
 class Prediction:
-    """One image's answer. regions: ``[x1, y1, x2, y2, score]`` in the image's pixels, the best first."""
+    """One image's answer. regions: ``{"x1", "y1", "x2", "y2", "score"}`` in the image's pixels (score: S_emo =
+    √(p_emo² + p_obj²) in [0, √2], eq. 3), the best first."""
 
     label: str
     polarity: str  # "" for a label without one
     confidence: float  # the label's probability
     probabilities: dict[str, float]
-    regions: list[list[float]]
+    regions: list[dict[str, float]]
     size: tuple[int, int]  # (width, height)
 
     def to_dict(self) -> dict[str, Any]:
@@ -52,10 +53,13 @@ def predict(images: list[Image.Image], predictor: Any, batch_size: int = 8) -> l
     return out
 
 
-def write_overlays(results: dict[Path, Prediction], images: dict[Path, Image.Image], out_dir: Path) -> list[Path]:
-    """``out_dir/<name>.png`` for each image: its top regions drawn, captioned with emotion, confidence, polarity
-    (names made unique when two images share a file name)."""
-    from image_emotion.figures import region_overlay
+def write_overlays(
+    results: dict[Path, Prediction], images: dict[Path, Image.Image], out_dir: Path, min_score: float | None = None
+) -> list[Path]:
+    """``out_dir/<name>.png`` for each image: its top regions scoring at least ``min_score`` (default
+    ``figures.MIN_DRAWN_SCORE``) drawn, captioned with emotion, confidence, polarity, with a legend (names made
+    unique when two images share a file name)."""
+    from image_emotion.figures import MIN_DRAWN_SCORE, region_overlay
     from image_emotion.files import atomic_path
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -66,8 +70,9 @@ def write_overlays(results: dict[Path, Prediction], images: dict[Path, Image.Ima
         while target in written:
             n += 1
             target = out_dir / f"{path.stem}-{n}.png"
-        caption = f"{r.label} {r.confidence:.2f} ({r.polarity or 'no polarity'})"
+        caption = f"{r.label}: probability {r.confidence:.2f} ({r.polarity or 'no polarity'})"
         with atomic_path(target) as tmp:
-            region_overlay(images[path], r.regions, caption).save(tmp, format="PNG")
+            threshold = MIN_DRAWN_SCORE if min_score is None else min_score
+            region_overlay(images[path], r.regions, caption, min_score=threshold).save(tmp, format="PNG")
         written.append(target)
     return written

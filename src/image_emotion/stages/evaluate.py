@@ -4,7 +4,8 @@ Writes ``metrics/evaluate.json`` (test accuracy, per-class accuracy, 8 -> 2 pola
 model, Table 1 rows, the transfer result) and under ``plots/``: ``confusion.csv`` (actual, predicted - for
 ``dvc plots``' confusion template) and ``confusion.png``, ``lambda_curve.csv`` / ``.png`` (accuracy vs λ,
 the paper's Fig. 8), ``ablation.csv`` (Table 1), and ``regions.png``: test images with their top emotional
-regions (red, the best first, thicker) and the ground-truth boxes (green dashed), titled true / predicted.
+regions (red, the best first, thicker, labelled rank · score) and the ground-truth boxes (green), titled true /
+predicted, with a legend.
 """
 
 from __future__ import annotations
@@ -69,29 +70,40 @@ def plot_confusion(cm: np.ndarray, labels: tuple[str, ...], path: Path) -> None:
 
 
 def region_overlays(
-    data: PreparedDataset, rows, boxes: torch.Tensor, true: list[str], pred: list[str], out: Path
+    data: PreparedDataset, rows, boxes: torch.Tensor, scores: torch.Tensor, true: list[str], pred: list[str], out: Path
 ) -> None:
-    """A grid of images with their top-3 emotional regions and ground-truth boxes."""
+    """A grid of test images, each with its top-3 emotional regions (``boxes (N, K, 4)``, ``scores (N, K)``; those
+    under ``figures.MIN_DRAWN_SCORE`` left out) labelled with rank and score, its ground-truth boxes, and
+    "true / predicted" above it (red when they differ), with a legend under the grid."""
+    from image_emotion import figures
+
+    font = figures.label_font(11)
     tiles = []
-    for (path, gt), b, t, p in zip(rows, boxes, true, pred, strict=True):
+    for (path, gt), b, sc, t, p in zip(rows, boxes, scores, true, pred, strict=True):
         img = data.image(path)
         sx, sy = 192 / img.width, 192 / img.height
         img = img.resize((192, 192))
         draw = ImageDraw.Draw(img)
         for x1, y1, x2, y2 in gt:
-            draw.rectangle((x1 * sx, y1 * sy, x2 * sx, y2 * sy), outline=(0, 220, 0), width=2)
-        for rank, (x1, y1, x2, y2) in enumerate(b[:3].tolist()):
-            draw.rectangle((x1 * sx, y1 * sy, x2 * sx, y2 * sy), outline=(230, 0, 0), width=3 - rank)
+            draw.rectangle((x1 * sx, y1 * sy, x2 * sx, y2 * sy), outline=figures.TRUTH, width=2)
+        regions = figures.region_dicts([[*box, score] for box, score in zip(b.tolist(), sc.tolist(), strict=True)])
+        figures.draw_regions(draw, regions, (sx, sy), 3, figures.MIN_DRAWN_SCORE, font)
         canvas = Image.new("RGB", (192, 212), "white")
         canvas.paste(img, (0, 20))
-        ImageDraw.Draw(canvas).text((4, 4), f"{t} / {p}", fill=(0, 0, 0) if t == p else (200, 0, 0))
+        ImageDraw.Draw(canvas).text((4, 4), f"{t} / {p}", fill=(0, 0, 0) if t == p else figures.REGION, font=font)
         tiles.append(canvas)
     cols = 4
     grid = Image.new("RGB", (192 * cols, 212 * ((len(tiles) + cols - 1) // cols)), "white")
     for i, tile in enumerate(tiles):
         grid.paste(tile, ((i % cols) * 192, (i // cols) * 212))
+    legend = [
+        (figures.REGION, figures.REGION_LEGEND),
+        (figures.TRUTH, "ground-truth emotional region (the set's boxes)"),
+        (None, "above each image: true / predicted emotion, red when wrong"),
+        (None, f"regions scoring under {figures.MIN_DRAWN_SCORE} are not drawn"),
+    ]
     with atomic_path(out) as tmp:
-        grid.save(tmp, format="PNG")
+        figures.stack(grid, figures.legend_band(grid.width, legend, font)).save(tmp, format="PNG")
 
 
 TRANSFER_COLUMNS = (  # Table 3: own classes and 2-class, mean ± std over the folds
@@ -209,9 +221,12 @@ def run(config: Config, paths: EvaluatePaths) -> dict[str, Any]:
     write_text_atomic(plots / "reliability.csv", _csv(reliability_rows, columns))
     plot_confusion(np.array(report["confusion_matrix"]), labels.labels, plots / "confusion.png")
     sample = test[: config.evaluate.num_overlays]
-    boxes = head_data.select(sample).tensors(("emotional_boxes",))["emotional_boxes"]
+    regions = head_data.select(sample).tensors(("emotional_boxes", "emotional_scores"))
     rows = list(zip(data.manifest["path"].iloc[sample], data.manifest["boxes"].iloc[sample], strict=True))
-    region_overlays(data, rows, boxes, true_names[: len(sample)], pred_names[: len(sample)], plots / "regions.png")
+    region_overlays(
+        data, rows, regions["emotional_boxes"], regions["emotional_scores"], true_names[: len(sample)],
+        pred_names[: len(sample)], plots / "regions.png",
+    )  # fmt: skip
 
     with tracking.stage_run(config, "evaluate", paths.reads) as mlflow:
         tracking.log_metrics({k: v for k, v in metrics.items() if isinstance(v, float)})

@@ -6,7 +6,9 @@ checked against the limits the model was logged with (``serving`` in params.yaml
 The CLI's in-process predictor also takes file paths. Output: one row per image with ``label``, ``polarity``
 (positive / negative of that label; empty for a label without one), one probability column per class of the
 model's label set (calibrated: the logits divided by the temperature fitted on validation, ``calibration.py``),
-and ``regions`` - JSON ``[[x1, y1, x2, y2, S_emo], ...]`` of the top emotional regions in the file's pixels.
+and ``regions`` - JSON ``[{"x1", "y1", "x2", "y2", "score"}, ...]`` of the top emotional regions, best first: the box
+in the file's pixels and S_emo = √(p_emo² + p_obj²) in [0, √2], Rao et al.'s eq. 3 (0: the whole-image box that
+pads an image with fewer than K regions).
 Images are decoded and go through the model ``batch_size`` at a time, each reduced while decoded to what the
 detector reads (its ``min_size`` / ``max_size``); regions are mapped back. Works on CPU, uses CUDA when there is one.
 """
@@ -93,8 +95,10 @@ class EmotionPredictor:
             boxes_in_files = [b * s for b, s in zip(feats.emotional_boxes.cpu(), scales, strict=True)]
             for p, boxes, scores in zip(probs, boxes_in_files, feats.emotional_scores.cpu(), strict=True):
                 regions = [
-                    [*(round(float(v), 1) for v in b), round(float(s), 4)] for b, s in zip(boxes, scores, strict=True)
-                ]
+                    {**dict(zip(("x1", "y1", "x2", "y2"), (round(float(v), 1) for v in b), strict=True)),
+                     "score": round(float(s), 4)}
+                    for b, s in zip(boxes, scores, strict=True)
+                ]  # fmt: skip
                 label = self.labels[int(p.argmax())]
                 rows.append(
                     {
