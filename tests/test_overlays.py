@@ -47,3 +47,13 @@ def test_a_legend_wider_than_a_small_image_widens_the_picture_rather_than_cuttin
     tiny = Image.new("RGB", (48, 48), "white")
     drawn = figures.region_overlay(tiny, [[4, 4, 40, 40, 0.7]], "joy")
     assert drawn.width > 200 and drawn.height > 48 + figures.CAPTION_BAND
+
+
+def test_labels_of_regions_that_share_a_corner_are_stacked_not_hidden():
+    dark = Image.new("RGB", (200, 160), (10, 10, 10))
+    corner = [[20, 30, 180, 150, 0.9], [20, 30, 120, 100, 0.5], [20, 30, 90, 140, 0.3]]
+    one = np.asarray(figures.region_overlay(dark, corner[:1], "x"))
+    three = np.asarray(figures.region_overlay(dark, corner, "x"))
+    column = slice(figures.CAPTION_BAND + 31, figures.CAPTION_BAND + 100), 30  # down the labels' left part
+    one_rows, three_rows = _near(one[column], RED).sum(), _near(three[column], RED).sum()
+    assert three_rows > 2.5 * one_rows > 0  # three label backgrounds one under the other

@@ -116,7 +116,7 @@ def query_grid(rows: Sequence[dict], path: Path) -> None:
 
 MIN_DRAWN_SCORE = 0.05  # regions scoring less are not drawn (an image with fewer than K regions pads with score 0)
 REGION, TRUTH = (200, 0, 0), (0, 160, 0)
-REGION_LEGEND = "emotional region: rank · S_emo = √(p_emo² + p_obj²), from 0 to 1.41 (the best first, thickest)"
+REGION_LEGEND = "emotional region: rank · S_emo = sqrt(p_emo^2 + p_obj^2), from 0 to 1.41 (the best first, thickest)"
 CAPTION_BAND = 22  # px above the image
 
 
@@ -134,11 +134,20 @@ def label_font(size: int = 13):
     return ImageFont.load_default(size=size)
 
 
-def _labelled(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, fill: tuple, font) -> None:
-    """``text`` in white on a ``fill`` background whose top-left corner is ``xy`` (readable on any image)."""
-    left, top, right, bottom = draw.textbbox(xy, text, font=font)
-    draw.rectangle((left - 2, top - 2, right + 2, bottom + 2), fill=fill)
-    draw.text(xy, text, fill=(255, 255, 255), font=font)
+def _labelled(
+    draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, fill: tuple, font, taken: list[tuple]
+) -> None:
+    """``text`` in white on a ``fill`` background with its top-left corner at ``xy``, moved down past the labels
+    already drawn (``taken``, their rectangles: extended with this one) so none hides another."""
+    x, y = xy
+    left, top, right, bottom = draw.textbbox((x, y), text, font=font)
+    box = [left - 2, top - 2, right + 2, bottom + 2]
+    while any(box[0] < o[2] and o[0] < box[2] and box[1] < o[3] and o[1] < box[3] for o in taken):
+        shift = box[3] - box[1] + 1
+        box[1], box[3], y = box[1] + shift, box[3] + shift, y + shift
+    draw.rectangle(box, fill=fill)
+    draw.text((x, y), text, fill=(255, 255, 255), font=font)
+    taken.append(tuple(box))
 
 
 def draw_regions(
@@ -148,10 +157,12 @@ def draw_regions(
     its rank and score; returns how many were drawn."""
     shown = [r for r in list(regions)[:top] if r["score"] >= min_score]
     sx, sy = scale
-    for rank, r in enumerate(shown):
-        box = (r["x1"] * sx, r["y1"] * sy, r["x2"] * sx, r["y2"] * sy)
+    boxes = [(r["x1"] * sx, r["y1"] * sy, r["x2"] * sx, r["y2"] * sy) for r in shown]
+    for rank, box in enumerate(boxes):
         draw.rectangle(box, outline=REGION, width=max(1, 4 - rank))
-        _labelled(draw, (box[0] + 3, box[1] + 3), f"{rank + 1} · {r['score']:.2f}", REGION, font)
+    taken: list[tuple] = []
+    for rank, (box, r) in enumerate(zip(boxes, shown, strict=True)):  # labels over every box, the best placed first
+        _labelled(draw, (box[0] + 3, box[1] + 3), f"{rank + 1} · {r['score']:.2f}", REGION, font, taken)
     return len(shown)
 
 
