@@ -82,10 +82,11 @@ def test_overlays_draw_the_top_regions_on_each_image(photos, capsys, tmp_path):
     r = result[str(folder / "p0.png")]
     overlay = np.asarray(Image.open(out_dir / "p0.png").convert("RGB")).astype(int)
     source = Image.open(folder / "p0.png")
-    assert overlay.shape[0] > source.height + 22 + 30  # a caption band above the image, a legend below
-    best = r["regions"][0]
+    scale = max(source.size) and 320 / max(source.size)  # a small image is shown at 320 px on its longer side
+    assert max(source.size) < 320 and overlay.shape[0] > round(source.height * scale) + 22 + 30  # caption, legend
+    best = {k: v * scale for k, v in r["regions"][0].items()}
     x1, y1, x2 = round(best["x1"]), round(best["y1"]), round(best["x2"])
-    edge = overlay[22 + min(max(y1, 0), source.height - 1), x1 : x2 + 1]
+    edge = overlay[22 + min(max(y1, 0), round(source.height * scale) - 1), x1 : x2 + 1]
     assert (np.abs(edge - [200, 0, 0]).sum(axis=1) < 10).mean() > 0.5  # the best region's red top edge
 
 

@@ -13,20 +13,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
+from tiny import tiny_retrieval_model
 
 from image_emotion.cli import main
-from image_emotion.config import ServingConfig, SyntheticConfig
-from image_emotion.data.datasets import load_dataset
+from image_emotion.config import ServingConfig
 from image_emotion.data.emotions import MIKELS8
 from image_emotion.data.images import load_image
-from image_emotion.data.synthetic import generate
-from image_emotion.data.torch_data import preprocess
-from image_emotion.models.metric import SentimentVectorNet, save_metric_model
-from image_emotion.retrieval import EmbeddingIndex
 from image_emotion.tracking.pyfunc import encode_image_file
 from image_emotion.tracking.retrieval_pyfunc import RetrievalPredictor, log_retrieval_model
-from image_emotion.training.metric import embed
 
 SIZE = 64
 
@@ -35,31 +29,8 @@ SYNTHETIC_WARNING = "warning: this model was trained on the embedded synthetic i
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    """(model path, index dir, image paths, labels): a tiny model and the index of 16 synthetic images built the
-    way the ``retrieve`` stage does (ids = paths, labels = true class ids), independently of the predictor."""
-    work = tmp_path_factory.mktemp("retrieve")
-    root = generate(work / "syn", SyntheticConfig.one_set(num_images=16, image_size=SIZE, seed=5))
-    manifest = load_dataset("synthetic", root).manifest
-    paths = [root / p for p in manifest["path"]]
-    labels = [MIKELS8.index(x) for x in manifest["label"]]
-    torch.manual_seed(0)
-    net = SentimentVectorNet("efficientnet_lite0", weights=None, num_classes=8, embedding_dim=16).eval()
-    model_path = work / "models/metric/model.pt"
-    save_metric_model(
-        model_path,
-        net,
-        extra={
-            "label_set": "mikels8",
-            "dataset": "synthetic",
-            "image_size": SIZE,
-            "retrieval_feature": "sentiment",
-            "objective": {"omega": 0.7, "loss": "sentiment"},
-        },
-    )
-    images = torch.stack([preprocess(load_image(p), SIZE, net.image_mean, net.image_std) for p in paths])
-    vectors = embed(net, images, batch_size=16)["sentiment"]
-    index_dir = EmbeddingIndex(vectors, [str(p) for p in paths], labels, kind="exact").save(work / "models/retrieval")
-    return model_path, index_dir, paths, labels
+    """(model path, index dir, image paths, labels): a tiny model and the index of 16 synthetic images."""
+    return tiny_retrieval_model(tmp_path_factory.mktemp("retrieve"), size=SIZE)
 
 
 def _retrieve(setup, *args: str) -> list[str]:

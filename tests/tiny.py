@@ -77,3 +77,55 @@ def job_launcher_inputs(tmp_path: Path, monkeypatch, namespace: str | None) -> t
     objects.mkdir()
     (objects / "detector.pt").write_bytes(b"objects")
     return dataset, objects
+
+
+def tiny_retrieval_model(work: Path, num_images: int = 16, size: int = 64) -> tuple[Path, Path, list[Path], list[int]]:
+    """(model path, index dir, image paths, labels) under ``work``: a random-init sentiment-vector net and the exact
+    index of ``num_images`` synthetic images, built the way the ``retrieve`` stage does (ids = paths, labels =
+    true class ids), independently of the predictor."""
+    import torch
+
+    from image_emotion.config import SyntheticConfig
+    from image_emotion.data.datasets import load_dataset
+    from image_emotion.data.emotions import MIKELS8
+    from image_emotion.data.images import load_image
+    from image_emotion.data.synthetic import generate
+    from image_emotion.data.torch_data import preprocess
+    from image_emotion.models.metric import SentimentVectorNet, save_metric_model
+    from image_emotion.retrieval import EmbeddingIndex
+    from image_emotion.training.metric import embed
+
+    root = generate(work / "syn", SyntheticConfig.one_set(num_images=num_images, image_size=size, seed=5))
+    manifest = load_dataset("synthetic", root).manifest
+    paths = [root / p for p in manifest["path"]]
+    labels = [MIKELS8.index(x) for x in manifest["label"]]
+    torch.manual_seed(0)
+    net = SentimentVectorNet("efficientnet_lite0", weights=None, num_classes=8, embedding_dim=16).eval()
+    model_path = work / "models/metric/model.pt"
+    extra = {
+        "label_set": "mikels8",
+        "dataset": "synthetic",
+        "image_size": size,
+        "retrieval_feature": "sentiment",
+        "objective": {"omega": 0.7, "loss": "sentiment"},
+    }
+    save_metric_model(model_path, net, extra=extra)
+    images = torch.stack([preprocess(load_image(p), size, net.image_mean, net.image_std) for p in paths])
+    vectors = embed(net, images, batch_size=16)["sentiment"]
+    index_dir = EmbeddingIndex(vectors, [str(p) for p in paths], labels, kind="exact").save(work / "models/retrieval")
+    return model_path, index_dir, paths, labels
+
+
+def tiny_generative_model(out: Path, emotion_models: tuple[str, ...] = ("mikels8", "binary")) -> Path:
+    """A random-init generative model (CLIP-style encoder, 1-layer BART, 32 px) saved at ``out``, answering
+    ``emotion_models``, recorded as trained on the synthetic set."""
+    from image_emotion.config import GenerativeConfig
+    from image_emotion.models.generative import save_generative_model
+    from image_emotion.training.generative import new_model
+
+    cfg = GenerativeConfig(
+        encoder="clip", encoder_weights=None, image_size=32, d_model=32, layers=1, heads=2, mapping_hidden=32,
+        prefix_length=2,
+    )  # fmt: skip
+    save_generative_model(out, new_model(cfg, seed=0), {"emotion_models": list(emotion_models), "dataset": "synthetic"})
+    return out

@@ -21,6 +21,7 @@ from pathlib import Path
 from image_emotion.config import DEFAULT_PARAMS, Config, copied_values, load_config
 from image_emotion.errors import ConfigError, ImageEmotionError
 from image_emotion.figures import MIN_DRAWN_SCORE
+from image_emotion.inference.demo import DEFAULT_PORT as DEMO_PORT
 from image_emotion.kubeflow.builder import WORK_DIR
 from image_emotion.kubeflow.cluster import DEFAULTS as CLUSTER
 from image_emotion.kubeflow.images import BASE_IMAGE
@@ -195,6 +196,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON {image: [{emotion_model, label, ...}, ...]}")
     _add_model_options(p, "generative", "generative_model_name")
     p.set_defaults(func=_describe)
+
+    p = sub.add_parser(
+        "demo",
+        help="a web page on loopback: drop an image, see its emotion distribution, regions, nearest images and "
+        "generated labels",
+        description="Serves a small page on 127.0.0.1 over the same inference functions as predict, retrieve and "
+        "describe, each model chosen by their rule (the registry's champion, else the files dvc repro writes). "
+        "Uploads are held to params.yaml's serving limits. Ctrl-C stops it.",
+    )
+    p.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: params.yaml)")
+    p.add_argument(
+        "--port", type=int, default=DEMO_PORT, help=f"port on 127.0.0.1 (default: {DEMO_PORT}; 0: any free one)"
+    )
+    p.add_argument("--k", type=_positive_int, default=5, help="nearest images shown (default: 5)")
+    p.set_defaults(func=_demo)
 
     p = sub.add_parser("params", help="check a params file against the schema, or write the defaults (--write)")
     p.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: params.yaml)")
@@ -474,6 +490,27 @@ def _predict(args: argparse.Namespace) -> int:
         write_overlays(results, images, args.overlay, args.overlay_min_score)
     _print_answers(results, failures, tables.predictions, args.json)
     return 1 if failures else 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """``demo``: load the models once, serve the page on loopback until interrupted."""
+    from image_emotion.config import Config
+    from image_emotion.inference.demo import DemoModels, serve
+
+    config = load_config(args.params) if args.params.is_file() else Config()
+    models = DemoModels.load(args.params)
+    for kind, about in models.describe().items():
+        print(f"{kind}: {about.get('source') or 'not available: ' + about['missing']}", file=sys.stderr)
+    if not models.resolved:
+        raise ConfigError("no model to serve: run `dvc repro` first (or register models in the tracking store)")
+    server = serve(models, config.serving, args.port, min(args.k, config.serving.max_k))
+    host, port = server.server_address[:2]
+    print(f"demo: http://{host}:{port}/  (Ctrl-C stops it)", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return 0
 
 
 def _describe(args: argparse.Namespace) -> int:

@@ -191,6 +191,12 @@ def stack(*parts: Image.Image) -> Image.Image:
     return canvas
 
 
+def overlay_scale(size: tuple[int, int], smallest: int = 320, largest: int = 640) -> float:
+    """The factor that brings an image's longer side into [``smallest``, ``largest``] px (1 when it is)."""
+    side = max(size)
+    return largest / side if side > largest else smallest / side if side < smallest else 1.0
+
+
 def region_overlay(
     image: Image.Image,
     regions: Sequence[Sequence[float]] | Sequence[dict],
@@ -198,14 +204,15 @@ def region_overlay(
     top: int = 3,
     min_score: float = MIN_DRAWN_SCORE,
 ) -> Image.Image:
-    """``image`` (at most 640 px a side) with its ``top`` emotional regions (best first) that score at least
-    ``min_score``, each labelled with its rank and S_emo on a red background; ``caption`` on a white band above
-    (``CAPTION_BAND`` px) and a legend below saying what the boxes and numbers mean."""
-    scale = min(1.0, 640 / max(image.size))
+    """``image`` scaled to 320-640 px on its longer side (``overlay_scale``) with its ``top`` emotional regions
+    (best first) that score at least ``min_score``, each labelled with its rank and S_emo on a red background;
+    ``caption`` on a white band above (``CAPTION_BAND`` px) and a legend below saying what the boxes and numbers
+    mean."""
+    scale = overlay_scale(image.size)
     shown = image.convert("RGB").resize((round(image.width * scale), round(image.height * scale)))
     font = label_font()
     drawn = draw_regions(ImageDraw.Draw(shown), region_dicts(regions), (scale, scale), top, min_score, font)
-    head = Image.new("RGB", (shown.width, CAPTION_BAND), "white")
+    head = Image.new("RGB", (max(shown.width, 8 + round(font.getlength(caption))), CAPTION_BAND), "white")
     ImageDraw.Draw(head).text((4, 4), caption, fill=(0, 0, 0), font=font)
     note = f"{drawn} drawn; regions scoring under {min_score:.2f} are not"
     return stack(head, shown, legend_band(shown.width, [(REGION, REGION_LEGEND), (None, note)], label_font(11)))
