@@ -103,11 +103,14 @@ class Resolved:
 def _store(params: Path) -> tuple[Any, str]:
     """(the config of ``params``, or the defaults where there is no such file; its tracking URI)."""
     from image_emotion.config import Config, load_config
+    from image_emotion.tracking.relocate import relocate_project_store
     from image_emotion.tracking.runs import tracking_uri
 
     config = load_config(params) if params.is_file() else Config()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    return config, tracking_uri(config)
+    uri = tracking_uri(config)
+    relocate_project_store(uri)  # a copied project's models load from its own mlruns/
+    return config, uri
 
 
 def champion_uri(registered: str, params: Path) -> str | None:

@@ -94,8 +94,11 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def setup(config: Config) -> str:
     """Point MLflow at the tracking URI and experiment (created with the artifact location); its id."""
+    from image_emotion.tracking.relocate import relocate_project_store
+
     mlflow = _mlflow()
     uri = tracking_uri(config)
+    relocate_project_store(uri)  # a copied project's store points at its own mlruns/
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.get_experiment_by_name(config.mlflow.experiment)
     if experiment is None:
