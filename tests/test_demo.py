@@ -4,12 +4,12 @@ name resolvable but loopback): upload, result shown, a bad file answered with it
 kept under ``test-artifacts/screenshots/``."""
 
 import json
-import os
 import shutil
 import threading
 import urllib.request
 
 import pytest
+from browser import chromium, needs_chromium, screenshot
 from PIL import Image
 from tiny import tiny_generative_model, tiny_retrieval_model
 
@@ -18,9 +18,6 @@ from image_emotion.config import ServingConfig
 from image_emotion.errors import ImageEmotionError
 from image_emotion.inference import models
 from image_emotion.inference.demo import DemoModels, UploadTooLarge, analyze, decode_upload, serve
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
 
 
 @pytest.fixture(scope="module")
@@ -128,30 +125,13 @@ def test_the_server_answers_json_and_refuses_a_too_large_body_before_reading_it(
     assert '<input id="file" type="file"' in page and "http://" not in page and "https://" not in page
 
 
-@pytest.mark.skipif(
-    CHROMIUM is None or CHROMEDRIVER is None,
-    reason="no Chromium: `apt-get install chromium chromium-driver` (Debian) runs this test",
-)
-def test_the_page_in_chromium_shows_an_uploads_answer_and_a_bad_files_message(server, demo, repo_root):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
+@needs_chromium
+def test_the_page_in_chromium_shows_an_uploads_answer_and_a_bad_files_message(server, demo):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     _, _, photo, broken = demo
-    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager downloads nothing
-    options = Options()
-    options.binary_location = CHROMIUM
-    for argument in (
-        "--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1200,1500",
-        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-    ):  # fmt: skip
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    artifacts = repo_root / "test-artifacts/screenshots"
-    artifacts.mkdir(parents=True, exist_ok=True)
-    try:
+    with chromium() as driver:
         driver.get(server)
         wait = WebDriverWait(driver, 120)
         driver.find_element(By.ID, "file").send_keys(str(photo))
@@ -168,7 +148,7 @@ def test_the_page_in_chromium_shows_an_uploads_answer_and_a_bad_files_message(se
         assert len(driver.find_elements(By.CSS_SELECTOR, ".generated-row")) == 2
         assert "trained on the embedded synthetic images" in driver.find_element(By.ID, "warnings").text
         assert driver.find_element(By.ID, "error").is_displayed() is False
-        driver.save_screenshot(str(artifacts / "demo.png"))
+        shot = screenshot(driver, "demo")
 
         driver.find_element(By.ID, "file").send_keys(str(broken))
         wait.until(lambda d: d.find_element(By.ID, "error").is_displayed())
@@ -178,10 +158,8 @@ def test_the_page_in_chromium_shows_an_uploads_answer_and_a_bad_files_message(se
             "replace or remove it"
         )
         assert driver.find_element(By.ID, "result").is_displayed() is False
-        driver.save_screenshot(str(artifacts / "demo_bad_file.png"))
-    finally:
-        driver.quit()
-    assert Image.open(artifacts / "demo.png").size[0] >= 1000
+        screenshot(driver, "demo_bad_file")
+    assert Image.open(shot).size[0] >= 1000
 
 
 def test_the_demo_command_refuses_to_start_without_any_model(tmp_path, monkeypatch, capsys):

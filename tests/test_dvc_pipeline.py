@@ -12,6 +12,7 @@ import mlflow
 import pandas as pd
 import pytest
 import yaml
+from browser import chromium, needs_chromium, screenshot
 from moto.server import ThreadedMotoServer
 from tiny import write_tiny_params
 
@@ -222,3 +223,16 @@ def test_mlflow_artifacts_go_to_s3(s3, tmp_path, monkeypatch):
         for o in boto3.client("s3", endpoint_url=s3).list_objects_v2(Bucket="emotion", Prefix="mlflow/")["Contents"]
     ]
     assert any(k.endswith(f"{run_id}/artifacts/plots/note.txt") for k in keys)
+
+
+@needs_chromium
+def test_the_report_opens_in_a_browser_with_every_picture_drawn_and_nothing_fetched(reproduced):
+    root, _ = reproduced
+    with chromium(1300, 2000) as driver:
+        driver.get((root / "reports/paper.html").as_uri())
+        pictures = driver.execute_script(
+            "return [...document.images].map(i => [i.src.slice(0, 22), i.complete && i.naturalWidth > 0])"
+        )
+        screenshot(driver, "report")
+    assert len(pictures) >= 6 and all(loaded for _, loaded in pictures), pictures  # every figure drew
+    assert {src for src, _ in pictures} == {"data:image/png;base64,"}  # inside the file: it opens anywhere

@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"--overlay: leave out regions scoring under S (default: {MIN_DRAWN_SCORE})",
     )
     _add_model_options(p, "emotion", "model_name")
-    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="images a forward pass (default: 8)")
     p.set_defaults(func=_predict)
 
     p = sub.add_parser(
@@ -214,7 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("params", help="check a params file against the schema, or write the defaults (--write)")
     p.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: params.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override one setting"
+    )
     p.add_argument("--write", action="store_true", help="write the schema's defaults (with comments) to --params")
     p.add_argument(
         "--profile",
@@ -238,7 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
         "compile-pipeline",
         help="compile the kfp v2 pipeline (pipelines/image_emotion.yaml) and its components (components/<name>/)",
     )
-    p.add_argument("--out", type=Path, default=Path("pipelines/image_emotion.yaml"))
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("pipelines/image_emotion.yaml"),
+        help="the compiled pipeline (default: %(default)s)",
+    )
     p.add_argument("--components", type=Path, default=Path("components"), help="the components' folder")
     p.add_argument("--registry", default=CLUSTER.registry, help=f"image registry (default: {CLUSTER.registry})")
     p.add_argument(
@@ -306,7 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="build, push and run the whole pipeline in the images (kfp.local.DockerRunner) against a tracking server",
     )
     p.add_argument("--work", type=Path, default=WORK_DIR, help="registry, runs (default: %(default)s)")
-    p.add_argument("--engine", choices=("auto", "docker", "podman"), default="auto")
+    p.add_argument(
+        "--engine",
+        choices=("auto", "docker", "podman"),
+        default="auto",
+        help="the container tool (default: docker where its daemon answers, else podman)",
+    )
     p.add_argument("--base-image", default="debian", help="the base (default: made here from Debian's packages)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="the local registry's port (default: %(default)s)")
     p.add_argument(
@@ -322,7 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(image_emotion.kubeflow.submit.MIN_KFP_BACKEND); prints the run's id and link.",
     )
     p.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: params.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override one setting"
+    )
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--local", action="store_true", help="run with kfp.local.SubprocessRunner")
     where.add_argument("--host", default="", help="the KFP API endpoint, e.g. https://kubeflow.example.org/pipeline")
