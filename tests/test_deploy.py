@@ -65,10 +65,10 @@ def test_each_overlay_patches_both_claims_of_the_base_and_nothing_else(overlay, 
 
 def test_the_documentation_says_how_to_choose_the_overlay_and_what_one_node_demands(repo_root):
     section = _kubeflow_section(repo_root)
-    runbook = section[section.index("## From a clean clone") :]
+    runbook = section[section.index("## Runbook: from an empty cluster") :]
     assert "kubectl kustomize deploy/kubernetes/overlays/rwx | sed" in runbook
     assert "IMAGE_EMOTION_RWX_STORAGE_CLASS" in runbook
-    assert "kubectl -n kubeflow-user apply -k deploy/kubernetes/overlays/rwo-one-node" in runbook
+    assert "kubectl -n $NS apply -k deploy/kubernetes/overlays/rwo-one-node" in runbook
     # the one-node mode's constraint, said plainly, and what keeps fewer pods wanting the volumes at once
     prose = " ".join(section.split())
     for phrase in ("ReadWriteOnce", "one node", "Pending", "Multi-Attach", "--parallelism 1", "PodNodeSelector"):
@@ -100,7 +100,7 @@ def test_the_volume_permissions_job_makes_the_volumes_the_pods_user_s_with_the_l
     assert f"chown {cluster.UID}:{cluster.UID} {cluster.DATA_MOUNT}" in script
     # the runbook runs it after the volumes exist and before anything writes to them
     section = _kubeflow_section(repo_root)
-    runbook = section[section.index("## From a clean clone") :]
+    runbook = section[section.index("## Runbook: from an empty cluster") :]
     order = [runbook.index(f"deploy/kubernetes/{name}") for name in ("overlays/", "volume-permissions", "load-data")]
     assert order == sorted(order)
     assert f"job/{cluster.PERMISSIONS_JOB}" in runbook
@@ -124,7 +124,7 @@ def test_the_mlflow_server_accepts_the_service_name_the_pods_use(repo_root):
     assert "*" not in hosts  # not every host: the check stays on
     # the URI the README passes as mlflow_tracking_uri is one the server accepts
     section = _kubeflow_section(repo_root)
-    (uri_host,) = set(re.findall(r'"mlflow_tracking_uri": "http://([^/"]+)"', section))
+    (uri_host,) = set(re.findall(r"--mlflow-tracking-uri http://([^/\s]+)", section))
     assert is_allowed_host_header(hosts, uri_host)
     assert "--allowed-hosts" in section
 
