@@ -21,7 +21,7 @@ from pathlib import Path
 from image_emotion.config import DEFAULT_PARAMS, Config, copied_values, load_config
 from image_emotion.errors import ConfigError, ImageEmotionError
 from image_emotion.figures import MIN_DRAWN_SCORE
-from image_emotion.inference.demo import DEFAULT_PORT as DEMO_PORT
+from image_emotion.inference import DEMO_PORT
 from image_emotion.kubeflow.builder import WORK_DIR
 from image_emotion.kubeflow.cluster import DEFAULTS as CLUSTER
 from image_emotion.kubeflow.images import BASE_IMAGE

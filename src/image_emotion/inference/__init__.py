@@ -7,4 +7,7 @@ pyfuncs of ``tracking/`` wrap the same predictors):
 - ``retrieve`` (seed 002): the images nearest in feeling to each query, in the model's index or a folder.
 - ``describe`` (seed 001): each image's label in every emotion model the generative model answers.
 - ``tables``: the plain-text tables the CLI prints.
+- ``demo``: the three on a web page on loopback (``image-emotion demo``, port ``DEMO_PORT``).
 """
+
+DEMO_PORT = 8765  # image-emotion demo's default port (here: the setup summary names it without importing the server)

@@ -29,9 +29,9 @@ from PIL import Image
 
 from image_emotion.config import ServingConfig
 from image_emotion.errors import ImageEmotionError
+from image_emotion.inference import DEMO_PORT
 from image_emotion.inference.models import Resolved
 
-DEFAULT_PORT = 8765
 KINDS = ("emotion", "retrieval", "generative")
 THUMBNAIL = 96  # px, the nearest images' side
 
@@ -191,6 +191,6 @@ def handler(models: DemoModels, limits: ServingConfig, k: int) -> type[BaseHTTPR
     return DemoHandler
 
 
-def serve(models: DemoModels, limits: ServingConfig, port: int = DEFAULT_PORT, k: int = 5) -> ThreadingHTTPServer:
+def serve(models: DemoModels, limits: ServingConfig, port: int = DEMO_PORT, k: int = 5) -> ThreadingHTTPServer:
     """A demo server on 127.0.0.1:``port`` (0: any free port), not yet serving (call ``serve_forever``)."""
     return ThreadingHTTPServer(("127.0.0.1", port), handler(models, limits, k))

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from image_emotion.inference import DEMO_PORT
 from image_emotion.report.tables import published, published_002
 
 DASH = "—"
@@ -73,6 +74,7 @@ def summary(metrics: Path, report: Path = Path("reports/paper.html")) -> str:
         "",
         f"Report:  {report} (every table beside the paper's, the deviations, the figures)",
         "MLflow:  .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db   (then http://127.0.0.1:5000)",
+        f"Demo:    .venv/bin/image-emotion demo   (then http://127.0.0.1:{DEMO_PORT}/: drop an image)",
         "Next:    .venv/bin/image-emotion predict your_photo.jpg --overlay overlays/",
     ]
     return "\n".join(lines)
