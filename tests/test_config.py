@@ -98,3 +98,19 @@ def test_set_from_copies_a_value_inside_the_params_whatever_it_holds():
         value_at(raw, "transfer.sets.nope.root")
     with pytest.raises(ConfigError, match=r"must look like key\.sub=other\.key"):
         copied_values(raw, ["data.root"])
+
+
+def test_a_bad_override_is_blamed_on_its_set_option_and_a_bad_file_key_on_the_file(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("classifier: {hiden: 3}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, ["classifier.lr=abc", "detector.topk=2"])
+    problems = str(err.value).split("; ")
+    assert f"{path}: unknown key 'classifier.hiden' (did you mean 'classifier.hidden'?)" in problems
+    assert (
+        "--set classifier.lr=abc: classifier.lr: Input should be a valid number, unable to parse string as a "
+        "number, got 'abc'" in problems
+    )
+    assert "--set detector.topk=2: unknown key 'detector.topk' (did you mean 'detector.top_k'?)" in problems
+    with pytest.raises(ConfigError, match=r"^--set classifier.lambdas=\[0.5, 1.5\]: classifier"):
+        Config().with_overrides(["classifier.lambdas=[0.5, 1.5]"])

@@ -482,7 +482,7 @@ with warnings.catch_warnings():  # the section `register` shadows ABCMeta.regist
 
         def with_overrides(self, overrides: Sequence[str]) -> Config:
             """A new validated config with each ``a.b=value`` applied (the value read as YAML: user input)."""
-            return validate(apply_overrides(self.to_dict(), overrides))
+            return validate(apply_overrides(self.to_dict(), overrides), overrides=overrides)
 
         def with_values(self, values: Mapping[str, Any]) -> Config:
             """A new validated config with each dotted key set to its value as given (nothing parsed: a path
@@ -510,10 +510,23 @@ def _model_at(model: type[BaseModel], loc: Sequence[Any]) -> type[BaseModel] | N
     return model
 
 
-def _describe(error: dict[str, Any], source: str, root: type[BaseModel] | None = None) -> str:
-    """One line for one pydantic error: the key, what is wrong, the nearest valid key for an unknown one."""
+def _source_of(key: str, source: str, overrides: Sequence[str]) -> str:
+    """Who set ``key``: the last ``--set`` override at, above or below it (``--set a.b=1``), else ``source``."""
+    for item in reversed(overrides):
+        name = item.partition("=")[0]
+        if key == name or key.startswith(f"{name}.") or name.startswith(f"{key}."):
+            return f"--set {item}"
+    return source
+
+
+def _describe(
+    error: dict[str, Any], source: str, root: type[BaseModel] | None = None, overrides: Sequence[str] = ()
+) -> str:
+    """One line for one pydantic error: who set the key (a ``--set`` override or ``source``), the key, what is
+    wrong, the nearest valid key for an unknown one."""
     loc = error["loc"]
     key = ".".join(str(p) for p in loc)
+    source = _source_of(key, source, overrides)
     if error["type"] == "extra_forbidden":
         holder = _model_at(root or Config, loc)
         known = list(holder.model_fields) if holder else []
@@ -525,15 +538,16 @@ def _describe(error: dict[str, Any], source: str, root: type[BaseModel] | None =
     return f"{source}: {key or '<top level>'}: {error['msg']}{shown}"
 
 
-def validate(raw: dict[str, Any], source: str = "params") -> Config:
-    """``raw`` as a ``Config``; every problem in one ``ConfigError`` (one line each)."""
+def validate(raw: dict[str, Any], source: str = "params", overrides: Sequence[str] = ()) -> Config:
+    """``raw`` as a ``Config``; every problem in one ``ConfigError`` (one line each, naming the ``--set``
+    override that set the key, else ``source``)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a YAML mapping at the top level")
     token = _VALIDATING.set(True)
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError("; ".join(_describe(e, source) for e in exc.errors())) from None
+        raise ConfigError("; ".join(_describe(e, source, overrides=overrides) for e in exc.errors())) from None
     finally:
         _VALIDATING.reset(token)
 
@@ -549,7 +563,7 @@ def load_config(path: str | Path = DEFAULT_PARAMS, overrides: Sequence[str] = ()
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a YAML mapping at the top level")
-    return validate(apply_overrides(raw, overrides), str(path))
+    return validate(apply_overrides(raw, overrides), str(path), overrides)
 
 
 PROFILES_DIR = Path(__file__).parent / "profiles"

@@ -30,6 +30,7 @@ from image_emotion.models.generative import (
     encoder_image_size,
 )
 from image_emotion.models.templates import get_template
+from image_emotion.training.progress import progress
 
 
 @dataclass
@@ -203,7 +204,7 @@ def train_generative_model(
         torch.set_rng_state(state["rng"])  # dropout draws on as if never interrupted
     model.train()
     model.encoder.eval()
-    for epoch in range(len(losses), epochs):
+    for epoch in progress(range(len(losses), epochs), "generative model", total=epochs, initial=len(losses)):
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
         total = 0.0
         for start in range(0, len(train), cfg.batch_size):

@@ -26,6 +26,7 @@ from image_emotion.errors import ConfigError
 from image_emotion.losses import check_lambda, classification_loss, distribution_loss, emotion_loss
 from image_emotion.models.multilevel import MultiLevelHead
 from image_emotion.training.feature_store import FeatureRows, FeatureStore
+from image_emotion.training.progress import progress
 
 HEAD_KEYS = ("global", "emotional", "object")  # the features a head reads
 CPU = torch.device("cpu")
@@ -133,7 +134,7 @@ def train_lambda_heads(
     losses = torch.func.vmap(loss_of, in_dims=(0, 0, None, None, None), randomness="same")
     optimizer = torch.optim.SGD(stacked.values(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
     generator = torch.Generator().manual_seed(hp.seed)
-    for _ in range(hp.epochs):
+    for _ in progress(range(hp.epochs), f"λ sweep ({len(lams)} heads)"):
         for index in batches(len(data), hp.batch_size, generator):
             b = data.select(index).on(device)
             value = losses(stacked, lam_t, b.features, b.labels, b.distributions).sum()  # heads are independent
@@ -165,7 +166,7 @@ def fit(head: MultiLevelHead, data: HeadData, hp: HeadTraining, loss_fn, device:
     optimizer = torch.optim.SGD(head.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
     generator = torch.Generator().manual_seed(hp.seed)
     head.train()
-    for _ in range(hp.epochs):
+    for _ in progress(range(hp.epochs), "head"):
         for index in batches(len(data), hp.batch_size, generator):
             b = data.select(index).on(device)
             value = loss_fn(head(b.features), b)

@@ -32,6 +32,7 @@ from image_emotion.models.metric import SentimentVectorNet
 from image_emotion.training import distributed
 from image_emotion.training.metric_batches import class_balanced_batches
 from image_emotion.training.metric_inputs import ImageRows
+from image_emotion.training.progress import progress
 
 METRIC_LOSSES = get_args(MetricLoss)
 RETRIEVAL_MEASURES = ("nn", "ft", "st", "map8", "map2", "dcg", "anmrr")  # the paper's seven (``retrieval_report``)
@@ -188,7 +189,7 @@ def train_metric_net(
 
     step = distributed.wrap(model, device, outputs, find_unused_parameters=True)
     losses = []
-    for _ in range(epochs):
+    for _ in progress(range(epochs), "metric network", show=rank == 0):
         model.train()
         if freeze_backbone:
             model.backbone.eval()  # its BatchNorm statistics stay the pretrained ones
