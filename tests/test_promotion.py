@@ -139,3 +139,40 @@ def test_a_rerun_with_the_same_model_and_evaluation_reuses_its_version(mlflow_ur
     assert register(0.6)["version"] == 3 and len(logged) == 3
     client = mlflow.MlflowClient()
     assert sorted(int(v.version) for v in client.search_model_versions("name = 'rerun'")) == [1, 2, 3]
+
+
+def test_a_lock_create_that_lost_a_race_in_the_server_is_retried_and_other_bad_requests_raise():
+    """With authentication on PostgreSQL, two lock creates at once can end in a unique-key violation answered as
+    BAD_REQUEST (the model's permission row): that is contention, tried again; any other bad request is an error."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import BAD_REQUEST, RESOURCE_DOES_NOT_EXIST
+
+    race = MlflowException("(psycopg2.errors.UniqueViolation) duplicate key value", error_code=BAD_REQUEST)
+
+    class Client:
+        def __init__(self, first: Exception):
+            self.errors, self.created, self.deleted = [first], [], []
+
+        def create_registered_model(self, name, tags, description):
+            if self.errors:
+                raise self.errors.pop()
+            self.created.append(name)
+            self.tags = tags
+
+        def get_registered_model(self, name):
+            if not self.created:  # the racing creator released it meanwhile
+                raise MlflowException("released meanwhile", error_code=RESOURCE_DOES_NOT_EXIST)
+            return SimpleNamespace(tags=self.tags)
+
+        def delete_registered_model(self, name):
+            self.deleted.append(name)
+
+    client = Client(race)
+    with registry.promotion_lock(client, "m", wait_s=5):
+        pass
+    assert client.created == ["m" + registry.LOCK_SUFFIX] == client.deleted
+    with (
+        pytest.raises(MlflowException, match="bad name"),
+        registry.promotion_lock(Client(MlflowException("bad name", error_code=BAD_REQUEST)), "m", wait_s=5),
+    ):
+        pass

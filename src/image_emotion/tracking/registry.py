@@ -60,6 +60,13 @@ def _error_code(error: Exception) -> str:
     return getattr(error, "error_code", "")
 
 
+def _lost_race(error: Exception) -> bool:
+    """A create that lost a race inside the server: with authentication on, MLflow inserts the new model's
+    permission row after the model itself, and two creators at once on PostgreSQL make the second insert a unique-key
+    violation, answered as BAD_REQUEST rather than RESOURCE_ALREADY_EXISTS (seen 1 in ~160 contended creates)."""
+    return _error_code(error) == "BAD_REQUEST" and "UniqueViolation" in str(error)
+
+
 @contextmanager
 def promotion_lock(client, name: str, wait_s: float = LOCK_WAIT_S, stale_s: float = LOCK_STALE_S) -> Iterator[str]:
     """Hold the promotion lock of registered model ``name`` while the block runs; yields the owner id."""
@@ -77,7 +84,7 @@ def promotion_lock(client, name: str, wait_s: float = LOCK_WAIT_S, stale_s: floa
             )
             break
         except MlflowException as e:
-            if _error_code(e) not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
+            if _error_code(e) not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST") and not _lost_race(e):
                 raise
         try:
             held = client.get_registered_model(lock)
